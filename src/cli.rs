@@ -1,0 +1,152 @@
+//! The command line as the user typed it (clap derive). Nothing here has defaults that
+//! depend on the machine: those are resolved in `settings`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::Target;
+use crate::printer::ColorChoice;
+
+/// Turn a repository into a Jupyter kernel on an HPC system: a conda or Python
+/// environment on a shared filesystem, or a Podman, podman-hpc, Apptainer, Shifter or
+/// Charliecloud image.
+#[derive(Debug, Parser)]
+#[command(name = "hpcbinder", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// When to colour output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// Machine-readable output on stdout: one result object (detect, key, config show) or
+    /// one JSON event per line (build).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The store: where environments, images and caches live [env: HPCBINDER_STORE].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what environment a repository describes.
+    Detect(RepoArgs),
+    /// Print the environment key (EnvKey) a repository's environment is built and reused under.
+    Key(KeyArgs),
+    /// Build a repository's environment and register it as a Jupyter kernel.
+    Build(BuildArgs),
+    /// Inspect the resolved configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Which repository.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// A directory, a git URL, gh:org/repo[@ref], gl:group/repo[@ref], or a BinderHub spec
+    /// (gh/org/repo/ref, gl/<escaped>/ref, git/<escaped url>/ref, gist/user/id[/ref]) or launch URL.
+    pub repo: String,
+    /// Branch, tag or commit to use (default: the remote's HEAD, or a local work tree as it is).
+    #[arg(long = "ref", value_name = "REF")]
+    pub reference: Option<String>,
+}
+
+/// `key` arguments.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show every input of the key and its digest.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// Target selection.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// What to build [env: HPCBINDER_TARGET] [default: auto].
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
+    /// Python version when the repository does not name one (e.g. 3.12).
+    #[arg(long, value_name = "X.Y")]
+    pub python: Option<String>,
+    /// Base image for container targets.
+    #[arg(long, value_name = "IMAGE")]
+    pub base_image: Option<String>,
+}
+
+/// `build` arguments.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show the plan (source, buildpack, target, key, prefix, kernel) without building.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Kernelspec name (default: from the repository and ref).
+    #[arg(long, value_name = "NAME")]
+    pub kernel_name: Option<String>,
+    /// Kernel display name (default: from the repository, ref and target).
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    /// Directory to write the kernelspec into (default: $JUPYTER_DATA_DIR/kernels).
+    #[arg(long, value_name = "DIR")]
+    pub kernel_dir: Option<PathBuf>,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting, its value, and where it came from.
+    Show,
+}
+
+/// The clap command, for the man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Render the man page (`man/hpcbinder.1`).
+pub fn man_page() -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command())
+        .date("2026-11-26")
+        .render(&mut out)
+        .expect("rendering into a Vec cannot fail");
+    // One section per command with its own synopsis and options, so `man hpcbinder`
+    // documents every flag.
+    for sub in command().get_subcommands() {
+        let full = format!("hpcbinder {}", sub.get_name());
+        out.extend_from_slice(format!(".SH \"{}\"\n", full.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(full));
+        let _ = man.render_description_section(&mut out);
+        let _ = man.render_synopsis_section(&mut out);
+        let _ = man.render_options_section(&mut out);
+    }
+    out
+}

@@ -1,0 +1,81 @@
+//! `hpcbinder build`: with `--dry-run`, the plan. Real builds arrive with the native and
+//! container targets; until then a build without `--dry-run` says so and exits 2.
+
+use anyhow::bail;
+
+use super::checkout_and_detect;
+use crate::cli::BuildArgs;
+use crate::error::ExitStatus;
+use crate::events::{Event, Phase, Reporter};
+use crate::key;
+use crate::plan::{self, KernelOptions};
+use crate::printer::{sanitize, Printer};
+use crate::settings::Settings;
+
+/// Plan (and, later, run) a build.
+pub fn build(
+    args: &BuildArgs,
+    settings: &Settings,
+    printer: &Printer,
+    reporter: &dyn Reporter,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let (checkout, spec) = checkout_and_detect(&args.repo, settings, printer, reporter)?;
+    let target = plan::choose_target(&spec, settings)?;
+    let env_key = key::compute(&checkout.root, &spec, target, settings)?;
+    let kernel = KernelOptions {
+        name: args.kernel_name.clone(),
+        display_name: args.display_name.clone(),
+        dir: args.kernel_dir.clone(),
+    };
+    let build_plan = plan::plan(&checkout, &spec, target, &env_key, settings, &kernel);
+    if !args.dry_run {
+        bail!(
+            "building is not implemented yet in this version; `hpcbinder build --dry-run` shows the plan \
+             ({} target, key {})",
+            target.name(),
+            env_key.short()
+        );
+    }
+    if json {
+        reporter.report(
+            Event::new(Phase::Ready, "Plan ready (dry run); nothing was built")
+                .with_fields(&build_plan),
+        );
+        return Ok(ExitStatus::Success);
+    }
+    let source = &build_plan.source;
+    printer.data(&format!("source:    {}", sanitize(&source.origin)));
+    if let Some(commit) = &source.commit {
+        printer.data(&format!(
+            "commit:    {commit}{}",
+            if source.dirty {
+                " (with local changes)"
+            } else {
+                ""
+            }
+        ));
+    }
+    printer.data(&format!("buildpack: {}", build_plan.buildpack.name()));
+    printer.data(&format!("target:    {}", target.name()));
+    if let Some(python) = &build_plan.python {
+        printer.data(&format!("python:    {python}"));
+    }
+    printer.data(&format!("key:       {}", build_plan.key));
+    printer.data(&format!(
+        "prefix:    {}{}",
+        build_plan.prefix.display(),
+        if build_plan.ready { " (ready)" } else { "" }
+    ));
+    printer.data(&format!(
+        "kernel:    {} \"{}\" in {}",
+        build_plan.kernel.name,
+        sanitize(&build_plan.kernel.display_name),
+        build_plan.kernel.dir.display()
+    ));
+    printer.data("steps:");
+    for (index, step) in build_plan.steps.iter().enumerate() {
+        printer.data(&format!("  {}. {}", index + 1, sanitize(step)));
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,188 @@
+//! Safe reads of a repository's spec files, honouring `binder/` and `.binder/`.
+//!
+//! A spec file that is a symlink pointing outside the repository is not read (and its
+//! target's contents are never shown); detection warns about it instead. Files are
+//! capped in size so a hostile repository cannot make detection read gigabytes.
+
+use std::path::{Path, PathBuf};
+
+use super::DetectError;
+
+/// Largest spec file we read.
+const MAX_SPEC_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A repository's files as detection sees them.
+#[derive(Debug)]
+pub struct RepoFiles {
+    root: PathBuf,
+    canonical_root: PathBuf,
+    binder_dir: Option<&'static str>,
+}
+
+impl RepoFiles {
+    /// Look at `root`; fails when both binder directories exist.
+    pub fn open(root: &Path) -> Result<Self, DetectError> {
+        let canonical_root = fs_err::canonicalize(root).map_err(|source| DetectError::Io {
+            file: ".".into(),
+            source,
+        })?;
+        let binder = root.join("binder").is_dir();
+        let dot_binder = root.join(".binder").is_dir();
+        let binder_dir = match (binder, dot_binder) {
+            (true, true) => return Err(DetectError::BothBinderDirs),
+            (true, false) => Some("binder"),
+            (false, true) => Some(".binder"),
+            (false, false) => None,
+        };
+        Ok(Self {
+            root: root.to_path_buf(),
+            canonical_root,
+            binder_dir,
+        })
+    }
+
+    /// `binder` or `.binder`, when configuration lives there.
+    pub fn binder_dir(&self) -> Option<&'static str> {
+        self.binder_dir
+    }
+
+    /// The root-relative path of a config file (inside the binder dir when there is one).
+    pub fn display(&self, name: &str) -> String {
+        match self.binder_dir {
+            Some(dir) => format!("{dir}/{name}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// The absolute path of a root-relative path.
+    pub fn absolute(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// Whether a config file exists (in the binder dir when there is one).
+    pub fn exists(&self, name: &str) -> bool {
+        self.absolute(&self.display(name))
+            .symlink_metadata()
+            .is_ok()
+    }
+
+    /// Whether a file exists at the repository root itself.
+    pub fn exists_root(&self, name: &str) -> bool {
+        self.root.join(name).symlink_metadata().is_ok()
+    }
+
+    /// Whether a config file is a regular file (following symlinks inside the repo).
+    pub fn is_regular_file(&self, name: &str) -> bool {
+        self.absolute(&self.display(name)).is_file()
+    }
+
+    /// Read a config file (in the binder dir when there is one).
+    pub fn read(
+        &self,
+        name: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<String>, DetectError> {
+        self.read_path(&self.display(name), warnings)
+    }
+
+    /// Read a file at the repository root, ignoring any binder dir.
+    pub fn read_root(
+        &self,
+        name: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<String>, DetectError> {
+        self.read_path(name, warnings)
+    }
+
+    /// Read a root-relative path. `None` when it does not exist, or is a symlink leaving
+    /// the repository (with a warning), or is not a regular file.
+    pub fn read_path(
+        &self,
+        relative: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<String>, DetectError> {
+        let path = self.absolute(relative);
+        let Ok(metadata) = path.symlink_metadata() else {
+            return Ok(None);
+        };
+        let io = |source| DetectError::Io {
+            file: relative.to_string(),
+            source,
+        };
+        if metadata.file_type().is_symlink() || relative.contains("..") {
+            let inside = fs_err::canonicalize(&path)
+                .map(|target| target.starts_with(&self.canonical_root))
+                .unwrap_or(false);
+            if !inside {
+                warnings.push(format!(
+                    "{relative} is a symlink that leaves the repository (or is broken); it was not read"
+                ));
+                return Ok(None);
+            }
+        }
+        let metadata = fs_err::metadata(&path).map_err(io)?;
+        if !metadata.is_file() {
+            return Ok(None);
+        }
+        if metadata.len() > MAX_SPEC_BYTES {
+            return Err(DetectError::Malformed {
+                file: relative.to_string(),
+                line: None,
+                message: format!("{} bytes is too large for a spec file", metadata.len()),
+            });
+        }
+        let bytes = fs_err::read(&path).map_err(io)?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| DetectError::Malformed {
+                file: relative.to_string(),
+                line: line_of_offset(e.as_bytes(), e.utf8_error().valid_up_to()),
+                message: "not valid UTF-8".into(),
+            })
+    }
+}
+
+fn line_of_offset(bytes: &[u8], offset: usize) -> Option<usize> {
+    Some(
+        bytes[..offset.min(bytes.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+    )
+}
+
+/// The 1-based line of the first line containing `needle`.
+pub fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// The 1-based line of a byte offset in `text`.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Turn a TOML parse error into a `Malformed` error with its line.
+pub fn toml_error(file: &str, text: &str, error: &toml::de::Error) -> DetectError {
+    DetectError::Malformed {
+        file: file.to_string(),
+        line: error.span().map(|span| line_at(text, span.start)),
+        message: format!("invalid TOML: {}", error.message()),
+    }
+}
+
+/// Turn a YAML parse error into a `Malformed` error with its line.
+pub fn yaml_error(file: &str, error: &serde_yaml_ng::Error) -> DetectError {
+    let message = error.to_string();
+    // serde_yaml_ng appends " at line N column M"; we carry the line separately.
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    DetectError::Malformed {
+        file: file.to_string(),
+        line: error.location().map(|l| l.line()),
+        message: format!("invalid YAML: {message}"),
+    }
+}

@@ -1,0 +1,379 @@
+//! Lock files users already have: `pixi.toml` + `pixi.lock`, `conda-lock.yml`, conda
+//! `@EXPLICIT` files, `uv.lock`, `pylock.toml`. A lock wins over the loose spec it locks.
+
+use serde_yaml_ng::Value;
+
+use super::conda::first_major_minor;
+use super::files::{line_of, toml_error, yaml_error};
+use super::{Buildpack, DetectError, EnvSpec, LockSpec, RepoFiles, Used};
+use crate::settings::host_platform;
+
+/// Find the lock-file buildpack that applies, if any, and fill `spec`.
+pub fn detect(
+    files: &RepoFiles,
+    spec: &mut EnvSpec,
+    used: &mut Used,
+) -> Result<Option<Buildpack>, DetectError> {
+    if files.exists("pixi.toml") {
+        pixi(files, spec, used)?;
+        return Ok(Some(Buildpack::Pixi));
+    }
+    if let Some(name) = ["conda-lock.yml", "conda-lock.yaml"]
+        .into_iter()
+        .find(|n| files.exists(n))
+    {
+        conda_lock(files, name, spec, used)?;
+        return Ok(Some(Buildpack::CondaLock));
+    }
+    if explicit_files(files, spec, used)? {
+        return Ok(Some(Buildpack::Explicit));
+    }
+    if files.exists("uv.lock") {
+        uv_lock(files, spec, used)?;
+        return Ok(Some(Buildpack::UvLock));
+    }
+    if files.exists("pylock.toml") {
+        pylock(files, spec, used)?;
+        return Ok(Some(Buildpack::Pylock));
+    }
+    Ok(None)
+}
+
+fn read_yaml(
+    files: &RepoFiles,
+    name: &str,
+    spec: &mut EnvSpec,
+) -> Result<Option<(String, Value)>, DetectError> {
+    let path = files.display(name);
+    let Some(text) = files.read(name, &mut spec.warnings)? else {
+        return Ok(None);
+    };
+    let value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&path, &e))?;
+    Ok(Some((text, value)))
+}
+
+fn read_toml(
+    files: &RepoFiles,
+    relative: &str,
+    spec: &mut EnvSpec,
+) -> Result<Option<toml::Table>, DetectError> {
+    let Some(text) = files.read_path(relative, &mut spec.warnings)? else {
+        return Ok(None);
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| toml_error(relative, &text, &e))
+}
+
+fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
+    let manifest_path = files.display("pixi.toml");
+    let manifest = read_toml(files, &manifest_path, spec)?.unwrap_or_default();
+    used.add_path(&manifest_path);
+    let workspace = manifest
+        .get("workspace")
+        .or_else(|| manifest.get("project"));
+    let platforms: Vec<String> = workspace
+        .and_then(|w| w.get("platforms"))
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    spec.python = manifest
+        .get("dependencies")
+        .and_then(|d| d.get("python"))
+        .and_then(|v| {
+            v.as_str().map(str::to_string).or_else(|| {
+                v.get("version")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+            })
+        })
+        .filter(|c| !c.trim_start().starts_with('<'))
+        .and_then(|c| first_major_minor(&c));
+    if !platforms.is_empty() && !platforms.iter().any(|p| p == host_platform()) {
+        spec.warnings.push(format!(
+            "{manifest_path}: platforms {platforms:?} do not include {}; the build will fail on this machine",
+            host_platform()
+        ));
+    }
+    let Some((_, lock)) = read_yaml(files, "pixi.lock", spec)? else {
+        spec.warnings.push(format!(
+            "{manifest_path} has no pixi.lock beside it; the environment will be solved"
+        ));
+        return Ok(());
+    };
+    let lock_path = files.display("pixi.lock");
+    if lock.get("version").and_then(Value::as_u64).is_none() || lock.get("environments").is_none() {
+        return Err(DetectError::Malformed {
+            file: lock_path,
+            line: Some(1),
+            message: "not a pixi lock file (needs `version:` and `environments:`)".into(),
+        });
+    }
+    let packages = lock
+        .get("packages")
+        .and_then(Value::as_sequence)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if spec.python.is_none() {
+        spec.python = packages
+            .iter()
+            .filter_map(|p| p.get("conda").and_then(Value::as_str))
+            .find_map(python_from_conda_url);
+    }
+    spec.lock = Some(LockSpec {
+        format: "pixi",
+        file: lock_path.clone(),
+        platforms,
+        packages: packages.len(),
+    });
+    used.add_path(&lock_path);
+    Ok(())
+}
+
+fn conda_lock(
+    files: &RepoFiles,
+    name: &str,
+    spec: &mut EnvSpec,
+    used: &mut Used,
+) -> Result<(), DetectError> {
+    let path = files.display(name);
+    let Some((text, lock)) = read_yaml(files, name, spec)? else {
+        return Ok(());
+    };
+    let Some(packages) = lock.get("package").and_then(Value::as_sequence) else {
+        return Err(DetectError::Malformed {
+            file: path,
+            line: line_of(&text, "package").or(Some(1)),
+            message: "not a conda-lock file (needs `version:`, `metadata:` and a `package:` list)"
+                .into(),
+        });
+    };
+    let platforms: Vec<String> = lock
+        .get("metadata")
+        .and_then(|m| m.get("platforms"))
+        .and_then(Value::as_sequence)
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !platforms.iter().any(|p| p == host_platform()) {
+        spec.warnings.push(format!(
+            "{path} does not lock {}: the build will fail on this machine",
+            host_platform()
+        ));
+    }
+    spec.python = packages
+        .iter()
+        .filter(|p| p.get("name").and_then(Value::as_str) == Some("python"))
+        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(host_platform()))
+        .find_map(|p| {
+            p.get("version")
+                .and_then(Value::as_str)
+                .and_then(first_major_minor)
+        });
+    let count = packages
+        .iter()
+        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(host_platform()))
+        .count();
+    spec.lock = Some(LockSpec {
+        format: "conda-lock",
+        file: path.clone(),
+        platforms,
+        packages: count,
+    });
+    used.add_path(&path);
+    Ok(())
+}
+
+/// Look for `@EXPLICIT` files among the config dir's `*.txt` and `*.lock` files; use the
+/// one for this platform. Returns whether one was used.
+fn explicit_files(
+    files: &RepoFiles,
+    spec: &mut EnvSpec,
+    used: &mut Used,
+) -> Result<bool, DetectError> {
+    let dir = files.absolute(files.binder_dir().unwrap_or(""));
+    let Ok(entries) = fs_err::read_dir(&dir) else {
+        return Ok(false);
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            (n.ends_with(".txt") || n.ends_with(".lock"))
+                && !matches!(
+                    n.as_str(),
+                    "uv.lock" | "pixi.lock" | "Pipfile.lock" | "runtime.txt" | "apt.txt"
+                )
+        })
+        .collect();
+    names.sort();
+    let mut candidates = Vec::new();
+    for name in names {
+        let path = files.display(&name);
+        let Some(text) = files.read_path(&path, &mut spec.warnings)? else {
+            continue;
+        };
+        if text.lines().any(|l| l.trim() == "@EXPLICIT") {
+            let platform = text.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("# platform:")
+                    .map(|p| p.trim().to_string())
+            });
+            candidates.push((path, text, platform));
+        }
+    }
+    let chosen = candidates
+        .iter()
+        .position(|(_, _, p)| p.as_deref() == Some(host_platform()))
+        .or_else(|| candidates.iter().position(|(_, _, p)| p.is_none()));
+    for (index, (path, _, platform)) in candidates.iter().enumerate() {
+        if Some(index) != chosen {
+            spec.warnings.push(format!(
+                "{path} is an @EXPLICIT file for {}; not used on {}",
+                platform.as_deref().unwrap_or("an unknown platform"),
+                host_platform()
+            ));
+        }
+    }
+    let Some(index) = chosen else {
+        return Ok(false);
+    };
+    let (path, text, _) = &candidates[index];
+    explicit(path, text, spec)?;
+    used.add_path(path);
+    Ok(true)
+}
+
+/// Parse an `@EXPLICIT` file: after the marker, every line is a package URL.
+pub fn explicit(path: &str, text: &str, spec: &mut EnvSpec) -> Result<(), DetectError> {
+    let mut seen_marker = false;
+    let mut urls = Vec::new();
+    let mut platforms = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(platform) = line.strip_prefix("# platform:") {
+            platforms.push(platform.trim().to_string());
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == "@EXPLICIT" {
+            seen_marker = true;
+            continue;
+        }
+        let url = line.split('#').next().unwrap_or(line);
+        if !seen_marker
+            || !url.contains("://")
+            || !(url.ends_with(".conda") || url.ends_with(".tar.bz2"))
+        {
+            return Err(DetectError::Malformed {
+                file: path.to_string(),
+                line: Some(index + 1),
+                message: format!("`{line}` is not a package URL (an @EXPLICIT file lists one .conda or .tar.bz2 URL per line)"),
+            });
+        }
+        urls.push(url.to_string());
+    }
+    spec.python = urls.iter().find_map(|u| python_from_conda_url(u));
+    spec.lock = Some(LockSpec {
+        format: "explicit",
+        file: path.to_string(),
+        platforms,
+        packages: urls.len(),
+    });
+    Ok(())
+}
+
+/// `.../python-3.11.7-h123_0_cpython.conda` → `3.11`.
+fn python_from_conda_url(url: &str) -> Option<String> {
+    let file = url.rsplit('/').next()?;
+    let version = file.strip_prefix("python-")?;
+    version
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then(|| first_major_minor(version))
+        .flatten()
+}
+
+fn uv_lock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
+    let path = files.display("uv.lock");
+    let lock = read_toml(files, &path, spec)?.unwrap_or_default();
+    let packages = lock.get("package").and_then(|p| p.as_array()).map(Vec::len);
+    let Some(packages) = packages.filter(|_| lock.contains_key("version")) else {
+        return Err(DetectError::Malformed {
+            file: path,
+            line: Some(1),
+            message: "not a uv lock file (needs `version` and `[[package]]` entries)".into(),
+        });
+    };
+    used.add_path(&path);
+    let python_version_file = files.display(".python-version");
+    if let Some(text) = files.read_path(&python_version_file, &mut spec.warnings)? {
+        spec.python = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .and_then(first_major_minor);
+        used.add_path(&python_version_file);
+    }
+    if spec.python.is_none() {
+        spec.python = lock
+            .get("requires-python")
+            .and_then(|v| v.as_str())
+            .and_then(first_major_minor);
+    }
+    let project = if files.binder_dir().is_some() {
+        files.display("pyproject.toml")
+    } else {
+        "pyproject.toml".into()
+    };
+    if files.absolute(&project).is_file() {
+        used.add_path(&project);
+        spec.installs_repo = true;
+    } else {
+        spec.warnings.push(format!(
+            "{path} has no pyproject.toml beside it; only the locked packages are installed"
+        ));
+    }
+    spec.lock = Some(LockSpec {
+        format: "uv",
+        file: path,
+        platforms: Vec::new(),
+        packages,
+    });
+    Ok(())
+}
+
+fn pylock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
+    let path = files.display("pylock.toml");
+    let lock = read_toml(files, &path, spec)?.unwrap_or_default();
+    let Some(packages) = lock
+        .get("packages")
+        .and_then(|p| p.as_array())
+        .filter(|_| lock.contains_key("lock-version"))
+    else {
+        return Err(DetectError::Malformed {
+            file: path,
+            line: Some(1),
+            message: "not a PEP 751 lock (needs `lock-version` and `[[packages]]`)".into(),
+        });
+    };
+    spec.python = lock
+        .get("requires-python")
+        .and_then(|v| v.as_str())
+        .and_then(first_major_minor);
+    spec.lock = Some(LockSpec {
+        format: "pylock",
+        file: path.clone(),
+        platforms: Vec::new(),
+        packages: packages.len(),
+    });
+    used.add_path(&path);
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The pip family (requirements files, setup.py / pyproject.toml packages, Pipfile),
+//! plus the small line formats of other buildpacks (`apt.txt`, Julia's `[compat]`).
+
+use super::files::{line_of, toml_error};
+use super::{conda::first_major_minor, DetectError, EnvSpec, PipSpec, RepoFiles, Used};
+
+/// A requirements file and everything it includes with `-r` / `-c`.
+#[derive(Debug, Default)]
+pub struct RequirementsTree {
+    /// Root-relative paths, the top file first.
+    pub files: Vec<String>,
+    /// Every requirement line carries `--hash`.
+    pub hashed: bool,
+    /// A line installs the repository itself (`.`, `-e .`).
+    pub installs_repo: bool,
+}
+
+/// `-r file` / `--requirement file` / `-c file` / `--constraint=file` → the file.
+pub fn include_target(line: &str) -> Option<&str> {
+    let line = line.trim();
+    for prefix in ["-r", "--requirement", "-c", "--constraint"] {
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let rest = rest.strip_prefix('=').unwrap_or(rest);
+            if rest.starts_with(char::is_whitespace)
+                || line.contains('=') && prefix.starts_with("--")
+            {
+                let target = rest.trim();
+                return (!target.is_empty()).then_some(target);
+            }
+        }
+    }
+    None
+}
+
+/// Whether a requirement line installs a local directory (`.`, `-e .`, `./pkg`, `file:.`).
+pub fn installs_local_path(line: &str) -> bool {
+    let line = line.trim();
+    let target = line
+        .strip_prefix("-e")
+        .or_else(|| line.strip_prefix("--editable"))
+        .map(|r| r.trim_start_matches('=').trim())
+        .unwrap_or(line);
+    target == "."
+        || target.starts_with("./")
+        || target.starts_with("file:.")
+        || target.starts_with("../")
+}
+
+/// Read a requirements file and its includes (relative to the including file).
+pub fn requirements_tree(
+    files: &RepoFiles,
+    top: &str,
+    warnings: &mut Vec<String>,
+) -> Result<RequirementsTree, DetectError> {
+    let mut tree = RequirementsTree::default();
+    let mut pending = vec![top.to_string()];
+    let mut requirement_lines = 0usize;
+    let mut hashed_lines = 0usize;
+    while let Some(path) = pending.pop() {
+        if tree.files.contains(&path) {
+            continue;
+        }
+        let Some(text) = files.read_path(&path, warnings)? else {
+            continue;
+        };
+        tree.files.push(path.clone());
+        let dir = path
+            .rsplit_once('/')
+            .map(|(d, _)| format!("{d}/"))
+            .unwrap_or_default();
+        // Continuation lines (`\` at the end) belong to the requirement above.
+        let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+        for line in joined.lines() {
+            let line = line.split(" #").next().unwrap_or(line).trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(target) = include_target(line) {
+                let included = normalize(&format!("{dir}{target}"));
+                if !files.absolute(&included).is_file() {
+                    return Err(DetectError::Malformed {
+                        file: path.clone(),
+                        line: line_of(&text, target),
+                        message: format!("includes `{target}`, which does not exist"),
+                    });
+                }
+                pending.push(included);
+                continue;
+            }
+            if line.starts_with('-') && !line.starts_with("-e") && !line.starts_with("--editable") {
+                continue; // --index-url, --find-links, ...: options, not requirements.
+            }
+            requirement_lines += 1;
+            if line.contains("--hash") {
+                hashed_lines += 1;
+            }
+            tree.installs_repo |= installs_local_path(line);
+        }
+    }
+    tree.hashed = requirement_lines > 0 && hashed_lines == requirement_lines;
+    if hashed_lines > 0 && !tree.hashed {
+        warnings.push(format!(
+            "{top}: only some requirements carry --hash; pip and uv refuse such files in hash-checking mode"
+        ));
+    }
+    Ok(tree)
+}
+
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "." | "" => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
+}
+
+/// requirements.txt plus a root Python package (setup.py, or pyproject.toml with
+/// `[project]` and `[build-system]`, root only, no binder dir). Returns whether any was found.
+/// `with_requirements` is false when a lock already pins the packages.
+pub fn packages_and_requirements(
+    files: &RepoFiles,
+    spec: &mut EnvSpec,
+    used: &mut Used,
+    with_requirements: bool,
+) -> Result<bool, DetectError> {
+    let mut found = false;
+    if with_requirements && files.exists("requirements.txt") {
+        let tree = requirements_tree(
+            files,
+            &files.display("requirements.txt"),
+            &mut spec.warnings,
+        )?;
+        for file in &tree.files {
+            used.add_path(file);
+        }
+        spec.installs_repo |= tree.installs_repo;
+        spec.pip = Some(PipSpec {
+            requirements: tree.files,
+            hashed: tree.hashed,
+        });
+        found = true;
+    }
+    if files.binder_dir().is_none() {
+        if files.exists_root("setup.py") {
+            used.add_path("setup.py");
+            spec.installs_repo = true;
+            found = true;
+        }
+        if let Some(text) = files.read_root("pyproject.toml", &mut spec.warnings)? {
+            let document: toml::Table =
+                toml::from_str(&text).map_err(|e| toml_error("pyproject.toml", &text, &e))?;
+            let project = document.get("project").and_then(|p| p.as_table());
+            if let Some(requires) = project
+                .and_then(|p| p.get("requires-python"))
+                .and_then(|v| v.as_str())
+            {
+                if spec.python.is_none() && !requires.trim_start().starts_with('<') {
+                    spec.python = first_major_minor(requires);
+                }
+            }
+            if project.is_some() && document.contains_key("build-system") {
+                used.add_path("pyproject.toml");
+                spec.installs_repo = true;
+                found = true;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Pipfile / Pipfile.lock (the lock wins); Python from the lock's `_meta`, else `[requires]`.
+pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
+    if let Some(text) = files.read("Pipfile.lock", &mut spec.warnings)? {
+        let path = files.display("Pipfile.lock");
+        let lock: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| DetectError::Malformed {
+                file: path.clone(),
+                line: Some(e.line()),
+                message: format!("invalid JSON: {e}"),
+            })?;
+        let requires = &lock["_meta"]["requires"];
+        spec.python = requires["python_full_version"]
+            .as_str()
+            .or_else(|| requires["python_version"].as_str())
+            .and_then(first_major_minor);
+        let packages = ["default", "develop"]
+            .iter()
+            .filter_map(|section| lock[section].as_object().map(|o| o.len()))
+            .sum();
+        spec.lock = Some(super::LockSpec {
+            format: "pipfile",
+            file: path.clone(),
+            platforms: Vec::new(),
+            packages,
+        });
+        used.add_path(&path);
+    }
+    if let Some(text) = files.read("Pipfile", &mut spec.warnings)? {
+        let path = files.display("Pipfile");
+        let document: toml::Table =
+            toml::from_str(&text).map_err(|e| toml_error(&path, &text, &e))?;
+        if spec.python.is_none() {
+            spec.python = document
+                .get("requires")
+                .and_then(|r| {
+                    r.get("python_full_version")
+                        .or_else(|| r.get("python_version"))
+                })
+                .and_then(|v| v.as_str())
+                .and_then(first_major_minor);
+        }
+        used.add_path(&path);
+    }
+    if files.binder_dir().is_none() && files.exists_root("setup.py") {
+        spec.warnings.push(
+            "setup.py is not installed automatically with a Pipfile; reference it there (`pkg = {path = \".\"}`)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `apt.txt`: one Debian package per line, `#` comments.
+pub fn apt_packages(path: &str, text: &str) -> Result<Vec<String>, DetectError> {
+    let mut packages = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let valid = line.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && line.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '+' | '-')
+            });
+        if !valid {
+            return Err(DetectError::Malformed {
+                file: path.to_string(),
+                line: Some(index + 1),
+                message: format!("`{line}` is not a Debian package name (one name per line, no versions or options)"),
+            });
+        }
+        packages.push(line.to_string());
+    }
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
+/// Julia's `[compat] julia = "..."` from Project.toml.
+pub fn julia_compat(
+    files: &RepoFiles,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, DetectError> {
+    let path = files.display(name);
+    let Some(text) = files.read(name, warnings)? else {
+        return Ok(None);
+    };
+    let document: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&path, &text, &e))?;
+    Ok(document
+        .get("compat")
+        .and_then(|c| c.get("julia"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn includes_and_local_paths() {
+        assert_eq!(include_target("-r other.txt"), Some("other.txt"));
+        assert_eq!(include_target("--requirement=base.txt"), Some("base.txt"));
+        assert_eq!(
+            include_target("-c constraints.txt"),
+            Some("constraints.txt")
+        );
+        assert_eq!(include_target("requests"), None);
+        assert!(installs_local_path("-e ."));
+        assert!(installs_local_path("."));
+        assert!(!installs_local_path("numpy"));
+        assert_eq!(normalize("binder/../reqs/a.txt"), "reqs/a.txt");
+    }
+
+    #[test]
+    fn apt_names() {
+        assert_eq!(
+            apt_packages("apt.txt", "curl\n# c\nlibxml2-dev # x\ncurl\n").unwrap(),
+            ["curl", "libxml2-dev"]
+        );
+        assert!(apt_packages("apt.txt", "curl=7.0\n").is_err());
+        assert!(apt_packages("apt.txt", "-o Foo\n").is_err());
+    }
+}

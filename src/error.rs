@@ -1,0 +1,113 @@
+//! Exit statuses and the one renderer of error chains (`error:` / `  caused by:` / `hint:`).
+//!
+//! Domain modules return their own `thiserror` enums; the command layer wraps them with
+//! `anyhow::Context`. This module walks the chain once, picks the exit status from the
+//! first domain error that classifies itself, and prints every cause exactly once.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use crate::printer::{sanitize, Printer};
+
+/// How a command ended; `main` turns it into the process exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything worked.
+    Success,
+    /// The user's input (arguments, repository, spec files, config) is wrong: exit 1.
+    Failure,
+    /// The environment failed us (I/O, network, an internal fault): exit 2.
+    Error,
+    /// A child process we ran exited with this code; it is passed through.
+    External(u8),
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Success => ExitCode::from(0),
+            ExitStatus::Failure => ExitCode::from(1),
+            ExitStatus::Error => ExitCode::from(2),
+            ExitStatus::External(code) => ExitCode::from(code),
+        }
+    }
+}
+
+/// Which side of the line an error falls on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// Bad input from the user or the repository.
+    User,
+    /// The machine, the network, or us.
+    Environment,
+}
+
+/// Implemented by every domain error so the renderer can classify it and add a hint.
+pub trait Diagnostic: std::error::Error {
+    /// Whose fault it is; decides the exit status.
+    fn blame(&self) -> Blame;
+    /// One line telling the user what to do next, if there is something useful to say.
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Find the first [`Diagnostic`] in an error chain.
+fn diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
+    for cause in error.chain() {
+        if let Some(d) = cause.downcast_ref::<crate::source::SourceError>() {
+            return Some(d);
+        }
+        if let Some(d) = cause.downcast_ref::<crate::detect::DetectError>() {
+            return Some(d);
+        }
+        if let Some(d) = cause.downcast_ref::<crate::settings::ConfigError>() {
+            return Some(d);
+        }
+        if let Some(d) = cause.downcast_ref::<crate::plan::PlanError>() {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// The exit status an error maps to.
+pub fn exit_status(error: &anyhow::Error) -> ExitStatus {
+    match diagnostic(error).map(Diagnostic::blame) {
+        Some(Blame::User) => ExitStatus::Failure,
+        _ => ExitStatus::Error,
+    }
+}
+
+/// Render an error chain as text: one `error:` line, one `caused by:` per cause, a hint.
+pub fn render(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut chain = error.chain();
+    if let Some(top) = chain.next() {
+        let _ = writeln!(out, "error: {}", sanitize(&top.to_string()));
+    }
+    for cause in chain {
+        let _ = writeln!(out, "  caused by: {}", sanitize(&cause.to_string()));
+    }
+    if let Some(hint) = diagnostic(error).and_then(Diagnostic::hint) {
+        let _ = writeln!(out, "hint: {}", sanitize(&hint));
+    }
+    out
+}
+
+/// The whole chain on one line, for `failed` events.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = error.chain().map(|c| sanitize(&c.to_string())).collect();
+    parts.dedup();
+    let mut line = parts.join(": ");
+    if let Some(hint) = diagnostic(error).and_then(Diagnostic::hint) {
+        let _ = write!(line, " (hint: {})", sanitize(&hint));
+    }
+    line
+}
+
+/// Print an error through the printer and return its exit status.
+pub fn report(printer: &Printer, error: &anyhow::Error) -> ExitStatus {
+    printer.error_block(&render(error));
+    exit_status(error)
+}

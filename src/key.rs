@@ -1,0 +1,117 @@
+//! The EnvKey: sha256 of the canonical JSON of everything that changes the built result
+//! (DESIGN §2). Notebooks, data and docs never enter it; the whole tree enters only when
+//! the build installs the repository itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::detect::{Buildpack, EnvSpec};
+use crate::plan::Target;
+use crate::settings::Settings;
+use crate::source::SourceError;
+
+/// Bumped whenever the meaning of the inputs changes, so old keys are never reused wrongly.
+pub const KEY_FORMAT: &str = "1";
+
+/// A computed key and the inputs it was computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvKey {
+    /// Hex sha256.
+    pub key: String,
+    /// Every input by name: literal values, or `sha256:<hex>` digests of file contents.
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl EnvKey {
+    /// The first 16 hex digits: the store directory name (short, for conda's prefix rewriting).
+    pub fn short(&self) -> &str {
+        &self.key[..16]
+    }
+}
+
+/// Compute the key of `spec` built for `target` from the checkout at `root`.
+pub fn compute(
+    root: &Path,
+    spec: &EnvSpec,
+    target: Target,
+    settings: &Settings,
+) -> Result<EnvKey, SourceError> {
+    let mut inputs = BTreeMap::new();
+    inputs.insert("format".to_string(), KEY_FORMAT.to_string());
+    inputs.insert("target".to_string(), target.name().to_string());
+    inputs.insert("platform".to_string(), settings.platform.clone());
+    inputs.insert("buildpack".to_string(), spec.buildpack.name().to_string());
+    let uses_python = !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix);
+    if uses_python {
+        let (python, _) = python_version(spec, settings);
+        inputs.insert("python".to_string(), python);
+    }
+    for file in &spec.files {
+        let bytes = fs_err::read(root.join(file))?;
+        inputs.insert(
+            format!("file:{}", role(spec, file)),
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+        );
+    }
+    let uses_conda = target == Target::Conda
+        || matches!(
+            spec.buildpack,
+            Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
+        );
+    if uses_conda {
+        inputs.insert("site:channels".to_string(), settings.channels.join(","));
+        inputs.insert(
+            "site:channel-alias".to_string(),
+            settings.channel_alias.clone(),
+        );
+        if !settings.mirrors.is_empty() {
+            let mirrors: Vec<String> = settings
+                .mirrors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            inputs.insert("site:mirrors".to_string(), mirrors.join(","));
+        }
+    }
+    if target.is_container() {
+        inputs.insert(
+            "site:base-image".to_string(),
+            settings
+                .base_image
+                .clone()
+                .unwrap_or_else(|| "(none)".to_string()),
+        );
+    }
+    if spec.installs_repo {
+        inputs.insert(
+            "tree".to_string(),
+            format!("sha256:{}", crate::source::tree_digest(root)?),
+        );
+    }
+    let canonical = serde_json::to_string(&inputs).expect("a map of strings always serialises");
+    let key = hex::encode(Sha256::digest(canonical.as_bytes()));
+    Ok(EnvKey { key, inputs })
+}
+
+/// The Python version to build with and whether it came from the repository.
+pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
+    match &spec.python {
+        Some(version) => (version.clone(), true),
+        None => (settings.python.clone(), false),
+    }
+}
+
+/// A file's role: its path with the binder dir stripped, so moving config into `binder/`
+/// does not change the environment's key.
+fn role<'a>(spec: &EnvSpec, file: &'a str) -> &'a str {
+    spec.binder_dir
+        .as_deref()
+        .and_then(|dir| {
+            file.strip_prefix(dir)
+                .and_then(|rest| rest.strip_prefix('/'))
+        })
+        .unwrap_or(file)
+}

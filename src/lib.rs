@@ -1,0 +1,121 @@
+//! hpcbinder: Binder for supercomputers.
+//!
+//! A repository goes through one pipeline (DESIGN.md §1):
+//!
+//! ```text
+//! repo spec ─▶ source ─▶ Checkout ─▶ detect ─▶ EnvSpec ─▶ plan ─▶ target + EnvKey ─▶ (build, store, kernel)
+//! ```
+//!
+//! - [`source`] turns a spec (path, git URL, `gh:`/`gl:`, BinderHub spec or launch URL) into
+//!   a checkout with an immutable identity, resolving every ref to a full commit first.
+//! - [`detect`] reads spec files only (no network, no code execution) into an [`detect::EnvSpec`].
+//! - [`plan`] picks the target; [`key`] computes the EnvKey from env-relevant inputs only.
+//! - [`events`] carries progress with BinderHub's phases to a terminal, JSON lines or SSE.
+//! - [`settings`] resolves CLI > environment > user config > site config.
+//!
+//! Departures from DESIGN.md, and why:
+//! - `detect --json`, `key --json` and `config show --json` print one result object, not
+//!   event lines, so scripts can parse stdout as one document; `build --json` prints events
+//!   and its last (`ready`) event carries the result.
+//! - Lock-file buildpacks (pixi, conda-lock, explicit, uv-lock, pylock) sit just before the
+//!   loose spec they lock in the detection order, after R, so R and Julia repositories keep
+//!   inheriting the Python layers as in repo2docker.
+
+pub mod cli;
+mod commands;
+pub mod detect;
+pub mod error;
+pub mod events;
+pub mod key;
+pub mod plan;
+pub mod printer;
+pub mod settings;
+pub mod source;
+pub mod variables;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::error::ExitStatus;
+use crate::events::{JsonReporter, Reporter, TerminalReporter};
+use crate::printer::{Printer, Verbosity};
+use crate::settings::CliOverrides;
+
+/// Run hpcbinder with the process's arguments; the binary's `main` calls this.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return match error.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitStatus::Success
+                }
+                _ => ExitStatus::Failure,
+            }
+            .into();
+        }
+    };
+    let verbosity = if cli.global.quiet {
+        Verbosity::Quiet
+    } else if cli.global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let printer = Printer::new(verbosity, cli.global.color);
+    let status = match dispatch(&cli, &printer) {
+        Ok(status) => status,
+        Err(error) => error::report(&printer, &error),
+    };
+    status.into()
+}
+
+fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
+    let json = cli.global.json;
+    if let Command::Completions { shell } = &cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(*shell, &mut cli::command(), "hpcbinder", &mut out);
+        printer.data(String::from_utf8_lossy(&out).trim_end());
+        return Ok(ExitStatus::Success);
+    }
+    let target_args = match &cli.command {
+        Command::Key(args) => Some(&args.target),
+        Command::Build(args) => Some(&args.target),
+        _ => None,
+    };
+    let overrides = CliOverrides {
+        store: cli.global.store.clone(),
+        target: target_args.and_then(|t| t.target),
+        python: target_args.and_then(|t| t.python.clone()),
+        base_image: target_args.and_then(|t| t.base_image.clone()),
+    };
+    let settings = settings::resolve(&overrides)?;
+    // `build --json` streams events on stdout; other commands keep stdout for their result.
+    let streams_events = json && matches!(cli.command, Command::Build(_));
+    let reporter: Box<dyn Reporter> = if streams_events {
+        Box::new(JsonReporter::new(printer.clone()))
+    } else {
+        Box::new(TerminalReporter::new(printer.clone()))
+    };
+    let result = match &cli.command {
+        Command::Detect(args) => {
+            commands::detect(args, &settings, printer, reporter.as_ref(), json)
+        }
+        Command::Key(args) => commands::key(args, &settings, printer, reporter.as_ref(), json),
+        Command::Build(args) => commands::build(args, &settings, printer, reporter.as_ref(), json),
+        Command::Config(ConfigCommand::Show) => commands::config_show(&settings, printer, json),
+        Command::Completions { .. } => unreachable!("handled above"),
+    };
+    if let (Err(error), true) = (&result, streams_events) {
+        reporter.report(events::Event::new(
+            events::Phase::Failed,
+            error::one_line(error),
+        ));
+    }
+    result
+}

@@ -1,0 +1,5 @@
+//! The `hpcbinder` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    hpcbinder::run()
+}

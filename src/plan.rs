@@ -1,0 +1,350 @@
+//! Planning: pick the build target for a detected spec and describe the build (the
+//! store prefix, the kernel that would be registered) without doing it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::detect::{Buildpack, EnvSpec};
+use crate::error::{Blame, Diagnostic};
+use crate::key::{self, EnvKey};
+use crate::settings::Settings;
+use crate::source::Checkout;
+use crate::variables;
+
+/// Where an environment is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Pick from the spec and site config.
+    Auto,
+    /// A conda environment (rattler).
+    Conda,
+    /// A Python venv (uv or pip).
+    Venv,
+    /// A Podman image.
+    Podman,
+    /// A podman-hpc image, migrated to squashfs.
+    PodmanHpc,
+    /// An Apptainer SIF.
+    Apptainer,
+    /// A Shifter image (pushed to a registry, then pulled by shifterimg).
+    Shifter,
+    /// A Charliecloud image (directory and squashfs).
+    Charliecloud,
+}
+
+impl Target {
+    /// Every target, in help order.
+    pub const ALL: &'static [Target] = &[
+        Self::Auto,
+        Self::Conda,
+        Self::Venv,
+        Self::Podman,
+        Self::PodmanHpc,
+        Self::Apptainer,
+        Self::Shifter,
+        Self::Charliecloud,
+    ];
+    /// The container targets.
+    pub const CONTAINERS: &'static [Target] = &[
+        Self::Podman,
+        Self::PodmanHpc,
+        Self::Apptainer,
+        Self::Shifter,
+        Self::Charliecloud,
+    ];
+
+    /// The name used on the command line and in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Conda => "conda",
+            Self::Venv => "venv",
+            Self::Podman => "podman",
+            Self::PodmanHpc => "podman-hpc",
+            Self::Apptainer => "apptainer",
+            Self::Shifter => "shifter",
+            Self::Charliecloud => "charliecloud",
+        }
+    }
+
+    /// Parse a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.name() == name)
+    }
+
+    /// Whether this target produces a container image.
+    pub fn is_container(self) -> bool {
+        Self::CONTAINERS.contains(&self)
+    }
+}
+
+/// Why a spec cannot be built for a target.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A native target for a spec that needs a container.
+    #[error("the {buildpack} repository needs a container ({reason}), which --target {target} cannot give")]
+    NeedsContainer {
+        /// The buildpack.
+        buildpack: &'static str,
+        /// What needs it.
+        reason: String,
+        /// The target asked for.
+        target: &'static str,
+    },
+    /// A venv for a conda spec.
+    #[error(
+        "a {buildpack} repository describes a conda environment, which --target venv cannot build"
+    )]
+    NeedsConda {
+        /// The buildpack.
+        buildpack: &'static str,
+    },
+}
+
+impl Diagnostic for PlanError {
+    fn blame(&self) -> Blame {
+        Blame::User
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            Self::NeedsContainer { .. } => {
+                "use --target podman (or another container engine)".into()
+            }
+            Self::NeedsConda { .. } => "use --target conda, or --target auto".into(),
+        })
+    }
+}
+
+/// Choose the concrete target for a spec.
+pub fn choose_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, PlanError> {
+    let conda_family = matches!(
+        spec.buildpack,
+        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
+    );
+    let container_reason = || -> Option<String> {
+        match spec.buildpack {
+            Buildpack::Docker => Some("it has a Dockerfile".into()),
+            Buildpack::Nix => Some("it uses Nix".into()),
+            Buildpack::R => Some("it needs R from the R buildpack".into()),
+            Buildpack::Julia => Some("it needs Julia".into()),
+            _ if !spec.apt.is_empty() => Some("apt.txt installs system packages".into()),
+            _ => None,
+        }
+    };
+    match settings.target {
+        Target::Auto => Ok(if container_reason().is_some() {
+            settings.container_engine
+        } else if conda_family {
+            Target::Conda
+        } else {
+            Target::Venv
+        }),
+        native @ (Target::Conda | Target::Venv) => {
+            if let Some(reason) = container_reason() {
+                return Err(PlanError::NeedsContainer {
+                    buildpack: spec.buildpack.name(),
+                    reason,
+                    target: native.name(),
+                });
+            }
+            if native == Target::Venv && conda_family {
+                return Err(PlanError::NeedsConda {
+                    buildpack: spec.buildpack.name(),
+                });
+            }
+            Ok(native)
+        }
+        container => Ok(container),
+    }
+}
+
+/// The kernel a build would register.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelPlan {
+    /// Kernelspec directory name.
+    #[serde(rename = "kernel")]
+    pub name: String,
+    /// Shown in Jupyter's launcher.
+    #[serde(rename = "kernel_display_name")]
+    pub display_name: String,
+    /// Where the kernelspec would be written (this kernel's own directory).
+    #[serde(rename = "kernel_dir")]
+    pub dir: PathBuf,
+}
+
+/// What `build` would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildPlan {
+    /// Where the repository came from.
+    pub source: crate::source::Identity,
+    /// The primary buildpack.
+    pub buildpack: Buildpack,
+    /// The concrete target.
+    pub target: Target,
+    /// The EnvKey.
+    pub key: String,
+    /// The environment's directory in the store.
+    pub prefix: PathBuf,
+    /// Whether the store already holds a finished environment for this key.
+    pub ready: bool,
+    /// The Python version to build with (null for Docker and Nix).
+    pub python: Option<String>,
+    /// Spec files used.
+    pub files: Vec<String>,
+    /// Warnings from detection.
+    pub warnings: Vec<String>,
+    /// The kernel that would be registered.
+    #[serde(flatten)]
+    pub kernel: KernelPlan,
+    /// The steps the build would take, in order.
+    pub steps: Vec<String>,
+}
+
+/// Kernel naming overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct KernelOptions {
+    /// `--kernel-name`.
+    pub name: Option<String>,
+    /// `--display-name`.
+    pub display_name: Option<String>,
+    /// `--kernel-dir`.
+    pub dir: Option<PathBuf>,
+}
+
+/// Describe the build of `spec` from `checkout`.
+pub fn plan(
+    checkout: &Checkout,
+    spec: &EnvSpec,
+    target: Target,
+    env_key: &EnvKey,
+    settings: &Settings,
+    kernel: &KernelOptions,
+) -> BuildPlan {
+    let prefix = settings.store.join("e").join(env_key.short());
+    let ready = settings
+        .store
+        .join("e")
+        .join(format!("{}.toml", env_key.short()))
+        .is_file();
+    let python = (!matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix))
+        .then(|| key::python_version(spec, settings).0);
+    let identity = &checkout.identity;
+    let revision = identity
+        .reference
+        .clone()
+        .filter(|r| r != "HEAD")
+        .or_else(|| identity.commit.as_ref().map(|c| c[..7].to_string()))
+        .unwrap_or_else(|| env_key.key[..7].to_string());
+    let name = kernel
+        .name
+        .clone()
+        .unwrap_or_else(|| kernel_name(&format!("{}-{revision}", checkout.slug)));
+    let display_name = kernel
+        .display_name
+        .clone()
+        .unwrap_or_else(|| format!("{} @ {revision} ({})", checkout.slug, target.name()));
+    let kernels_dir = kernel.dir.clone().unwrap_or_else(default_kernels_dir);
+    let steps = steps(spec, target, &prefix, ready);
+    BuildPlan {
+        source: identity.clone(),
+        buildpack: spec.buildpack,
+        target,
+        key: env_key.key.clone(),
+        prefix,
+        ready,
+        python,
+        files: spec.files.clone(),
+        warnings: spec.warnings.clone(),
+        kernel: KernelPlan {
+            dir: kernels_dir.join(&name),
+            name,
+            display_name,
+        },
+        steps,
+    }
+}
+
+fn steps(spec: &EnvSpec, target: Target, prefix: &std::path::Path, ready: bool) -> Vec<String> {
+    if ready {
+        return vec![
+            format!("reuse the ready environment {}", prefix.display()),
+            "register the kernel".into(),
+        ];
+    }
+    let mut steps = Vec::new();
+    if target.is_container() {
+        steps.push(match spec.buildpack {
+            Buildpack::Docker => "build the repository's Dockerfile".to_string(),
+            _ => "render a Containerfile from the spec".to_string(),
+        });
+        if !spec.apt.is_empty() {
+            steps.push(format!("install {} apt packages", spec.apt.len()));
+        }
+        steps.push(format!("build the {} image", target.name()));
+    } else {
+        if let Some(lock) = &spec.lock {
+            steps.push(format!(
+                "install {} locked packages from {} into {}",
+                lock.packages,
+                lock.file,
+                prefix.display()
+            ));
+        } else if let Some(conda) = &spec.conda {
+            steps.push(format!(
+                "solve and install {} conda dependencies into {}",
+                conda.dependencies.len(),
+                prefix.display()
+            ));
+        } else {
+            steps.push(format!(
+                "create a {} environment at {}",
+                target.name(),
+                prefix.display()
+            ));
+        }
+        if let Some(pip) = &spec.pip {
+            steps.push(format!(
+                "install {}{}",
+                pip.requirements.join(", "),
+                if pip.hashed { " with hashes" } else { "" }
+            ));
+        }
+        if spec.installs_repo {
+            steps.push("install the repository itself".into());
+        }
+    }
+    if let Some(post_build) = &spec.post_build {
+        steps.push(format!("run {post_build}"));
+    }
+    steps.push("write the lock and the ready marker".into());
+    steps.push("register and verify the kernel".into());
+    steps
+}
+
+/// Jupyter kernel names: lowercase letters, digits, `.`, `_`, `-`.
+fn kernel_name(text: &str) -> String {
+    let name: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.trim_matches('-').to_string()
+}
+
+/// `$JUPYTER_DATA_DIR/kernels`, else `~/.local/share/jupyter/kernels`.
+pub fn default_kernels_dir() -> PathBuf {
+    if let Some(dir) = variables::get(variables::JUPYTER_DATA_DIR) {
+        return PathBuf::from(dir).join("kernels");
+    }
+    let home = variables::get(variables::HOME).unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/jupyter/kernels")
+}

@@ -1,0 +1,440 @@
+//! Settings: one `resolve()` merges CLI > environment variables > user config > site
+//! config > defaults into a plain [`Settings`], remembering where each value came from.
+//!
+//! Config found inside a repository is never read here: a repository may describe its
+//! environment, never where or how we build it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Blame, Diagnostic};
+use crate::plan::Target;
+use crate::variables;
+
+/// Errors in configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config file does not parse or has unknown keys.
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Malformed {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is not allowed.
+    #[error("invalid {name} `{value}` (from {origin})")]
+    BadValue {
+        /// The setting.
+        name: &'static str,
+        /// The value.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// No home directory to put defaults in.
+    #[error("neither {0} nor HOME is set, so there is no default store location")]
+    NoHome(&'static str),
+    /// A config file exists but cannot be read.
+    #[error("could not read config file")]
+    Io(#[from] std::io::Error),
+}
+
+impl Diagnostic for ConfigError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::Io(_) => Blame::Environment,
+            _ => Blame::User,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::Malformed { .. } => Some(format!("the keys are: {}", KEYS.join(", "))),
+            Self::BadValue { allowed, .. } => Some(format!("use one of: {allowed}")),
+            Self::NoHome(_) => Some("pass --store DIR or set HPCBINDER_STORE".into()),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+pub enum Origin {
+    /// Built in.
+    Default,
+    /// The site config file.
+    SiteConfig(PathBuf),
+    /// The user config file.
+    UserConfig(PathBuf),
+    /// An environment variable.
+    Environment(&'static str),
+    /// A command-line flag.
+    Cli(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => write!(f, "default"),
+            Self::SiteConfig(p) => write!(f, "site config {}", p.display()),
+            Self::UserConfig(p) => write!(f, "user config {}", p.display()),
+            Self::Environment(v) => write!(f, "environment variable {v}"),
+            Self::Cli(flag) => write!(f, "command line {flag}"),
+        }
+    }
+}
+
+/// The keys a config file may hold.
+const KEYS: &[&str] = &[
+    "store",
+    "target",
+    "python",
+    "platform",
+    "channels",
+    "channel-alias",
+    "mirrors",
+    "base-image",
+    "container-engine",
+];
+
+/// One config file, as written (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    store: Option<PathBuf>,
+    target: Option<String>,
+    python: Option<String>,
+    platform: Option<String>,
+    channels: Option<Vec<String>>,
+    channel_alias: Option<String>,
+    mirrors: Option<BTreeMap<String, String>>,
+    base_image: Option<String>,
+    container_engine: Option<String>,
+}
+
+/// What the command line contributes (the flags common to commands).
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    /// `--store`.
+    pub store: Option<PathBuf>,
+    /// `--target`.
+    pub target: Option<Target>,
+    /// `--python`.
+    pub python: Option<String>,
+    /// `--base-image`.
+    pub base_image: Option<String>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// The store root.
+    pub store: PathBuf,
+    /// The build target (`auto` is resolved per repository by the planner).
+    pub target: Target,
+    /// The Python version used when a repository does not ask for one.
+    pub python: String,
+    /// The conda platform environments are built for (the compute nodes').
+    pub platform: String,
+    /// Default conda channels, used when an environment file names none.
+    pub channels: Vec<String>,
+    /// Where bare channel names point (`<alias>/<name>`).
+    pub channel_alias: String,
+    /// Channel URL prefix → mirror URL prefix.
+    pub mirrors: BTreeMap<String, String>,
+    /// Base image for container targets.
+    pub base_image: Option<String>,
+    /// The engine `--target auto` uses when a repository needs a container.
+    pub container_engine: Target,
+    /// Where each value came from, by key.
+    #[serde(skip)]
+    pub origins: BTreeMap<&'static str, Origin>,
+    /// The config files that were read.
+    #[serde(skip)]
+    pub files_read: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// The store's cache directory (clones, package caches).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.store.join("cache")
+    }
+
+    /// Where a value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+}
+
+/// The conda platform of this machine (`linux-64`, `linux-aarch64`, `osx-arm64`, ...).
+pub fn host_platform() -> &'static str {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("linux", "x86_64") => "linux-64",
+        ("linux", "aarch64") => "linux-aarch64",
+        ("linux", "powerpc64") => "linux-ppc64le",
+        ("macos", "x86_64") => "osx-64",
+        ("macos", "aarch64") => "osx-arm64",
+        ("windows", _) => "win-64",
+        _ => "linux-64",
+    }
+}
+
+/// The default site config path.
+const SITE_CONFIG: &str = "/etc/hpcbinder/config.toml";
+
+/// Resolve settings from the CLI, the environment and the config files.
+pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
+    let site_path = variables::get(variables::HPCBINDER_SITE_CONFIG)
+        .map_or_else(|| PathBuf::from(SITE_CONFIG), PathBuf::from);
+    let user_path = match variables::get(variables::HPCBINDER_CONFIG) {
+        Some(path) => Some(PathBuf::from(path)),
+        None => config_home().map(|h| h.join("hpcbinder").join("config.toml")),
+    };
+    let mut files_read = Vec::new();
+    let site = read_config(&site_path, &mut files_read)?;
+    let user = match &user_path {
+        Some(path) => read_config(path, &mut files_read)?,
+        None => None,
+    };
+    let layers: Vec<(Origin, ConfigFile)> = [
+        site.map(|c| (Origin::SiteConfig(site_path.clone()), c)),
+        user.map(|c| (Origin::UserConfig(user_path.clone().unwrap_or_default()), c)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let mut origins = BTreeMap::new();
+    let env_of = |name: &'static str| variables::get(name).map(|v| (name, v));
+    let store = pick_value(
+        "store",
+        &layers,
+        &|f| f.store.as_ref().map(|p| p.display().to_string()),
+        env_of(variables::HPCBINDER_STORE),
+        cli.store
+            .as_ref()
+            .map(|s| ("--store", s.display().to_string())),
+        &mut origins,
+    );
+    let store = match store {
+        Some(store) => absolute(PathBuf::from(store)),
+        None => default_store()?,
+    };
+    let target_text = pick_value(
+        "target",
+        &layers,
+        &|f| f.target.clone(),
+        env_of(variables::HPCBINDER_TARGET),
+        cli.target.map(|t| ("--target", t.name().to_string())),
+        &mut origins,
+    );
+    let target = match target_text {
+        Some(text) => parse_target(
+            "target",
+            &text,
+            origins.get("target").cloned().unwrap_or(Origin::Default),
+        )?,
+        None => Target::Auto,
+    };
+    let python = pick_value(
+        "python",
+        &layers,
+        &|f| f.python.clone(),
+        None,
+        cli.python.clone().map(|p| ("--python", p)),
+        &mut origins,
+    )
+    .unwrap_or_else(|| "3.12".into());
+    if crate::detect::first_major_minor(&python).as_deref() != Some(python.as_str()) {
+        return Err(ConfigError::BadValue {
+            name: "python",
+            value: python,
+            origin: origins.get("python").cloned().unwrap_or(Origin::Default),
+            allowed: "a major.minor version such as 3.12".into(),
+        });
+    }
+    let platform = pick_value(
+        "platform",
+        &layers,
+        &|f| f.platform.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_else(|| host_platform().into());
+    let channels = pick_value(
+        "channels",
+        &layers,
+        &|f| f.channels.as_ref().map(|c| c.join("\n")),
+        None,
+        None,
+        &mut origins,
+    )
+    .map(|c| c.lines().map(str::to_string).collect())
+    .unwrap_or_else(|| vec!["conda-forge".into()]);
+    let channel_alias = pick_value(
+        "channel-alias",
+        &layers,
+        &|f| f.channel_alias.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_else(|| "https://conda.anaconda.org".into());
+    // Mirrors merge across layers (a user may add one to the site's), later layers winning.
+    let mut mirrors = BTreeMap::new();
+    for (origin, file) in &layers {
+        if let Some(layer) = &file.mirrors {
+            mirrors.extend(layer.clone());
+            origins.insert("mirrors", origin.clone());
+        }
+    }
+    let base_image = pick_value(
+        "base-image",
+        &layers,
+        &|f| f.base_image.clone(),
+        None,
+        cli.base_image.clone().map(|b| ("--base-image", b)),
+        &mut origins,
+    );
+    let engine_text = pick_value(
+        "container-engine",
+        &layers,
+        &|f| f.container_engine.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let container_engine = match engine_text {
+        Some(text) => {
+            let origin = origins
+                .get("container-engine")
+                .cloned()
+                .unwrap_or(Origin::Default);
+            let engine = parse_target("container-engine", &text, origin.clone())?;
+            if !engine.is_container() {
+                return Err(ConfigError::BadValue {
+                    name: "container-engine",
+                    value: text,
+                    origin,
+                    allowed: Target::CONTAINERS
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            engine
+        }
+        None => Target::Podman,
+    };
+    Ok(Settings {
+        store,
+        target,
+        python,
+        platform,
+        channels,
+        channel_alias,
+        mirrors,
+        base_image,
+        container_engine,
+        origins,
+        files_read,
+    })
+}
+
+/// The value of one setting: site, then user config, then the environment, then the CLI.
+fn pick_value(
+    key: &'static str,
+    layers: &[(Origin, ConfigFile)],
+    get: &dyn Fn(&ConfigFile) -> Option<String>,
+    env: Option<(&'static str, String)>,
+    cli: Option<(&'static str, String)>,
+    origins: &mut BTreeMap<&'static str, Origin>,
+) -> Option<String> {
+    let mut value = None;
+    for (origin, file) in layers {
+        if let Some(v) = get(file) {
+            value = Some(v);
+            origins.insert(key, origin.clone());
+        }
+    }
+    if let Some((name, v)) = env {
+        value = Some(v);
+        origins.insert(key, Origin::Environment(name));
+    }
+    if let Some((flag, v)) = cli {
+        value = Some(v);
+        origins.insert(key, Origin::Cli(flag));
+    }
+    value
+}
+
+fn parse_target(name: &'static str, text: &str, origin: Origin) -> Result<Target, ConfigError> {
+    Target::from_name(text).ok_or_else(|| ConfigError::BadValue {
+        name,
+        value: text.to_string(),
+        origin,
+        allowed: Target::ALL
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+fn read_config(
+    path: &Path,
+    files_read: &mut Vec<PathBuf>,
+) -> Result<Option<ConfigFile>, ConfigError> {
+    let text = match fs_err::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    files_read.push(path.to_path_buf());
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| ConfigError::Malformed {
+            file: path.to_path_buf(),
+            line: e.span().map(|s| crate::detect::line_at(&text, s.start)),
+            message: e.message().to_string(),
+        })
+}
+
+fn home() -> Option<PathBuf> {
+    variables::get(variables::HOME).map(PathBuf::from)
+}
+
+fn config_home() -> Option<PathBuf> {
+    variables::get(variables::XDG_CONFIG_HOME)
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".config")))
+}
+
+fn default_store() -> Result<PathBuf, ConfigError> {
+    variables::get(variables::XDG_DATA_HOME)
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".local").join("share")))
+        .map(|d| d.join("hpcbinder"))
+        .ok_or(ConfigError::NoHome(variables::XDG_DATA_HOME))
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(&path))
+            .unwrap_or(path)
+    }
+}

@@ -1,0 +1,196 @@
+//! Sources: turn a repo spec into a local checkout with an immutable identity.
+//!
+//! A ref is always resolved to a full commit id before anything reads the tree. Remote
+//! repositories are cloned into `<store>/cache/git/<digest of origin>/` and fetched again on
+//! reuse; a cached clone is checked to belong to the same origin before it is trusted.
+//! A local plain folder's identity is a content digest of its files.
+
+mod git;
+mod local;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Blame, Diagnostic};
+use crate::events::{Phase, Reporter, ReporterExt};
+pub use local::tree_digest;
+pub use spec::{redact, RepoSpec};
+
+/// Errors from parsing a spec or getting a checkout.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The spec does not parse.
+    #[error("invalid repository spec `{spec}`: {reason}")]
+    BadSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Neither an existing directory nor a recognised spec.
+    #[error("`{spec}` is not a directory, a git URL or a repository spec")]
+    NotFound {
+        /// The spec as given.
+        spec: String,
+    },
+    /// A provider we know but do not support yet.
+    #[error("`{provider}` sources are not supported yet (`{spec}`)")]
+    Unsupported {
+        /// The spec as given.
+        spec: String,
+        /// The provider prefix.
+        provider: String,
+    },
+    /// Refused for safety before git ran.
+    #[error("refusing unsafe input: {reason}")]
+    Hostile {
+        /// Why.
+        reason: String,
+    },
+    /// A ref that cannot be a git ref.
+    #[error("`{reference}` is not a valid git ref")]
+    BadRef {
+        /// The ref as given.
+        reference: String,
+    },
+    /// The ref does not exist in the repository.
+    #[error("ref `{reference}` not found in {origin}")]
+    MissingRef {
+        /// The ref as given.
+        reference: String,
+        /// The repository (redacted).
+        origin: String,
+    },
+    /// A short sha matching several commits.
+    #[error("ref `{reference}` is ambiguous in {origin}")]
+    AmbiguousRef {
+        /// The ref as given.
+        reference: String,
+        /// The repository (redacted).
+        origin: String,
+    },
+    /// Fetching or cloning failed.
+    #[error("could not fetch {origin}")]
+    Fetch {
+        /// The repository (redacted).
+        origin: String,
+        /// libgit2's error.
+        #[source]
+        source: ::git2::Error,
+    },
+    /// Another git operation failed.
+    #[error("git failed on {path}")]
+    Git {
+        /// Where.
+        path: PathBuf,
+        /// libgit2's error.
+        #[source]
+        source: ::git2::Error,
+    },
+    /// An I/O error, already naming its path (fs-err).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Diagnostic for SourceError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::Fetch { source, .. }
+                if source.class() == ::git2::ErrorClass::Http
+                    && source.message().contains("404") =>
+            {
+                Blame::User
+            }
+            Self::Fetch { .. } | Self::Git { .. } | Self::Io(_) => Blame::Environment,
+            _ => Blame::User,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::NotFound { .. } => Some(
+                "give a local directory, a git URL (https://, ssh://, file://), gh:org/repo[@ref], \
+                 gl:group/repo[@ref], or a BinderHub spec such as gh/org/repo/HEAD"
+                    .into(),
+            ),
+            Self::Unsupported { .. } => Some("clone or download it yourself and pass the directory".into()),
+            Self::MissingRef { .. } => {
+                Some("check the branch, tag or commit name; `git ls-remote <url>` lists branches and tags".into())
+            }
+            Self::AmbiguousRef { .. } => Some("give more characters of the commit id".into()),
+            Self::BadRef { .. } => Some("refs are branch names, tags or commit ids, e.g. main, v1.2, 3f2a9c1".into()),
+            Self::Fetch { .. } => Some("check the URL and your network or proxy settings (https_proxy)".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Who the checkout is: where it came from and exactly which content it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// `git` or `directory`.
+    pub kind: &'static str,
+    /// The origin URL (credentials redacted) or `file://` path.
+    pub origin: String,
+    /// The ref that was asked for, if any.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// The full commit id (git sources).
+    pub commit: Option<String>,
+    /// A digest of the files (plain folders, and git work trees with local changes).
+    pub content_digest: Option<String>,
+    /// A git work tree whose files differ from its commit.
+    pub dirty: bool,
+}
+
+/// A local tree to detect and build from. Holding it keeps any cache lock it needs.
+#[derive(Debug)]
+pub struct Checkout {
+    /// The directory holding the files.
+    pub root: PathBuf,
+    /// Where the files came from.
+    pub identity: Identity,
+    /// A short name for kernels and images.
+    pub slug: String,
+    _lock: Option<fs_err::File>,
+}
+
+/// Get a checkout for a spec: a local directory as it is, or a clone in the cache.
+pub fn checkout(
+    spec: &RepoSpec,
+    cache_dir: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Checkout, SourceError> {
+    match spec {
+        RepoSpec::Local {
+            path,
+            reference: None,
+        } => local::open(path),
+        RepoSpec::Local {
+            path,
+            reference: Some(reference),
+        } => {
+            let absolute = fs_err::canonicalize(path)?;
+            if ::git2::Repository::open(&absolute).is_err() {
+                return Err(SourceError::BadSpec {
+                    spec: path.display().to_string(),
+                    reason: "--ref needs a git repository, and this directory is not one".into(),
+                });
+            }
+            let url = format!("file://{}", absolute.display());
+            reporter.phase(Phase::Fetching, format!("Resolving {reference} in {url}"));
+            let slug = local::slug_for_dir(&absolute);
+            git::checkout(&url, Some(reference), slug, cache_dir, reporter)
+        }
+        RepoSpec::Git {
+            url,
+            reference,
+            slug,
+        } => {
+            reporter.phase(Phase::Fetching, format!("Fetching {}", redact(url)));
+            git::checkout(url, reference.as_deref(), slug.clone(), cache_dir, reporter)
+        }
+    }
+}

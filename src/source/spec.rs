@@ -1,0 +1,485 @@
+//! The repository spec grammar: local paths, git URLs, `gh:`/`gl:` shorthands, BinderHub
+//! provider specs (`gh/org/repo/ref`, `git/<escaped url>/ref`, ...) and whole launch URLs.
+//!
+//! Parsing is pure: nothing here touches git or the network. Hostile input (a URL or ref
+//! that git would read as an option, `ext::` transports) is refused here, before git runs.
+
+use std::path::PathBuf;
+
+use percent_encoding::percent_decode_str;
+
+use super::SourceError;
+
+/// What the user asked for, before anything is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoSpec {
+    /// A directory on this machine (a git work tree or a plain folder).
+    Local {
+        /// The directory as given.
+        path: PathBuf,
+        /// A ref to check out, for git work trees.
+        reference: Option<String>,
+    },
+    /// A git repository to clone.
+    Git {
+        /// The clone URL (may carry credentials; redact before showing).
+        url: String,
+        /// Branch, tag or commit; `None` means the remote's HEAD.
+        reference: Option<String>,
+        /// A short, human name for kernels and images (`org-repo`).
+        slug: String,
+    },
+}
+
+/// BinderHub providers that fetch archives rather than git repositories; not yet supported.
+const ARCHIVE_PROVIDERS: &[&str] = &["zenodo", "figshare", "hydroshare", "dataverse", "ckan"];
+
+/// URL schemes we hand to git.
+const GIT_SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];
+
+/// Parse a repo spec; `cli_ref` is `--ref`, which must agree with a ref inside the spec.
+pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError> {
+    if input.is_empty() {
+        return Err(SourceError::BadSpec {
+            spec: String::new(),
+            reason: "the repository spec is empty".into(),
+        });
+    }
+    refuse_option_like("repository", input)?;
+    if let Some(reference) = cli_ref {
+        check_ref(reference)?;
+    }
+    let path = PathBuf::from(input);
+    if path.is_dir() {
+        return Ok(RepoSpec::Local {
+            path,
+            reference: cli_ref.map(str::to_string),
+        });
+    }
+    let (url, spec_ref, slug) = if let Some(launch) = launch_url_spec(input) {
+        provider_spec(input, &launch)?
+    } else if let Some(rest) = input.strip_prefix("gh:") {
+        let (repo, reference) = split_at_ref(rest);
+        let (org, name) = two_parts(input, repo)?;
+        (
+            format!("https://github.com/{org}/{}", strip_git(name)),
+            reference,
+            format!("{org}-{}", strip_git(name)),
+        )
+    } else if let Some(rest) = input.strip_prefix("gl:") {
+        let (repo, reference) = split_at_ref(rest);
+        if !repo.contains('/') {
+            return Err(bad(input, "expected gl:group/project[@ref]"));
+        }
+        (
+            format!("https://gitlab.com/{}", strip_git(repo)),
+            reference,
+            strip_git(repo).replace('/', "-"),
+        )
+    } else if is_git_url(input) {
+        refuse_transport(input)?;
+        (input.to_string(), None, slug_from_url(input))
+    } else if let Some((provider, _)) = input.split_once('/') {
+        if is_provider(provider) {
+            provider_spec(input, input)?
+        } else {
+            return Err(SourceError::NotFound {
+                spec: input.to_string(),
+            });
+        }
+    } else {
+        return Err(SourceError::NotFound {
+            spec: input.to_string(),
+        });
+    };
+    let reference = merge_refs(input, spec_ref, cli_ref)?;
+    refuse_option_like("repository URL", &url)?;
+    refuse_transport(&url)?;
+    Ok(RepoSpec::Git {
+        url,
+        reference,
+        slug,
+    })
+}
+
+fn bad(spec: &str, reason: &str) -> SourceError {
+    SourceError::BadSpec {
+        spec: spec.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn is_provider(name: &str) -> bool {
+    matches!(name, "gh" | "gl" | "git" | "gist") || ARCHIVE_PROVIDERS.contains(&name)
+}
+
+/// `https://host/.../v2/<provider>/<spec>?urlpath=...` → `<provider>/<spec>`.
+fn launch_url_spec(input: &str) -> Option<String> {
+    if !(input.starts_with("https://") || input.starts_with("http://")) {
+        return None;
+    }
+    let (_, after) = input.split_once("/v2/")?;
+    let spec = after.split(['?', '#']).next()?;
+    let provider = spec.split('/').next()?;
+    is_provider(provider).then(|| spec.to_string())
+}
+
+/// BinderHub's `<provider>/<spec>` grammar (`reference/binderhub-hpc.md` §1.3).
+fn provider_spec(input: &str, spec: &str) -> Result<(String, Option<String>, String), SourceError> {
+    let (provider, rest) = spec.split_once('/').unwrap_or((spec, ""));
+    if ARCHIVE_PROVIDERS.contains(&provider) {
+        return Err(SourceError::Unsupported {
+            spec: input.to_string(),
+            provider: provider.to_string(),
+        });
+    }
+    match provider {
+        "gh" => {
+            let parts: Vec<&str> = rest.splitn(3, '/').collect();
+            match parts.as_slice() {
+                [org, repo, reference]
+                    if !org.is_empty() && !repo.is_empty() && !reference.is_empty() =>
+                {
+                    let repo = strip_git(repo);
+                    Ok((
+                        format!("https://github.com/{org}/{repo}"),
+                        Some(decode(reference)),
+                        format!("{org}-{repo}"),
+                    ))
+                }
+                [org, repo] if !org.is_empty() && !repo.is_empty() => Err(SourceError::BadSpec {
+                    spec: input.to_string(),
+                    reason: format!("no ref given; did you mean gh/{org}/{repo}/HEAD?"),
+                }),
+                _ => Err(bad(input, "expected gh/<org>/<repo>/<ref>")),
+            }
+        }
+        "gl" => {
+            let (namespace, reference) = rest
+                .split_once('/')
+                .filter(|(n, r)| !n.is_empty() && !r.is_empty())
+                .ok_or_else(|| bad(input, "expected gl/<url-escaped group%2Fproject>/<ref>"))?;
+            let namespace = decode(namespace);
+            let namespace = strip_git(&namespace);
+            Ok((
+                format!("https://gitlab.com/{namespace}"),
+                Some(decode(reference)),
+                namespace.replace('/', "-"),
+            ))
+        }
+        "git" => {
+            let (escaped, reference) = rest
+                .rsplit_once('/')
+                .filter(|(u, r)| !u.is_empty() && !r.is_empty())
+                .ok_or_else(|| bad(input, "expected git/<url-escaped clone URL>/<ref>"))?;
+            let url = decode(escaped);
+            let url = scp_to_ssh(&url);
+            if !GIT_SCHEMES.iter().any(|s| url.starts_with(s)) {
+                return Err(bad(
+                    input,
+                    "the URL inside git/... must be http(s), ssh, git or file",
+                ));
+            }
+            let slug = slug_from_url(&url);
+            Ok((url, Some(decode(reference)), slug))
+        }
+        "gist" => {
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [_user, id] | [_user, id, ""] if !id.is_empty() => Ok((
+                    format!("https://gist.github.com/{id}.git"),
+                    None,
+                    format!("gist-{id}"),
+                )),
+                [_user, id, reference] if !id.is_empty() => Ok((
+                    format!("https://gist.github.com/{id}.git"),
+                    Some(decode(reference)),
+                    format!("gist-{id}"),
+                )),
+                _ => Err(bad(input, "expected gist/<user>/<id>[/<ref>]")),
+            }
+        }
+        _ => Err(bad(input, "unknown provider")),
+    }
+}
+
+fn decode(text: &str) -> String {
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
+}
+
+fn strip_git(name: &str) -> &str {
+    name.strip_suffix(".git").unwrap_or(name)
+}
+
+fn two_parts<'a>(input: &str, repo: &'a str) -> Result<(&'a str, &'a str), SourceError> {
+    match repo.split_once('/') {
+        Some((org, name)) if !org.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((org, name))
+        }
+        _ => Err(bad(input, "expected gh:org/repo[@ref]")),
+    }
+}
+
+fn split_at_ref(text: &str) -> (&str, Option<String>) {
+    match text.split_once('@') {
+        Some((repo, reference)) if !reference.is_empty() => (repo, Some(reference.to_string())),
+        Some((repo, _)) => (repo, None),
+        None => (text, None),
+    }
+}
+
+fn merge_refs(
+    input: &str,
+    spec_ref: Option<String>,
+    cli_ref: Option<&str>,
+) -> Result<Option<String>, SourceError> {
+    match (spec_ref, cli_ref) {
+        (Some(a), Some(b)) if a != b => Err(SourceError::BadSpec {
+            spec: input.to_string(),
+            reason: format!("the spec names ref `{a}` but --ref says `{b}`"),
+        }),
+        (Some(a), _) => {
+            check_ref(&a)?;
+            Ok(Some(a))
+        }
+        (None, b) => Ok(b.map(str::to_string)),
+    }
+}
+
+/// `git@host:org/repo` (scp-like) → `ssh://git@host/org/repo`.
+fn scp_to_ssh(url: &str) -> String {
+    if GIT_SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return url.to_string();
+    }
+    match url.split_once(':') {
+        Some((user_host, path)) if user_host.contains('@') && !user_host.contains('/') => {
+            format!("ssh://{user_host}/{}", path.trim_start_matches('/'))
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn is_git_url(input: &str) -> bool {
+    if GIT_SCHEMES.iter().any(|s| input.starts_with(s)) {
+        return true;
+    }
+    // scp-like `user@host:path`
+    matches!(input.split_once(':'), Some((user_host, _)) if user_host.contains('@') && !user_host.contains('/'))
+}
+
+/// The last two path segments of a URL, joined by `-`, without `.git`.
+pub fn slug_from_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let segments: Vec<&str> = without_query
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .collect();
+    let mut slug: Vec<&str> = segments.into_iter().rev().collect();
+    if let Some(last) = slug.last_mut() {
+        *last = strip_git(last);
+    }
+    let joined = slug.join("-");
+    joined
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn refuse_option_like(what: &str, value: &str) -> Result<(), SourceError> {
+    if value.starts_with('-') {
+        return Err(SourceError::Hostile {
+            reason: format!(
+                "the {what} `{value}` starts with `-` and would be read by git as an option"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// git's remote-helper syntax (`ext::sh -c ...`, `fd::`) runs commands: never allowed.
+fn refuse_transport(url: &str) -> Result<(), SourceError> {
+    let before_colon = url.split(':').next().unwrap_or("");
+    if url.contains("::") && !before_colon.contains('/') {
+        return Err(SourceError::Hostile {
+            reason: format!(
+                "`{url}` uses a git transport helper (`<transport>::`), which can run commands"
+            ),
+        });
+    }
+    if !is_git_url(url) {
+        return Err(SourceError::Hostile {
+            reason: format!("`{url}` is not an http(s), ssh, git or file URL"),
+        });
+    }
+    Ok(())
+}
+
+/// Refs must look like refs: no option syntax, no whitespace or control characters, none of
+/// git's forbidden sequences.
+pub fn check_ref(reference: &str) -> Result<(), SourceError> {
+    refuse_option_like("ref", reference)?;
+    let bad_char = reference.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+    });
+    if reference.is_empty()
+        || bad_char
+        || reference.contains("..")
+        || reference.contains("@{")
+        || reference.ends_with(".lock")
+        || reference.ends_with('/')
+        || reference.ends_with('.')
+    {
+        return Err(SourceError::BadRef {
+            reference: reference.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Replace credentials in a URL's userinfo with `****` (http/https); ssh user names stay.
+pub fn redact(url: &str) -> String {
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            if let Some(at) = rest[..authority_end].rfind('@') {
+                return format!("{scheme}****@{}", &rest[at + 1..]);
+            }
+        }
+    }
+    if let Some(rest) = url.strip_prefix("ssh://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let user = &rest[..at];
+            if let Some((name, _password)) = user.split_once(':') {
+                return format!("ssh://{name}:****@{}", &rest[at + 1..]);
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(input: &str) -> (String, Option<String>, String) {
+        match parse(input, None).unwrap() {
+            RepoSpec::Git {
+                url,
+                reference,
+                slug,
+            } => (url, reference, slug),
+            other => panic!("not git: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shorthands_and_binderhub_specs() {
+        assert_eq!(
+            git("gh:org/repo@v1"),
+            (
+                "https://github.com/org/repo".into(),
+                Some("v1".into()),
+                "org-repo".into()
+            )
+        );
+        assert_eq!(
+            git("gh/org/repo.git/feature/x"),
+            (
+                "https://github.com/org/repo".into(),
+                Some("feature/x".into()),
+                "org-repo".into()
+            )
+        );
+        assert_eq!(
+            git("gl/group%2Fsub%2Fproj/main"),
+            (
+                "https://gitlab.com/group/sub/proj".into(),
+                Some("main".into()),
+                "group-sub-proj".into()
+            )
+        );
+        assert_eq!(
+            git("git/https%3A%2F%2Fexample.org%2Fa%2Fb.git/abc123"),
+            (
+                "https://example.org/a/b.git".into(),
+                Some("abc123".into()),
+                "a-b".into()
+            )
+        );
+        assert_eq!(
+            git("git/git%40example.org%3Aa%2Fb.git/main").0,
+            "ssh://git@example.org/a/b.git"
+        );
+        assert_eq!(
+            git("gist/someone/0123abcd"),
+            (
+                "https://gist.github.com/0123abcd.git".into(),
+                None,
+                "gist-0123abcd".into()
+            )
+        );
+        assert_eq!(
+            git("https://mybinder.org/v2/gh/org/repo/HEAD?urlpath=lab"),
+            (
+                "https://github.com/org/repo".into(),
+                Some("HEAD".into()),
+                "org-repo".into()
+            )
+        );
+    }
+
+    #[test]
+    fn rejects_bad_and_hostile_specs() {
+        assert!(
+            matches!(parse("gh/org/repo", None), Err(SourceError::BadSpec { reason, .. }) if reason.contains("gh/org/repo/HEAD"))
+        );
+        assert!(matches!(
+            parse("zenodo/10.5281/zenodo.1", None),
+            Err(SourceError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            parse("-uhack", None),
+            Err(SourceError::Hostile { .. })
+        ));
+        assert!(matches!(
+            parse("ext::sh -c touch% /tmp/x", None),
+            Err(SourceError::NotFound { .. }) | Err(SourceError::Hostile { .. })
+        ));
+        assert!(matches!(
+            parse("git/ext%3A%3Ash%20-c%20id/main", None),
+            Err(SourceError::BadSpec { .. }) | Err(SourceError::Hostile { .. })
+        ));
+        assert!(matches!(
+            parse("gh:org/repo", Some("--upload-pack=x")),
+            Err(SourceError::Hostile { .. })
+        ));
+        assert!(matches!(
+            parse("gh:org/repo", Some("a..b")),
+            Err(SourceError::BadRef { .. })
+        ));
+        assert!(matches!(
+            parse("gh:org/repo@v1", Some("v2")),
+            Err(SourceError::BadSpec { .. })
+        ));
+    }
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact("https://user:tok@host/a.git"),
+            "https://****@host/a.git"
+        );
+        assert_eq!(redact("https://tok@host/a@b"), "https://****@host/a@b");
+        assert_eq!(redact("ssh://git@host/a"), "ssh://git@host/a");
+        assert_eq!(redact("file:///tmp/a"), "file:///tmp/a");
+    }
+}

@@ -1,0 +1,25 @@
+//! Every environment variable hpcbinder reads, in one place, each documented.
+
+/// The store directory (environments, images, caches); beats config files.
+pub const HPCBINDER_STORE: &str = "HPCBINDER_STORE";
+/// The default build target (`auto`, `conda`, `venv`, `podman`, ...); beats config files.
+pub const HPCBINDER_TARGET: &str = "HPCBINDER_TARGET";
+/// Path of the user config file; default `$XDG_CONFIG_HOME/hpcbinder/config.toml`.
+pub const HPCBINDER_CONFIG: &str = "HPCBINDER_CONFIG";
+/// Path of the site config file (written by the centre); default `/etc/hpcbinder/config.toml`.
+pub const HPCBINDER_SITE_CONFIG: &str = "HPCBINDER_SITE_CONFIG";
+/// Disables colour when set to anything non-empty (<https://no-color.org>).
+pub const NO_COLOR: &str = "NO_COLOR";
+/// The user's home directory.
+pub const HOME: &str = "HOME";
+/// XDG base directory for data (default store location).
+pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
+/// XDG base directory for configuration (user config file).
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// Jupyter's data directory; kernelspecs go in its `kernels/` folder.
+pub const JUPYTER_DATA_DIR: &str = "JUPYTER_DATA_DIR";
+
+/// Read a variable, treating an empty value as unset.
+pub fn get(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
