@@ -113,14 +113,18 @@ impl Reporter for JsonReporter {
 pub struct TerminalReporter {
     printer: Printer,
     spinner: Mutex<Option<indicatif::ProgressBar>>,
+    log_lines: bool,
 }
 
 impl TerminalReporter {
-    /// A reporter for `printer`; animates only when stderr is a terminal.
-    pub fn new(printer: Printer) -> Self {
+    /// A reporter for `printer`; animates only when stderr is a terminal. Off a terminal,
+    /// `log_lines` decides whether each event is a line (long builds in batch logs) or
+    /// shown only with `-v` (quick commands whose output is the result).
+    pub fn new(printer: Printer, log_lines: bool) -> Self {
         Self {
             printer,
             spinner: Mutex::new(None),
+            log_lines,
         }
     }
 }
@@ -147,8 +151,12 @@ impl Reporter for TerminalReporter {
             bar.set_message(format!("{:>9} {text}", phase_label(event.phase)));
         } else if !finished {
             // Batch logs (Slurm) get one plain line per event.
-            self.printer
-                .info(&format!("{:>9} {text}", phase_label(event.phase)));
+            let line = format!("{:>9} {text}", phase_label(event.phase));
+            if self.log_lines {
+                self.printer.info(&line);
+            } else {
+                self.printer.debug(&line);
+            }
         }
     }
 }

@@ -100,7 +100,10 @@ fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let reporter: Box<dyn Reporter> = if streams_events {
         Box::new(JsonReporter::new(printer.clone()))
     } else {
-        Box::new(TerminalReporter::new(printer.clone()))
+        Box::new(TerminalReporter::new(
+            printer.clone(),
+            matches!(cli.command, Command::Build(_)),
+        ))
     };
     let result = match &cli.command {
         Command::Detect(args) => {

@@ -137,6 +137,17 @@ fn parse(path: &str, text: &str, warnings: &mut Vec<String>) -> Result<CondaSpec
                             })?;
                             conda.pip.extend(pip);
                         }
+                        Value::Mapping(m) => {
+                            let key = m
+                                .keys()
+                                .next()
+                                .and_then(Value::as_str)
+                                .unwrap_or("dependencies");
+                            return Err(malformed(
+                                &format!("{key}:"),
+                                format!("`{key}:` is not allowed here; each dependency must be a MatchSpec string or a `pip:` list"),
+                            ));
+                        }
                         _ => {
                             return Err(malformed(
                                 "dependencies",

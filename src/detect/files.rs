@@ -4,6 +4,8 @@
 //! target's contents are never shown); detection warns about it instead. Files are
 //! capped in size so a hostile repository cannot make detection read gigabytes.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::DetectError;
@@ -17,6 +19,7 @@ pub struct RepoFiles {
     root: PathBuf,
     canonical_root: PathBuf,
     binder_dir: Option<&'static str>,
+    refused: RefCell<BTreeSet<String>>,
 }
 
 impl RepoFiles {
@@ -38,6 +41,7 @@ impl RepoFiles {
             root: root.to_path_buf(),
             canonical_root,
             binder_dir,
+            refused: RefCell::default(),
         })
     }
 
@@ -74,6 +78,11 @@ impl RepoFiles {
     /// Whether a config file is a regular file (following symlinks inside the repo).
     pub fn is_regular_file(&self, name: &str) -> bool {
         self.absolute(&self.display(name)).is_file()
+    }
+
+    /// Whether a path was refused (a symlink leaving the repository).
+    pub fn was_refused(&self, relative: &str) -> bool {
+        self.refused.borrow().contains(relative)
     }
 
     /// Read a config file (in the binder dir when there is one).
@@ -114,6 +123,7 @@ impl RepoFiles {
                 .map(|target| target.starts_with(&self.canonical_root))
                 .unwrap_or(false);
             if !inside {
+                self.refused.borrow_mut().insert(relative.to_string());
                 warnings.push(format!(
                     "{relative} is a symlink that leaves the repository (or is broken); it was not read"
                 ));
@@ -167,7 +177,10 @@ pub fn toml_error(file: &str, text: &str, error: &toml::de::Error) -> DetectErro
     DetectError::Malformed {
         file: file.to_string(),
         line: error.span().map(|span| line_at(text, span.start)),
-        message: format!("invalid TOML: {}", error.message()),
+        message: format!(
+            "invalid TOML: {}",
+            error.message().trim().replace('\n', "; ")
+        ),
     }
 }
 

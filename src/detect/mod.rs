@@ -332,7 +332,7 @@ pub fn detect(root: &std::path::Path) -> Result<EnvSpec, DetectError> {
         if files.binder_dir().is_none() && files.exists("DESCRIPTION") {
             used.add_path("DESCRIPTION");
         }
-        python_layers(&files, &mut spec, &mut used, None)?;
+        python_layers(&files, &mut spec, &mut used, runtime.as_ref())?;
     } else {
         python_layers(&files, &mut spec, &mut used, runtime.as_ref())?;
     }
@@ -369,6 +369,8 @@ fn python_layers(
     used: &mut Used,
     runtime: Option<&runtime::Runtime>,
 ) -> Result<(), DetectError> {
+    // R and Julia inherit the Python and conda layers (repo2docker's class hierarchy):
+    // there environment.yml *and* requirements.txt both apply, and Pipfile does not.
     let primary_is_python_family = spec.buildpack == Buildpack::Default;
     // Lock files first: a lock wins over the loose spec it locks.
     if let Some(found) = locks::detect(files, spec, used)? {
@@ -387,21 +389,23 @@ fn python_layers(
         let found = conda::read(files, name, spec, used)?;
         if primary_is_python_family {
             spec.buildpack = found;
-        }
-        if runtime.is_some_and(|r| r.name == "python") {
-            spec.warnings.push(format!(
-                "{} is ignored: with {name}, set the Python version there (e.g. `- python=3.12`)",
-                files.display("runtime.txt")
-            ));
+        } else {
+            let conda_pip = spec.pip.take();
+            python::packages_and_requirements(files, spec, used, true)?;
+            spec.pip = match (conda_pip, spec.pip.take()) {
+                (Some(mut from_env), Some(from_requirements)) => {
+                    from_env.requirements.extend(from_requirements.requirements);
+                    Some(from_env)
+                }
+                (from_env, from_requirements) => from_env.or(from_requirements),
+            };
         }
         return Ok(());
     }
     let runtime_is_python = runtime.map(|r| r.name == "python");
-    if runtime_is_python != Some(false) && (files.exists("Pipfile") || files.exists("Pipfile.lock"))
-    {
-        if primary_is_python_family {
-            spec.buildpack = Buildpack::Pipfile;
-        }
+    let pipfile_present = files.exists("Pipfile") || files.exists("Pipfile.lock");
+    if primary_is_python_family && runtime_is_python != Some(false) && pipfile_present {
+        spec.buildpack = Buildpack::Pipfile;
         python::pipfile(files, spec, used)?;
         return Ok(());
     }
@@ -501,7 +505,7 @@ fn finish(mut spec: EnvSpec, files: &RepoFiles, used: Used) -> EnvSpec {
     };
     for name in KNOWN_FILES {
         let path = files.display(name);
-        if files.exists(name) && !used.contains(&path) {
+        if files.exists(name) && !used.contains(&path) && !files.was_refused(&path) {
             let extra = match (*name, spec.buildpack) {
                 ("requirements.txt", Buildpack::Conda) => {
                     "; add `- -r requirements.txt` under `pip:` in environment.yml to install it"
@@ -509,7 +513,9 @@ fn finish(mut spec: EnvSpec, files: &RepoFiles, used: Used) -> EnvSpec {
                 ("requirements.txt", Buildpack::Pipfile) => {
                     "; list the packages in the Pipfile instead"
                 }
-                ("pixi.lock", _) | ("Pipfile.lock", _) => "",
+                ("runtime.txt", Buildpack::Conda) => {
+                    "; set the Python version in environment.yml (e.g. `- python=3.12`)"
+                }
                 _ => "",
             };
             spec.warnings

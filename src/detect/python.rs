@@ -138,15 +138,17 @@ pub fn packages_and_requirements(
             &files.display("requirements.txt"),
             &mut spec.warnings,
         )?;
-        for file in &tree.files {
-            used.add_path(file);
+        if !tree.files.is_empty() {
+            for file in &tree.files {
+                used.add_path(file);
+            }
+            spec.installs_repo |= tree.installs_repo;
+            spec.pip = Some(PipSpec {
+                requirements: tree.files,
+                hashed: tree.hashed,
+            });
+            found = true;
         }
-        spec.installs_repo |= tree.installs_repo;
-        spec.pip = Some(PipSpec {
-            requirements: tree.files,
-            hashed: tree.hashed,
-        });
-        found = true;
     }
     if files.binder_dir().is_none() {
         if files.exists_root("setup.py") {

@@ -1,0 +1,180 @@
+//! Shared helpers: run the real binary in a sealed environment, build git fixtures.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A sealed home for one test: temporary HOME, XDG dirs, Jupyter dir and store.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    /// The binary with nothing from the developer's environment: no colour, no config,
+    /// fixed width, and a site config path that does not exist unless a test writes it.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hpcbinder"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.path().join("home"))
+            .env("XDG_DATA_HOME", self.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("JUPYTER_DATA_DIR", self.path().join("jupyter"))
+            .env("HPCBINDER_SITE_CONFIG", self.path().join("site.toml"))
+            .env("HPCBINDER_STORE", self.store())
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .current_dir(self.path());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run hpcbinder")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "hpcbinder {args:?} failed ({:?}):\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    /// The EnvKey of a repo spec.
+    pub fn key(&self, args: &[&str]) -> String {
+        let mut all = vec!["key"];
+        all.extend_from_slice(args);
+        self.ok(&all).trim().to_string()
+    }
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The repository's fixture directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Copy a directory tree (files, dirs and symlinks).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let file_type = entry.file_type().unwrap();
+        if file_type.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else if file_type.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A git repository built at test time, driven through libgit2.
+pub struct GitRepo {
+    pub repo: git2::Repository,
+    pub path: PathBuf,
+}
+
+impl GitRepo {
+    pub fn init(path: &Path) -> Self {
+        let mut options = git2::RepositoryInitOptions::new();
+        options.initial_head("main");
+        let repo = git2::Repository::init_opts(path, &options).expect("git init");
+        Self {
+            repo,
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> &Self {
+        let path = self.path.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+        self
+    }
+
+    /// Stage everything and commit on HEAD; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        let mut index = self.repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.update_all(["*"], None).unwrap();
+        index.write().unwrap();
+        let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let signature = git2::Signature::new(
+            "Test",
+            "test@example.org",
+            &git2::Time::new(1_700_000_000, 0),
+        )
+        .unwrap();
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        self.repo
+            .commit(
+                Some("HEAD"),
+                &signature,
+                &signature,
+                message,
+                &tree,
+                &parents,
+            )
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn branch(&self, name: &str, commit: &str) {
+        let commit = self
+            .repo
+            .find_commit(git2::Oid::from_str(commit).unwrap())
+            .unwrap();
+        self.repo.branch(name, &commit, true).unwrap();
+    }
+
+    pub fn tag(&self, name: &str, commit: &str) {
+        let object = self
+            .repo
+            .find_object(git2::Oid::from_str(commit).unwrap(), None)
+            .unwrap();
+        self.repo.tag_lightweight(name, &object, true).unwrap();
+    }
+
+    pub fn checkout_branch(&self, name: &str) {
+        self.repo.set_head(&format!("refs/heads/{name}")).unwrap();
+        self.repo
+            .checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
+            .unwrap();
+    }
+}
