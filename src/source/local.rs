@@ -12,7 +12,13 @@ pub fn open(path: &Path) -> Result<Checkout, SourceError> {
     let slug = slug_for_dir(&root);
     // Only a repository whose work tree *is* this directory counts; a folder nested inside
     // some other repository is a plain folder.
-    if let Ok(repo) = git2::Repository::open(&root) {
+    // libgit2's first use initialises OpenSSL, which parses the whole CA bundle (~25 ms);
+    // a folder without `.git` never pays for it.
+    let is_work_tree = root.join(".git").exists();
+    if let Some(repo) = is_work_tree
+        .then(|| git2::Repository::open(&root).ok())
+        .flatten()
+    {
         if let Some(commit) = repo.head().ok().and_then(|h| h.peel_to_commit().ok()) {
             let origin = repo
                 .find_remote("origin")
