@@ -117,6 +117,16 @@ pub struct BuildArgs {
     /// Directory to write the kernelspec into (default: $JUPYTER_DATA_DIR/kernels).
     #[arg(long, value_name = "DIR")]
     pub kernel_dir: Option<PathBuf>,
+    /// Build the environment only; register no kernel.
+    #[arg(long)]
+    pub no_kernel: bool,
+    /// Register the kernel without starting it to run a test cell.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Install from this lock file instead of resolving (a pixi.lock for conda, a
+    /// requirements lock for venv), e.g. one written by an earlier build.
+    #[arg(long, value_name = "FILE")]
+    pub from_lock: Option<PathBuf>,
 }
 
 /// `config` subcommands.

@@ -67,6 +67,12 @@ fn diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
         if let Some(d) = cause.downcast_ref::<crate::plan::PlanError>() {
             return Some(d);
         }
+        if let Some(d) = cause.downcast_ref::<crate::store::StoreError>() {
+            return Some(d);
+        }
+        if let Some(d) = cause.downcast_ref::<crate::build::BuildError>() {
+            return Some(d);
+        }
     }
     None
 }

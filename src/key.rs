@@ -97,10 +97,14 @@ pub fn compute(
 }
 
 /// The Python version to build with and whether it came from the repository.
+///
+/// `--python` or a configured `python` beats the repository (a centre may offer one
+/// Python only); the built-in default only fills in when the repository says nothing.
 pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
+    let configured = settings.origin("python") != crate::settings::Origin::Default;
     match &spec.python {
-        Some(version) => (version.clone(), true),
-        None => (settings.python.clone(), false),
+        Some(version) if !configured => (version.clone(), true),
+        _ => (settings.python.clone(), false),
     }
 }
 

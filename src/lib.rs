@@ -21,16 +21,19 @@
 //!   loose spec they lock in the detection order, after R, so R and Julia repositories keep
 //!   inheriting the Python layers as in repo2docker.
 
+pub mod build;
 pub mod cli;
 mod commands;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod kernel;
 pub mod key;
 pub mod plan;
 pub mod printer;
 pub mod settings;
 pub mod source;
+pub mod store;
 pub mod variables;
 
 use std::process::ExitCode;

@@ -104,6 +104,13 @@ const KEYS: &[&str] = &[
     "mirrors",
     "base-image",
     "container-engine",
+    "uv",
+    "pip-index-url",
+    "pip-find-links",
+    "pip-no-index",
+    "modules",
+    "virtual-packages",
+    "kernel-package",
 ];
 
 /// One config file, as written (all optional).
@@ -119,6 +126,13 @@ struct ConfigFile {
     mirrors: Option<BTreeMap<String, String>>,
     base_image: Option<String>,
     container_engine: Option<String>,
+    uv: Option<PathBuf>,
+    pip_index_url: Option<String>,
+    pip_find_links: Option<Vec<String>>,
+    pip_no_index: Option<bool>,
+    modules: Option<Vec<String>>,
+    virtual_packages: Option<Vec<String>>,
+    kernel_package: Option<String>,
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -155,6 +169,20 @@ pub struct Settings {
     pub base_image: Option<String>,
     /// The engine `--target auto` uses when a repository needs a container.
     pub container_engine: Target,
+    /// The uv executable (else `uv` on PATH; else `python -m pip`).
+    pub uv: Option<PathBuf>,
+    /// The Python package index (a site mirror).
+    pub pip_index_url: Option<String>,
+    /// Extra wheel directories or pages.
+    pub pip_find_links: Vec<String>,
+    /// Use only `pip-find-links` (air-gapped sites).
+    pub pip_no_index: bool,
+    /// Environment modules the kernel helper loads (`module load ...`).
+    pub modules: Vec<String>,
+    /// Conda virtual packages of the compute nodes (`__glibc=2.28`); detected when empty.
+    pub virtual_packages: Vec<String>,
+    /// Where ipykernel comes from when a conda spec lacks it: `conda` or `pip`.
+    pub kernel_package: String,
     /// Where each value came from, by key.
     #[serde(skip)]
     pub origins: BTreeMap<&'static str, Origin>,
@@ -337,7 +365,79 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         }
         None => Target::Podman,
     };
+    let uv = pick_value("uv", &layers, &|f| f.uv.clone(), None, None, &mut origins);
+    let pip_index_url = pick_value(
+        "pip-index-url",
+        &layers,
+        &|f| f.pip_index_url.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let pip_find_links = pick_value(
+        "pip-find-links",
+        &layers,
+        &|f| f.pip_find_links.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_default();
+    let pip_no_index = pick_value(
+        "pip-no-index",
+        &layers,
+        &|f| f.pip_no_index,
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or(false);
+    let modules = pick_value(
+        "modules",
+        &layers,
+        &|f| f.modules.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_default();
+    let virtual_packages = pick_value(
+        "virtual-packages",
+        &layers,
+        &|f| f.virtual_packages.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_default();
+    let kernel_package = pick_value(
+        "kernel-package",
+        &layers,
+        &|f| f.kernel_package.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_else(|| "conda".into());
+    if kernel_package != "conda" && kernel_package != "pip" {
+        return Err(ConfigError::BadValue {
+            name: "kernel-package",
+            value: kernel_package,
+            origin: origins
+                .get("kernel-package")
+                .cloned()
+                .unwrap_or(Origin::Default),
+            allowed: "conda, pip".into(),
+        });
+    }
     Ok(Settings {
+        uv,
+        pip_index_url,
+        pip_find_links,
+        pip_no_index,
+        modules,
+        virtual_packages,
+        kernel_package,
         store,
         target,
         python,
@@ -353,14 +453,14 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
 }
 
 /// The value of one setting: site, then user config, then the environment, then the CLI.
-fn pick_value(
+fn pick_value<T: Clone>(
     key: &'static str,
     layers: &[(Origin, ConfigFile)],
-    get: &dyn Fn(&ConfigFile) -> Option<String>,
-    env: Option<(&'static str, String)>,
-    cli: Option<(&'static str, String)>,
+    get: &dyn Fn(&ConfigFile) -> Option<T>,
+    env: Option<(&'static str, T)>,
+    cli: Option<(&'static str, T)>,
     origins: &mut BTreeMap<&'static str, Origin>,
-) -> Option<String> {
+) -> Option<T> {
     let mut value = None;
     for (origin, file) in layers {
         if let Some(v) = get(file) {

@@ -378,24 +378,18 @@ fn build_dry_run_json_events() {
 }
 
 #[test]
-fn build_without_dry_run_says_it_is_not_there_yet() {
+fn container_targets_are_not_built_yet_and_say_so() {
     let sandbox = Sandbox::new();
     let repo = fixture(&sandbox, "python-requirements");
-    let output = sandbox.run(&["build", &repo]);
+    let output = sandbox.run(&["build", &repo, "--target", "podman"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("not implemented yet"),
-        "{}",
-        stderr(&output)
-    );
-    assert!(
-        !sandbox.store().join("e").exists(),
-        "nothing half-built is left"
-    );
-    let output = sandbox.run(&["build", &repo, "--json"]);
-    let last: serde_json::Value =
-        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    assert!(stderr(&output).contains("the podman target is not implemented yet"), "{}", stderr(&output));
+    let leftovers: Vec<_> = std::fs::read_dir(sandbox.store().join("e")).unwrap().collect();
+    assert!(leftovers.is_empty(), "nothing half-built is left");
+    let output = sandbox.run(&["build", &repo, "--target", "podman", "--json"]);
+    let last: serde_json::Value = serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
     assert_eq!(last["phase"], "failed");
+    assert!(last["message"].as_str().unwrap().contains("not implemented yet"));
 }
 
 #[test]

@@ -1,7 +1,5 @@
-//! `hpcbinder build`: with `--dry-run`, the plan. Real builds arrive with the native and
-//! container targets; until then a build without `--dry-run` says so and exits 2.
-
-use anyhow::bail;
+//! `hpcbinder build`: build (or reuse) the environment, register and verify its kernel;
+//! with `--dry-run`, only the plan.
 
 use super::checkout_and_detect;
 use crate::cli::BuildArgs;
@@ -22,6 +20,21 @@ pub fn build(
 ) -> anyhow::Result<ExitStatus> {
     let (checkout, spec) = checkout_and_detect(&args.repo, settings, printer, reporter)?;
     let target = plan::choose_target(&spec, settings)?;
+    let (python, from_repo) = key::python_version(&spec, settings);
+    if let (Some(asked), false) = (&spec.python, from_repo) {
+        if *asked != python {
+            let file = spec
+                .files
+                .iter()
+                .find(|f| f.ends_with("runtime.txt"))
+                .map(String::as_str)
+                .unwrap_or("the repository");
+            printer.warning(&format!(
+                "{file} asks for Python {asked}; building with Python {python} from {}",
+                settings.origin("python")
+            ));
+        }
+    }
     let env_key = key::compute(&checkout.root, &spec, target, settings)?;
     let kernel = KernelOptions {
         name: args.kernel_name.clone(),
@@ -30,12 +43,37 @@ pub fn build(
     };
     let build_plan = plan::plan(&checkout, &spec, target, &env_key, settings, &kernel);
     if !args.dry_run {
-        bail!(
-            "building is not implemented yet in this version; `hpcbinder build --dry-run` shows the plan \
-             ({} target, key {})",
-            target.name(),
-            env_key.short()
-        );
+        let from_lock = match &args.from_lock {
+            Some(path) => Some(fs_err::canonicalize(path)?),
+            None => None,
+        };
+        let request = crate::build::BuildRequest {
+            checkout: &checkout,
+            spec: &spec,
+            target,
+            key: &env_key,
+            settings,
+            kernel: &kernel,
+            register_kernel: !args.no_kernel,
+            verify: !args.no_verify,
+            from_lock,
+        };
+        let outcome = crate::build::build(&request, reporter)?;
+        if json {
+            reporter.report(Event::new(Phase::Ready, "Environment ready").with_fields(&outcome));
+        } else {
+            printer.info(&format!(
+                "Ready: {}{}",
+                outcome.prefix.display(),
+                outcome
+                    .kernel
+                    .as_ref()
+                    .map(|k| format!(" (kernel {k})"))
+                    .unwrap_or_default()
+            ));
+            printer.data(&outcome.prefix.display().to_string());
+        }
+        return Ok(ExitStatus::Success);
     }
     if json {
         reporter.report(

@@ -26,6 +26,13 @@ pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Resul
         ("mirrors", "mirrors"),
         ("base-image", "base_image"),
         ("container-engine", "container_engine"),
+        ("uv", "uv"),
+        ("pip-index-url", "pip_index_url"),
+        ("pip-find-links", "pip_find_links"),
+        ("pip-no-index", "pip_no_index"),
+        ("modules", "modules"),
+        ("virtual-packages", "virtual_packages"),
+        ("kernel-package", "kernel_package"),
     ]
     .into_iter()
     .map(|(key, field)| Entry {

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::error::{Blame, Diagnostic};
 pub use conda::first_major_minor;
 pub use files::{line_at, RepoFiles};
+pub use python::include_target;
 
 /// Errors that stop detection.
 #[derive(Debug, thiserror::Error)]

@@ -178,3 +178,126 @@ impl GitRepo {
             .unwrap();
     }
 }
+
+/// uv and the ipykernel wheelhouse, installed once by `scripts/test-deps` (PyPI the first
+/// time, a cache afterwards).
+pub struct TestDeps {
+    pub uv: PathBuf,
+    pub wheelhouse: PathBuf,
+}
+
+pub fn test_deps() -> &'static TestDeps {
+    static DEPS: std::sync::OnceLock<TestDeps> = std::sync::OnceLock::new();
+    DEPS.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-deps");
+        let output = Command::new(&script)
+            .output()
+            .expect("run scripts/test-deps");
+        assert!(
+            output.status.success(),
+            "scripts/test-deps failed (it needs PyPI the first time):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let dir = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+        TestDeps {
+            uv: dir.join("tools/bin/uv"),
+            wheelhouse: dir.join("wheelhouse"),
+        }
+    })
+}
+
+impl Sandbox {
+    /// Site config for offline native builds: this machine's Python, uv and the
+    /// wheelhouse, no index, ipykernel from pip, plus `extra` lines.
+    pub fn native_site_config(&self, extra: &str) {
+        let deps = test_deps();
+        let python = python_minor();
+        std::fs::write(
+            self.path().join("site.toml"),
+            format!(
+                "python = \"{python}\"\nuv = \"{}\"\npip-find-links = [\"{}\"]\npip-no-index = true\nkernel-package = \"pip\"\n{extra}",
+                deps.uv.display(),
+                deps.wheelhouse.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Write a repository from `(path, contents)` pairs; returns its path.
+    pub fn repo(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let root = self.path().join("repos").join(name);
+        for (path, contents) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, contents).unwrap();
+            if path
+                .file_name()
+                .is_some_and(|n| n == "postBuild" || n == "start")
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        root.to_str().unwrap().to_string()
+    }
+
+    /// `build --json` and its last event, which must be `ready`.
+    pub fn build_ready(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["build", "--json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        let last: serde_json::Value =
+            serde_json::from_str(out.lines().last().expect("events")).unwrap();
+        assert_eq!(last["phase"], "ready", "{out}");
+        last
+    }
+}
+
+/// `X.Y` of the machine's `python3`.
+pub fn python_minor() -> String {
+    let output = Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A tmpfs mounted for one test (size-limited or read-only); unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, options: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount -t tmpfs -o {options} failed: these tests run as root, as CI does"
+        );
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn remount_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+pub mod channel;

@@ -1,0 +1,447 @@
+//! The `conda` target, in-process with the rattler crates: channels (through the site's
+//! channel alias and mirrors) → repodata → solve (resolvo) → install into the prefix from
+//! the store's package cache (hardlinks) → `pixi.lock` + `@EXPLICIT` locks → the `pip:`
+//! section through uv.
+//!
+//! `--from-lock` (or a repository's `pixi.lock`) installs the locked records without a solve.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rattler::install::Installer;
+use rattler_cache::package_cache::PackageCache;
+use rattler_conda_types::{
+    Channel, ChannelConfig, GenericVirtualPackage, MatchSpec, ParseStrictness, RepoDataRecord,
+    Subdir,
+};
+use rattler_repodata_gateway::Gateway;
+use rattler_solve::{resolvo, SolverImpl, SolverTask};
+
+use super::process::{self, BuildError, Fault};
+use super::{python, spec_has_ipykernel, Context};
+use crate::detect::{Buildpack, CondaSpec};
+use crate::events::{Phase, ReporterExt};
+use crate::key;
+
+/// Build the conda environment; returns the lock files written (relative to the prefix).
+pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(build_async(context))
+}
+
+async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+    let request = context.request;
+    let settings = request.settings;
+    let spec = request.spec;
+    let platform: Subdir = settings
+        .platform
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid platform `{}`: {e}", settings.platform))?;
+    let package_cache = PackageCache::new(context.store.package_cache("conda"));
+    let repo_lock = spec
+        .lock
+        .as_ref()
+        .filter(|l| l.format == "pixi")
+        .map(|l| context.repo().join(&l.file));
+    let lock_file = request.from_lock.clone().or(repo_lock);
+
+    let (records, specs, channel_urls) = if let Some(lock_path) = &lock_file {
+        context.reporter.phase(
+            Phase::Building,
+            format!("Installing from {} without solving", lock_path.display()),
+        );
+        (
+            locked_records(lock_path, &platform)?,
+            Vec::new(),
+            Vec::new(),
+        )
+    } else {
+        let conda = match spec.buildpack {
+            Buildpack::Conda => spec.conda.clone().unwrap_or_default(),
+            Buildpack::Explicit | Buildpack::CondaLock | Buildpack::Pixi => {
+                return Err(BuildError::Unsupported {
+                    what: format!("building from a {} file", spec.buildpack.name()),
+                }
+                .into())
+            }
+            // A pip-only spec built as a conda env: Python from conda, packages from pip.
+            _ => CondaSpec::default(),
+        };
+        solve(context, &conda, &platform, &package_cache).await?
+    };
+
+    context.reporter.phase(
+        Phase::Building,
+        format!("Linking {} conda packages", records.len()),
+    );
+    Installer::new()
+        .with_package_cache(package_cache)
+        .with_target_platform(platform)
+        .with_requested_specs(specs)
+        .with_execute_link_scripts(false)
+        .install(&context.prefix, records.clone())
+        .await
+        .map_err(|e| install_error(context, e))?;
+
+    let mut locks = write_locks(context, &records, &platform, &channel_urls)?;
+    write_variables(context)?;
+    if let Some(pip_lock) = pip_section(context).await? {
+        locks.push(pip_lock);
+    }
+    Ok(locks)
+}
+
+fn install_error(context: &Context<'_>, error: rattler::install::InstallerError) -> anyhow::Error {
+    let text = format!("{error:?}");
+    if text.contains("No space left") || text.contains("StorageFull") {
+        return crate::store::classify(std::io::Error::from_raw_os_error(28), &context.prefix)
+            .into();
+    }
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    BuildError::Package { message }.into()
+}
+
+/// Records of `platform` from a pixi.lock's default environment.
+fn locked_records(path: &Path, platform: &Subdir) -> anyhow::Result<Vec<RepoDataRecord>> {
+    let lock = rattler_lock::LockFile::from_path(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable pixi.lock: {e}", path.display()))?;
+    let environment = lock
+        .default_environment()
+        .ok_or_else(|| anyhow::anyhow!("{}: has no default environment", path.display()))?;
+    let handle = lock.platform(platform.as_str()).ok_or_else(|| {
+        anyhow::anyhow!("{}: does not lock {}", path.display(), platform.as_str())
+    })?;
+    Ok(environment
+        .conda_repodata_records(handle)?
+        .unwrap_or_default())
+}
+
+/// Channels, repodata, virtual packages, resolvo.
+async fn solve(
+    context: &Context<'_>,
+    conda: &CondaSpec,
+    platform: &Subdir,
+    package_cache: &PackageCache,
+) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<MatchSpec>, Vec<String>)> {
+    let request = context.request;
+    let settings = request.settings;
+    let config = ChannelConfig {
+        channel_alias: url::Url::parse(&settings.channel_alias).map_err(|e| {
+            anyhow::anyhow!("invalid channel-alias `{}`: {e}", settings.channel_alias)
+        })?,
+        root_dir: context.repo().to_path_buf(),
+    };
+    let names: Vec<&String> = if conda.channels.iter().any(|c| c != "nodefaults") {
+        conda
+            .channels
+            .iter()
+            .filter(|c| *c != "nodefaults")
+            .collect()
+    } else {
+        settings.channels.iter().collect()
+    };
+    let mut channels = Vec::new();
+    for name in names {
+        let channel = Channel::from_str(name, &config).map_err(|e| BuildError::Channel {
+            channel: name.clone(),
+            message: e.to_string(),
+        })?;
+        channels.push(mirrored(channel, &settings.mirrors));
+    }
+    let mut specs = Vec::new();
+    for dependency in &conda.dependencies {
+        specs.push(
+            MatchSpec::from_str(dependency, ParseStrictness::Lenient).map_err(|e| {
+                BuildError::Package {
+                    message: format!("`{dependency}` is not a valid conda spec: {e}"),
+                }
+            })?,
+        );
+    }
+    let names_python = |s: &MatchSpec| {
+        s.name
+            .as_exact()
+            .is_some_and(|n| n.as_normalized() == "python")
+    };
+    if !specs.iter().any(names_python) {
+        let (version, _) = key::python_version(request.spec, settings);
+        specs.push(MatchSpec::from_str(
+            &format!("python {version}.*"),
+            ParseStrictness::Lenient,
+        )?);
+    }
+    if settings.kernel_package == "conda" && !spec_has_ipykernel(request.spec, context.repo()) {
+        context.reporter.phase(
+            Phase::Building,
+            "Adding ipykernel: the environment does not list it",
+        );
+        specs.push(MatchSpec::from_str("ipykernel", ParseStrictness::Lenient)?);
+    }
+    context.reporter.phase(
+        Phase::Building,
+        format!(
+            "Reading repodata from {}",
+            channels
+                .iter()
+                .map(|c| c.base_url.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let gateway = Gateway::builder()
+        .with_cache_dir(context.store.root().join("cache").join("repodata"))
+        .with_package_cache(package_cache.clone())
+        .finish();
+    let repodata = gateway
+        .query(channels.clone(), [*platform, Subdir::NoArch], specs.clone())
+        .recursive(true)
+        .await
+        .map_err(|e| BuildError::Channel {
+            channel: channels
+                .iter()
+                .map(|c| c.base_url.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: error_chain(&e),
+        })?;
+    let virtual_packages = virtual_packages(&settings.virtual_packages)?;
+    context
+        .reporter
+        .phase(Phase::Building, format!("Solving {} specs", specs.len()));
+    let task = SolverTask {
+        specs: specs.clone(),
+        virtual_packages,
+        ..SolverTask::from_iter(repodata.iter())
+    };
+    let solution = resolvo::Solver.solve(task).map_err(|e| match e {
+        rattler_solve::SolveError::Unsolvable(reasons) => BuildError::Unsolvable {
+            message: reasons.join("\n"),
+        },
+        other => BuildError::Unsolvable {
+            message: other.to_string(),
+        },
+    })?;
+    let urls = channels.iter().map(|c| c.base_url.to_string()).collect();
+    Ok((solution.records, specs, urls))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+/// Point a channel at the site's mirror when one is configured for its URL prefix.
+fn mirrored(channel: Channel, mirrors: &std::collections::BTreeMap<String, String>) -> Channel {
+    let base = channel.base_url.to_string();
+    for (from, to) in mirrors {
+        if let Some(rest) = base.strip_prefix(from.trim_end_matches('/')) {
+            let url = format!("{}{rest}", to.trim_end_matches('/'));
+            if let Ok(url) = url::Url::parse(&url) {
+                return Channel::from_url(url);
+            }
+        }
+    }
+    channel
+}
+
+/// Configured virtual packages (`__glibc=2.28`), else those of this machine.
+fn virtual_packages(configured: &[String]) -> anyhow::Result<Vec<GenericVirtualPackage>> {
+    if configured.is_empty() {
+        let detected = rattler_virtual_packages::VirtualPackages::detect(
+            &rattler_virtual_packages::VirtualPackageOverrides::from_env(),
+            None,
+        )?;
+        return Ok(detected.into_generic_virtual_packages().collect());
+    }
+    configured
+        .iter()
+        .map(|text| {
+            serde_json::from_value(serde_json::Value::String(text.clone()))
+                .map_err(|e| anyhow::anyhow!("invalid virtual package `{text}`: {e}"))
+        })
+        .collect()
+}
+
+/// `pixi.lock` (the canonical record) and `conda-<platform>.lock` (`@EXPLICIT`, for plain conda).
+fn write_locks(
+    context: &Context<'_>,
+    records: &[RepoDataRecord],
+    platform: &Subdir,
+    channels: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let name = rattler_lock::PlatformName::try_from(platform.as_str())?;
+    let mut builder =
+        rattler_lock::LockFile::builder().with_platforms(vec![rattler_lock::PlatformData {
+            name: name.clone(),
+            subdir: *platform,
+            virtual_packages: Vec::new(),
+        }])?;
+    builder.set_channels(
+        rattler_lock::DEFAULT_ENVIRONMENT_NAME,
+        channels
+            .iter()
+            .map(|url| rattler_lock::Channel::from(url.as_str())),
+    );
+    let mut sorted = records.to_vec();
+    sorted.sort_by(|a, b| {
+        a.package_record
+            .name
+            .as_normalized()
+            .cmp(b.package_record.name.as_normalized())
+    });
+    for record in &sorted {
+        builder.add_conda_package(
+            rattler_lock::DEFAULT_ENVIRONMENT_NAME,
+            name.as_str(),
+            record.clone().into(),
+        )?;
+    }
+    builder.finish().to_path(&context.meta.join("pixi.lock"))?;
+
+    let mut explicit = format!("# platform: {}\n@EXPLICIT\n", platform.as_str());
+    for record in &sorted {
+        match &record.package_record.sha256 {
+            Some(sha) => {
+                let _ = writeln!(
+                    explicit,
+                    "{}#sha256:{}",
+                    record.url,
+                    hex::encode(sha.as_slice())
+                );
+            }
+            None => {
+                let _ = writeln!(explicit, "{}", record.url);
+            }
+        }
+    }
+    let explicit_name = format!("conda-{}.lock", platform.as_str());
+    fs_err::write(context.meta.join(&explicit_name), explicit)?;
+    Ok(vec![
+        "hpcbinder/pixi.lock".into(),
+        format!("hpcbinder/{explicit_name}"),
+    ])
+}
+
+/// `variables:` from environment.yml, exported by an activate.d script (the kernel helper
+/// and `conda activate` both source it).
+fn write_variables(context: &Context<'_>) -> anyhow::Result<()> {
+    let Some(conda) = &context.request.spec.conda else {
+        return Ok(());
+    };
+    if conda.variables.is_empty() {
+        return Ok(());
+    }
+    let dir = context.prefix.join("etc/conda/activate.d");
+    fs_err::create_dir_all(&dir)?;
+    let mut script = String::from("# Written by hpcbinder from environment.yml `variables:`\n");
+    for (name, value) in &conda.variables {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(BuildError::Package {
+                message: format!("environment variable name `{name}` is not valid in a shell"),
+            }
+            .into());
+        }
+        let _ = writeln!(script, "export {name}='{}'", value.replace('\'', "'\\''"));
+    }
+    fs_err::write(dir.join("hpcbinder-variables.sh"), script)?;
+    Ok(())
+}
+
+/// The `pip:` section (and ipykernel from pip when so configured), resolved to a hashed
+/// lock with uv and installed from it into the conda env's Python.
+async fn pip_section(context: &Context<'_>) -> anyhow::Result<Option<String>> {
+    let request = context.request;
+    let spec = request.spec;
+    let base = spec
+        .files
+        .iter()
+        .find(|f| f.ends_with("environment.yml") || f.ends_with("environment.yaml"))
+        .and_then(|f| context.repo().join(f).parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| context.repo().to_path_buf());
+    let mut lines = Vec::new();
+    for line in spec
+        .conda
+        .as_ref()
+        .map(|c| c.pip.as_slice())
+        .unwrap_or_default()
+    {
+        match crate::detect::include_target(line) {
+            Some(file) => lines.push(format!("-r {}", base.join(file).display())),
+            None => lines.push(line.clone()),
+        }
+    }
+    if request.from_lock.is_none()
+        && request.settings.kernel_package == "pip"
+        && !spec_has_ipykernel(spec, context.repo())
+    {
+        context.reporter.phase(
+            Phase::Building,
+            "Adding ipykernel (from pip): the environment does not list it",
+        );
+        lines.push("ipykernel".into());
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let uv = python::uv(request.settings).ok_or_else(|| BuildError::Tool {
+        tool: "uv (for the pip: section)".into(),
+    })?;
+    let input = context.meta.join("pip-requirements.in");
+    fs_err::write(&input, lines.join("\n") + "\n")?;
+    let lock = context.meta.join("pip.lock");
+    let python = context.prefix.join("bin/python").display().to_string();
+    let (input_arg, lock_arg) = (input.display().to_string(), lock.display().to_string());
+    context
+        .reporter
+        .phase(Phase::Building, "Installing the pip section with uv");
+    let mut compile = python::uv_command(
+        &uv,
+        request.settings,
+        &[
+            "pip",
+            "compile",
+            "--generate-hashes",
+            "--python",
+            &python,
+            "-o",
+            &lock_arg,
+            &input_arg,
+        ],
+    );
+    compile.current_dir(&base);
+    process::run(
+        context,
+        "uv pip compile (pip section)",
+        &mut compile,
+        Fault::Spec,
+    )?;
+    // `install`, not `sync`: sync would remove the conda packages pip does not know about.
+    let mut install = python::uv_command(
+        &uv,
+        request.settings,
+        &["pip", "install", "--python", &python, "-r", &lock_arg],
+    );
+    install.current_dir(&base);
+    process::run(
+        context,
+        "uv pip install (pip section)",
+        &mut install,
+        Fault::Spec,
+    )?;
+    Ok(Some("hpcbinder/pip.lock".into()))
+}

@@ -1,0 +1,388 @@
+//! Building: turn a planned spec into a ready environment in the store, register its
+//! kernel and prove the kernel works.
+//!
+//! The order (DESIGN §3): look up the marker → take the key's lock → look again (someone
+//! may have finished meanwhile) → clear what a crashed build left → build in place →
+//! `postBuild` → harden permissions → write the marker. A failed build removes its prefix
+//! (still under the lock); a killed one leaves a prefix without a marker, which nobody
+//! trusts and the next builder clears.
+
+mod conda;
+mod process;
+mod python;
+mod venv;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::detect::{Buildpack, EnvSpec};
+use crate::error::{Blame, Diagnostic};
+use crate::events::{Event, Phase, Reporter, ReporterExt};
+use crate::kernel::{self, KernelSpec};
+use crate::key::{self, EnvKey};
+use crate::plan::{KernelOptions, Target};
+use crate::settings::Settings;
+use crate::source::Checkout;
+use crate::store::{self, Ready, Store};
+pub use process::BuildError;
+
+/// Everything a build needs.
+pub struct BuildRequest<'a> {
+    /// The repository.
+    pub checkout: &'a Checkout,
+    /// What it describes.
+    pub spec: &'a EnvSpec,
+    /// The concrete target.
+    pub target: Target,
+    /// The key.
+    pub key: &'a EnvKey,
+    /// Settings.
+    pub settings: &'a Settings,
+    /// Kernel naming.
+    pub kernel: &'a KernelOptions,
+    /// `--no-kernel`.
+    pub register_kernel: bool,
+    /// `--no-verify`.
+    pub verify: bool,
+    /// `--from-lock FILE`.
+    pub from_lock: Option<PathBuf>,
+}
+
+/// What `build` produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The EnvKey.
+    pub key: String,
+    /// The environment.
+    pub prefix: PathBuf,
+    /// `conda` or `venv`.
+    pub target: Target,
+    /// The store already had it.
+    pub reused: bool,
+    /// Kernelspec name, when registered.
+    pub kernel: Option<String>,
+    /// Kernelspec directory, when registered.
+    pub kernel_dir: Option<PathBuf>,
+    /// What the verification cell printed, when verified.
+    pub verified: Option<String>,
+    /// Lock files inside the prefix.
+    pub locks: Vec<String>,
+}
+
+/// The environment being built, handed to the target's builder.
+pub struct Context<'a> {
+    /// The request.
+    pub request: &'a BuildRequest<'a>,
+    /// Where the environment goes (its final path).
+    pub prefix: PathBuf,
+    /// `<prefix>/hpcbinder`: logs, locks, the copied `start`.
+    pub meta: PathBuf,
+    /// The store.
+    pub store: &'a Store,
+    /// Progress.
+    pub reporter: &'a dyn Reporter,
+}
+
+impl Context<'_> {
+    /// The build log (appended to by every step).
+    pub fn log(&self) -> PathBuf {
+        self.meta.join("build.log")
+    }
+
+    /// The repository root.
+    pub fn repo(&self) -> &Path {
+        &self.request.checkout.root
+    }
+}
+
+/// Build (or reuse), register and verify.
+pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Result<Outcome> {
+    let store = Store::open(&request.settings.store)?;
+    let key = &request.key.key;
+    let key16 = request.key.short();
+    let (ready, reused) = match store.lookup(key) {
+        Some(ready) => (ready, true),
+        None => {
+            let lock = store.lock(key16, reporter)?;
+            match store.lookup(key) {
+                Some(ready) => {
+                    reporter.phase(
+                        Phase::Built,
+                        format!("Another process finished {key16} meanwhile; reusing it"),
+                    );
+                    (ready, true)
+                }
+                None => {
+                    if lock.clear_partial(&store, key16)? {
+                        reporter.phase(
+                            Phase::Building,
+                            format!("Removed an unfinished build of {key16}"),
+                        );
+                    }
+                    let prefix = store.prefix(key16);
+                    let context = Context {
+                        request,
+                        meta: prefix.join("hpcbinder"),
+                        prefix,
+                        store: &store,
+                        reporter,
+                    };
+                    match build_new(&context) {
+                        Ok(locks) => {
+                            let ready = ready_record(&context, locks);
+                            lock.publish(&store, &ready)?;
+                            reporter
+                                .phase(Phase::Built, format!("Built {}", context.prefix.display()));
+                            (ready, false)
+                        }
+                        Err(error) => {
+                            // Leave nothing behind that a later run could mistake for a result.
+                            let _ = lock.clear_partial(&store, key16);
+                            return Err(error);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if reused {
+        reporter.phase(
+            Phase::Built,
+            format!("Found {} ready; reusing it", ready.prefix.display()),
+        );
+    }
+    let mut outcome = Outcome {
+        key: key.clone(),
+        prefix: ready.prefix.clone(),
+        target: request.target,
+        reused,
+        kernel: None,
+        kernel_dir: None,
+        verified: None,
+        locks: ready.locks.clone(),
+    };
+    if request.register_kernel {
+        // A reused environment was verified when it was built: registering is all we do,
+        // which keeps the cache-hit path fast.
+        let verify = request.verify && !reused;
+        register_kernel(request, &ready, verify, &mut outcome, reporter)?;
+    }
+    Ok(outcome)
+}
+
+fn build_new(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+    let request = context.request;
+    fs_err::create_dir_all(&context.meta).map_err(|e| store::classify(e, &context.meta))?;
+    context.reporter.phase(
+        Phase::Building,
+        format!(
+            "Building a {} environment in {}",
+            request.target.name(),
+            context.prefix.display()
+        ),
+    );
+    let locks = match request.target {
+        Target::Venv => venv::build(context)?,
+        Target::Conda => conda::build(context)?,
+        other => {
+            return Err(BuildError::Unsupported {
+                what: format!("the {} target", other.name()),
+            }
+            .into())
+        }
+    };
+    if let Some(start) = &request.spec.start {
+        // The kernel helper runs the env's own copy: the checkout may move on later.
+        let target = context.meta.join("start");
+        fs_err::copy(context.repo().join(start), &target)
+            .map_err(|e| store::classify(e, &target))?;
+        make_executable(&target)?;
+    }
+    if let Some(post_build) = &request.spec.post_build {
+        context
+            .reporter
+            .phase(Phase::Building, format!("Running {post_build}"));
+        process::post_build(context, post_build)?;
+    }
+    store::harden_permissions(&context.prefix).map_err(|e| store::classify(e, &context.prefix))?;
+    Ok(locks)
+}
+
+fn make_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs_err::metadata(path)?.permissions().mode();
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o755))
+}
+
+fn ready_record(context: &Context<'_>, locks: Vec<String>) -> Ready {
+    let request = context.request;
+    let identity = &request.checkout.identity;
+    Ready {
+        format: 1,
+        key: request.key.key.clone(),
+        target: request.target.name().to_string(),
+        buildpack: request.spec.buildpack.name().to_string(),
+        prefix: context.prefix.clone(),
+        python: Some(key::python_version(request.spec, request.settings).0),
+        created: store::now(),
+        hpcbinder: env!("CARGO_PKG_VERSION").to_string(),
+        locks,
+        source: format!(
+            "{}{}",
+            identity.origin,
+            identity
+                .commit
+                .as_ref()
+                .map(|c| format!("@{c}"))
+                .unwrap_or_default()
+        ),
+        inputs: request.key.inputs.clone(),
+    }
+}
+
+fn register_kernel(
+    request: &BuildRequest<'_>,
+    ready: &Ready,
+    verify: bool,
+    outcome: &mut Outcome,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<()> {
+    let plan = crate::plan::plan(
+        request.checkout,
+        request.spec,
+        request.target,
+        request.key,
+        request.settings,
+        request.kernel,
+    );
+    let kernels_dir = plan
+        .kernel
+        .dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let python = ready.prefix.join("bin/python");
+    let spec = KernelSpec {
+        name: plan.kernel.name.clone(),
+        display_name: plan.kernel.display_name.clone(),
+        prefix: ready.prefix.clone(),
+        activation_variable: if request.target == Target::Conda {
+            "CONDA_PREFIX"
+        } else {
+            "VIRTUAL_ENV"
+        },
+        modules: request.settings.modules.clone(),
+        command: vec![
+            python.display().to_string(),
+            "-m".into(),
+            "ipykernel_launcher".into(),
+            "-f".into(),
+            "{connection_file}".into(),
+        ],
+        metadata: serde_json::json!({ "key": ready.key, "prefix": ready.prefix, "source": ready.source }),
+    };
+    let dir = spec.install(&kernels_dir).map_err(|e| BuildError::Kernel {
+        dir: kernels_dir.clone(),
+        source: e,
+    })?;
+    reporter.phase(
+        Phase::Launching,
+        format!("Registered kernel {} in {}", spec.name, dir.display()),
+    );
+    outcome.kernel = Some(spec.name.clone());
+    outcome.kernel_dir = Some(dir.clone());
+    if verify {
+        reporter.phase(
+            Phase::Launching,
+            format!("Starting kernel {} to run a test cell", spec.name),
+        );
+        let expected = fs_err::canonicalize(&ready.prefix)?.display().to_string();
+        let code = "import os, sys; print(os.path.realpath(sys.prefix))";
+        match kernel::verify::verify(&dir, code, &expected, Duration::from_secs(120)) {
+            Ok(verified) => {
+                reporter.report(Event::new(
+                    Phase::Launching,
+                    format!(
+                        "Kernel answered in {:.1} s: sys.prefix = {}",
+                        verified.elapsed.as_secs_f64(),
+                        verified.output
+                    ),
+                ));
+                outcome.verified = Some(verified.output);
+            }
+            Err(error) => {
+                // The environment stays built; a kernelspec that does not start is removed.
+                let _ = fs_err::remove_dir_all(&dir);
+                return Err(BuildError::Verify {
+                    kernel: spec.name,
+                    source: error,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a spec already asks for ipykernel (conda dependencies, pip lines, requirements).
+pub fn spec_has_ipykernel(spec: &EnvSpec, repo: &Path) -> bool {
+    let mentions = |line: &str| {
+        let name: String = line
+            .trim()
+            .rsplit("::")
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .collect();
+        name.eq_ignore_ascii_case("ipykernel")
+    };
+    if let Some(conda) = &spec.conda {
+        if conda
+            .dependencies
+            .iter()
+            .chain(&conda.pip)
+            .any(|d| mentions(d))
+        {
+            return true;
+        }
+    }
+    spec.pip.as_ref().is_some_and(|pip| {
+        pip.requirements.iter().any(|file| {
+            fs_err::read_to_string(repo.join(file)).is_ok_and(|text| text.lines().any(mentions))
+        })
+    }) || matches!(spec.buildpack, Buildpack::Docker)
+}
+
+impl Diagnostic for BuildError {
+    fn blame(&self) -> Blame {
+        match self {
+            Self::Unsolvable { .. }
+            | Self::PostBuild { .. }
+            | Self::NoPython { .. }
+            | Self::Install { .. }
+            | Self::Channel { .. }
+            | Self::Package { .. } => Blame::User,
+            _ => Blame::Environment,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::NoPython { version } => Some(format!(
+                "install or `module load` Python {version}, pass --python X.Y for one you have, or use --target conda"
+            )),
+            Self::Unsupported { .. } => Some("use --dry-run to see the plan, or --target conda / --target venv".into()),
+            Self::PostBuild { .. } => Some("fix postBuild (it runs from the repository root inside the environment)".into()),
+            Self::Unsolvable { .. } => Some("relax the versions in the environment file or check the channels".into()),
+            Self::Verify { .. } => Some("the environment is kept; rerun with --no-verify to register the kernel anyway".into()),
+            Self::Install { .. } => Some("check the package names and versions, and the index (pip-index-url, pip-find-links)".into()),
+            Self::Channel { .. } => Some("check the channel name or URL, and the site's channel-alias and mirrors".into()),
+            Self::Package { .. } => Some("a package is missing, corrupt (sha256 mismatch) or does not fit this platform".into()),
+            Self::Tool { .. } => Some("install uv (`pip install uv`) or set `uv = \"/path/to/uv\"` in the config".into()),
+            _ => None,
+        }
+    }
+}

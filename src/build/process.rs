@@ -1,0 +1,222 @@
+//! Running build tools: every child's output goes to the environment's build log, and a
+//! failure shows the end of that log. Also `postBuild`, run inside the environment.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::Context;
+use crate::store;
+
+/// Errors while building.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No interpreter of the wanted version.
+    #[error("no Python {version} interpreter found on PATH")]
+    NoPython {
+        /// `X.Y`.
+        version: String,
+    },
+    /// A required tool is missing.
+    #[error("{tool} is not available")]
+    Tool {
+        /// The tool.
+        tool: String,
+    },
+    /// A tool failed to install packages (bad names, versions, unreachable index).
+    #[error("{step} failed (exit {code}); the log ends with:\n{log}")]
+    Install {
+        /// What ran.
+        step: String,
+        /// Its exit code.
+        code: String,
+        /// The end of the build log.
+        log: String,
+    },
+    /// A tool failed in a way that is not the spec's fault.
+    #[error("{step} failed (exit {code}); the log ends with:\n{log}")]
+    Step {
+        /// What ran.
+        step: String,
+        /// Its exit code.
+        code: String,
+        /// The end of the build log.
+        log: String,
+    },
+    /// The conda spec has no solution.
+    #[error("the conda environment cannot be solved:\n{message}")]
+    Unsolvable {
+        /// The solver's explanation.
+        message: String,
+    },
+    /// A conda channel cannot be read.
+    #[error("cannot read the conda channel {channel}: {message}")]
+    Channel {
+        /// The channel(s).
+        channel: String,
+        /// Why.
+        message: String,
+    },
+    /// A package cannot be fetched, verified or installed.
+    #[error("conda packages could not be installed: {message}")]
+    Package {
+        /// Why.
+        message: String,
+    },
+    /// `postBuild` failed.
+    #[error("{script} failed (exit {code}); its output ends with:\n{log}")]
+    PostBuild {
+        /// The script.
+        script: String,
+        /// Its exit code.
+        code: String,
+        /// The end of its output.
+        log: String,
+    },
+    /// Not built by this version.
+    #[error("{what} is not implemented yet")]
+    Unsupported {
+        /// What.
+        what: String,
+    },
+    /// Writing the kernelspec failed.
+    #[error("could not write the kernelspec into {dir}")]
+    Kernel {
+        /// The kernels directory.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel did not pass verification.
+    #[error("kernel {kernel} failed verification")]
+    Verify {
+        /// The kernel name.
+        kernel: String,
+        /// Why.
+        #[source]
+        source: crate::kernel::verify::VerifyError,
+    },
+}
+
+/// Whether a failing step is the spec's fault (bad packages) or the machine's.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Installing what the repository asked for.
+    Spec,
+    /// Our own plumbing.
+    Machine,
+}
+
+/// Run `command`, appending its output to the build log; fail with the log's tail.
+pub fn run(
+    context: &Context<'_>,
+    step: &str,
+    command: &mut Command,
+    fault: Fault,
+) -> anyhow::Result<()> {
+    let log_path = context.log();
+    let mut log = fs_err::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| store::classify(e, &log_path))?;
+    let _ = writeln!(log, "$ {step}");
+    let out = log.file().try_clone()?;
+    let err = log.file().try_clone()?;
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .status()
+        .map_err(|e| anyhow::anyhow!(e).context(format!("could not run {step}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let code = status
+        .code()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "signal".into());
+    let tail = tail(&log_path, 20);
+    if tail.contains("No space left on device") {
+        return Err(store::classify(std::io::Error::from_raw_os_error(28), &context.prefix).into());
+    }
+    Err(match fault {
+        Fault::Spec => BuildError::Install {
+            step: step.to_string(),
+            code,
+            log: tail,
+        },
+        Fault::Machine => BuildError::Step {
+            step: step.to_string(),
+            code,
+            log: tail,
+        },
+    }
+    .into())
+}
+
+/// The last `lines` lines of a file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs_err::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The environment variables that put a command inside the environment.
+pub fn activation(context: &Context<'_>) -> Vec<(String, String)> {
+    let prefix = context.prefix.display().to_string();
+    let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let variable = if context.request.target == crate::plan::Target::Conda {
+        "CONDA_PREFIX"
+    } else {
+        "VIRTUAL_ENV"
+    };
+    let mut vars = vec![("PATH".to_string(), path), (variable.to_string(), prefix)];
+    if let Some(conda) = &context.request.spec.conda {
+        vars.extend(conda.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    vars
+}
+
+/// Run `postBuild` from the repository root, inside the environment, as the user.
+pub fn post_build(context: &Context<'_>, script: &str) -> anyhow::Result<()> {
+    let path = context.repo().join(script);
+    let log_path = context.meta.join("postBuild.log");
+    let log = fs_err::File::create(&log_path).map_err(|e| store::classify(e, &log_path))?;
+    let err = log.file().try_clone()?;
+    // repo2docker runs it as an executable; a checkout may have lost the mode bit, so run
+    // it through its shebang's interpreter when it is not executable.
+    let mut command = if is_executable(&path) {
+        Command::new(&path)
+    } else {
+        let mut c = Command::new("/bin/sh");
+        c.arg(&path);
+        c
+    };
+    let status = command
+        .current_dir(context.repo())
+        .envs(activation(context))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.into_file()))
+        .stderr(Stdio::from(err))
+        .status()
+        .map_err(|e| anyhow::anyhow!(e).context(format!("could not run {script}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(BuildError::PostBuild {
+        script: script.to_string(),
+        code: status
+            .code()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "signal".into()),
+        log: tail(&log_path, 20),
+    }
+    .into())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}

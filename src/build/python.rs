@@ -1,0 +1,91 @@
+//! Finding a Python interpreter of a given version, and uv with the site's index settings.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::process::BuildError;
+use crate::settings::Settings;
+
+/// A real interpreter (shims such as pyenv's resolved to the executable behind them).
+#[derive(Debug, Clone)]
+pub struct Interpreter {
+    /// `sys.executable`.
+    pub path: PathBuf,
+    /// `X.Y`.
+    pub version: String,
+}
+
+/// Ask a candidate command what it really is.
+fn probe(command: &str) -> Option<Interpreter> {
+    let output = Command::new(command)
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print('%d.%d' % sys.version_info[:2])",
+        ])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).ok()?;
+    let mut lines = text.lines();
+    let path = PathBuf::from(lines.next()?.trim());
+    let version = lines.next()?.trim().to_string();
+    path.is_absolute().then_some(Interpreter { path, version })
+}
+
+/// The first interpreter on PATH with version `version` (`pythonX.Y`, then `python3`, `python`).
+pub fn find(version: &str) -> Result<Interpreter, BuildError> {
+    for candidate in [
+        format!("python{version}"),
+        "python3".into(),
+        "python".into(),
+    ] {
+        if let Some(found) = probe(&candidate).filter(|i| i.version == version) {
+            return Ok(found);
+        }
+    }
+    Err(BuildError::NoPython {
+        version: version.to_string(),
+    })
+}
+
+/// uv from the config, else on PATH.
+pub fn uv(settings: &Settings) -> Option<PathBuf> {
+    if let Some(path) = &settings.uv {
+        return Some(path.clone());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("uv"))
+        .find(|p| p.is_file())
+}
+
+/// A uv command with the store's cache and the site's index settings. Repository and user
+/// uv configuration is ignored (`--no-config`): the site decides where packages come from.
+pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Command {
+    let mut command = Command::new(uv);
+    command
+        .args(subcommand)
+        .arg("--no-config")
+        .arg("--quiet")
+        .env("UV_CACHE_DIR", settings.store.join("pkgs").join("uv"))
+        .env("UV_PYTHON_DOWNLOADS", "never")
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("CONDA_PREFIX");
+    index_args(&mut command, settings);
+    command
+}
+
+/// `--index-url`, `--find-links`, `--no-index` (shared by uv and pip).
+pub fn index_args(command: &mut Command, settings: &Settings) {
+    if let Some(url) = &settings.pip_index_url {
+        command.args(["--index-url", url]);
+    }
+    for link in &settings.pip_find_links {
+        command.args(["--find-links", link]);
+    }
+    if settings.pip_no_index {
+        command.arg("--no-index");
+    }
+}

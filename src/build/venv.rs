@@ -1,0 +1,328 @@
+//! The `venv` target: a Python virtual environment made with uv (or `python -m venv` and
+//! pip, with a warning, when uv is missing), locked with hashes.
+//!
+//! Loose requirements are resolved once into `<prefix>/hpcbinder/requirements.lock`
+//! (`uv pip compile --generate-hashes`) and the environment is synced from that lock, so
+//! the lock is exactly what is installed. Hashed requirements and lock files the
+//! repository brings (Pipfile.lock, uv.lock, pylock.toml) are installed as they are.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::process::{self, Fault};
+use super::{python, spec_has_ipykernel, Context};
+use crate::detect::Buildpack;
+use crate::events::{Phase, ReporterExt};
+use crate::key;
+
+/// Build the venv; returns the lock files written (relative to the prefix).
+pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+    let request = context.request;
+    let (version, _) = key::python_version(request.spec, request.settings);
+    let interpreter = python::find(&version)?;
+    match python::uv(request.settings) {
+        Some(uv) => with_uv(context, &uv, &interpreter.path),
+        None => {
+            context.reporter.phase(
+                Phase::Building,
+                "warning: uv not found; falling back to `python -m pip` (slower, lock without hashes)",
+            );
+            with_pip(context, &interpreter.path)
+        }
+    }
+}
+
+fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Result<Vec<String>> {
+    let request = context.request;
+    let settings = request.settings;
+    let spec = request.spec;
+    let prefix = context.prefix.display().to_string();
+    let python = context.prefix.join("bin/python").display().to_string();
+    let uv_run = |step: &str, args: &[&str], cwd: &Path, fault: Fault| {
+        let mut command = python::uv_command(uv, settings, args);
+        command.current_dir(cwd);
+        process::run(context, step, &mut command, fault)
+    };
+    uv_run(
+        "uv venv",
+        &[
+            "venv",
+            "--allow-existing",
+            "--python",
+            &interpreter.display().to_string(),
+            &prefix,
+        ],
+        &context.meta,
+        Fault::Machine,
+    )?;
+    let needs_ipykernel = !spec_has_ipykernel(spec, context.repo());
+    let mut locks = Vec::new();
+    let lock_path = context.meta.join("requirements.lock");
+    let lock_arg = lock_path.display().to_string();
+
+    if let Some(from_lock) = &request.from_lock {
+        fs_err::copy(from_lock, &lock_path)?;
+        uv_run(
+            "uv pip sync (from lock)",
+            &["pip", "sync", "--python", &python, &lock_arg],
+            context.repo(),
+            Fault::Spec,
+        )?;
+        locks.push("hpcbinder/requirements.lock".into());
+    } else if spec.buildpack == Buildpack::UvLock {
+        let lock = spec
+            .lock
+            .as_ref()
+            .map(|l| l.file.clone())
+            .unwrap_or_else(|| "uv.lock".into());
+        let project = context
+            .repo()
+            .join(&lock)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut command =
+            python::uv_command(uv, settings, &["sync", "--frozen", "--python", &python]);
+        command
+            .current_dir(&project)
+            .env("UV_PROJECT_ENVIRONMENT", &context.prefix);
+        process::run(context, "uv sync --frozen", &mut command, Fault::Spec)?;
+        fs_err::copy(context.repo().join(&lock), context.meta.join("uv.lock"))?;
+        locks.push("hpcbinder/uv.lock".into());
+    } else if let Some(lock) = spec.lock.as_ref().filter(|l| l.format == "pylock") {
+        let file = context.repo().join(&lock.file).display().to_string();
+        uv_run(
+            "uv pip sync pylock.toml",
+            &["pip", "sync", "--python", &python, &file],
+            context.repo(),
+            Fault::Spec,
+        )?;
+        fs_err::copy(
+            context.repo().join(&lock.file),
+            context.meta.join("pylock.toml"),
+        )?;
+        locks.push("hpcbinder/pylock.toml".into());
+    } else if let Some(pip) = spec.pip.as_ref().filter(|p| p.hashed) {
+        // The repository's own hashes are checked as they are: no re-resolution.
+        let top = context
+            .repo()
+            .join(&pip.requirements[0])
+            .display()
+            .to_string();
+        uv_run(
+            "uv pip install --require-hashes",
+            &[
+                "pip",
+                "install",
+                "--require-hashes",
+                "--python",
+                &python,
+                "-r",
+                &top,
+            ],
+            context.repo(),
+            Fault::Spec,
+        )?;
+        fs_err::copy(&top, &lock_path)?;
+        locks.push("hpcbinder/requirements.lock".into());
+    } else {
+        let input = requirements_input(context, needs_ipykernel)?;
+        let input_arg = input.display().to_string();
+        context.reporter.phase(
+            Phase::Building,
+            "Resolving the requirements into a hashed lock",
+        );
+        uv_run(
+            "uv pip compile",
+            &[
+                "pip",
+                "compile",
+                "--generate-hashes",
+                "--python",
+                &python,
+                "-o",
+                &lock_arg,
+                &input_arg,
+            ],
+            context.repo(),
+            Fault::Spec,
+        )?;
+        context
+            .reporter
+            .phase(Phase::Building, "Installing from the lock");
+        uv_run(
+            "uv pip sync",
+            &["pip", "sync", "--python", &python, &lock_arg],
+            context.repo(),
+            Fault::Spec,
+        )?;
+        locks.push("hpcbinder/requirements.lock".into());
+    }
+    let lock_covers_ipykernel = request.from_lock.is_none()
+        && spec.lock.is_none()
+        && !spec.pip.as_ref().is_some_and(|p| p.hashed);
+    if needs_ipykernel && !lock_covers_ipykernel {
+        context.reporter.phase(
+            Phase::Building,
+            "Adding ipykernel: the repository does not list it",
+        );
+        uv_run(
+            "uv pip install ipykernel",
+            &["pip", "install", "--python", &python, "ipykernel"],
+            context.repo(),
+            Fault::Spec,
+        )?;
+    }
+    if installs_package(context) {
+        context
+            .reporter
+            .phase(Phase::Building, "Installing the repository itself");
+        let root = context.repo().display().to_string();
+        uv_run(
+            "uv pip install <repository>",
+            &["pip", "install", "--python", &python, &root],
+            context.repo(),
+            Fault::Spec,
+        )?;
+    }
+    Ok(locks)
+}
+
+/// A setup.py / pyproject.toml package at the root (installed as repo2docker does: not editable).
+fn installs_package(context: &Context<'_>) -> bool {
+    let spec = context.request.spec;
+    spec.buildpack != Buildpack::UvLock
+        && spec.buildpack != Buildpack::Pipfile
+        && spec
+            .files
+            .iter()
+            .any(|f| f == "setup.py" || f == "pyproject.toml")
+}
+
+/// `<prefix>/hpcbinder/requirements.in`: the repository's requirement files (or its
+/// Pipfile, rendered), plus ipykernel when missing.
+fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
+    let spec = context.request.spec;
+    let mut text = String::from("# Written by hpcbinder: what the environment is resolved from.\n");
+    if spec.buildpack == Buildpack::Pipfile {
+        text.push_str(&pipfile_requirements(context)?);
+    } else if let Some(pip) = &spec.pip {
+        for file in &pip.requirements[..1.min(pip.requirements.len())] {
+            let _ = writeln!(text, "-r {}", context.repo().join(file).display());
+        }
+    }
+    if needs_ipykernel {
+        context.reporter.phase(
+            Phase::Building,
+            "Adding ipykernel: the repository does not list it",
+        );
+        text.push_str("ipykernel\n");
+    }
+    let path = context.meta.join("requirements.in");
+    fs_err::write(&path, text)?;
+    Ok(path)
+}
+
+/// Pipfile.lock (with its hashes) or Pipfile, as requirement lines; dev packages included,
+/// as repo2docker's `pipenv install --dev` does.
+fn pipfile_requirements(context: &Context<'_>) -> anyhow::Result<String> {
+    let spec = context.request.spec;
+    let mut out = String::new();
+    if let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) {
+        let value: serde_json::Value =
+            serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
+        for section in ["default", "develop"] {
+            for (name, entry) in value[section].as_object().into_iter().flatten() {
+                let Some(version) = entry["version"].as_str() else {
+                    continue;
+                };
+                let _ = write!(out, "{name}{version}");
+                if let Some(markers) = entry["markers"].as_str() {
+                    let _ = write!(out, " ; {markers}");
+                }
+                out.push('\n');
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(pipfile) = spec.files.iter().find(|f| f.ends_with("Pipfile")) {
+        let table: toml::Table =
+            toml::from_str(&fs_err::read_to_string(context.repo().join(pipfile))?)?;
+        for section in ["packages", "dev-packages"] {
+            for (name, value) in table
+                .get(section)
+                .and_then(|v| v.as_table())
+                .into_iter()
+                .flatten()
+            {
+                let line = match value {
+                    toml::Value::String(s) if s == "*" => name.clone(),
+                    toml::Value::String(s) => format!("{name}{s}"),
+                    toml::Value::Table(t) => {
+                        let extras = t
+                            .get("extras")
+                            .and_then(|e| e.as_array())
+                            .map(|a| {
+                                format!(
+                                    "[{}]",
+                                    a.iter()
+                                        .filter_map(|x| x.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                )
+                            })
+                            .unwrap_or_default();
+                        let version = t
+                            .get("version")
+                            .and_then(|v| v.as_str())
+                            .filter(|v| *v != "*")
+                            .unwrap_or("");
+                        format!("{name}{extras}{version}")
+                    }
+                    _ => name.clone(),
+                };
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn with_pip(context: &Context<'_>, interpreter: &Path) -> anyhow::Result<Vec<String>> {
+    let request = context.request;
+    let python = context.prefix.join("bin/python");
+    let mut venv = Command::new(interpreter);
+    venv.args(["-m", "venv"]).arg(&context.prefix);
+    process::run(context, "python -m venv", &mut venv, Fault::Machine)?;
+    let needs_ipykernel = !spec_has_ipykernel(request.spec, context.repo());
+    let input = match &request.from_lock {
+        Some(lock) => lock.clone(),
+        None => requirements_input(context, needs_ipykernel)?,
+    };
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+        .arg(&input)
+        .current_dir(context.repo());
+    python::index_args(&mut install, request.settings);
+    process::run(context, "pip install", &mut install, Fault::Spec)?;
+    if installs_package(context) {
+        let mut package = Command::new(&python);
+        package
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .arg(context.repo());
+        python::index_args(&mut package, request.settings);
+        process::run(
+            context,
+            "pip install <repository>",
+            &mut package,
+            Fault::Spec,
+        )?;
+    }
+    let freeze = Command::new(&python)
+        .args(["-m", "pip", "freeze", "--disable-pip-version-check"])
+        .output()?;
+    fs_err::write(context.meta.join("requirements.lock"), freeze.stdout)?;
+    Ok(vec!["hpcbinder/requirements.lock".into()])
+}

@@ -1,0 +1,159 @@
+//! Kernels: a kernelspec directory per environment (`kernel.json` + `kernel-helper.sh`),
+//! and its verification by starting it as Jupyter would and running a cell.
+//!
+//! `argv[0]` is always an absolute path: jupyter_client replaces a bare `python` with the
+//! server's own interpreter, which would silently run the wrong environment.
+
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The helper template (`buildpacks/kernel-helper.sh`).
+const HELPER_TEMPLATE: &str = include_str!("../../buildpacks/kernel-helper.sh");
+
+/// What a kernelspec is made from.
+#[derive(Debug, Clone)]
+pub struct KernelSpec {
+    /// Directory name (`[a-z0-9._-]`).
+    pub name: String,
+    /// Shown in Jupyter.
+    pub display_name: String,
+    /// The environment's prefix.
+    pub prefix: PathBuf,
+    /// `CONDA_PREFIX` (conda) or `VIRTUAL_ENV` (venv).
+    pub activation_variable: &'static str,
+    /// Site modules to `module load` first.
+    pub modules: Vec<String>,
+    /// The command inside the environment (absolute python, `-m ipykernel_launcher -f {connection_file}`).
+    pub command: Vec<String>,
+    /// Recorded in `metadata.hpcbinder`.
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct KernelJson<'a> {
+    argv: Vec<String>,
+    display_name: &'a str,
+    language: &'static str,
+    interrupt_mode: &'static str,
+    metadata: serde_json::Value,
+}
+
+impl KernelSpec {
+    /// The helper script's text.
+    pub fn helper(&self) -> String {
+        let prefix = shell_escape_in_quotes(&self.prefix.display().to_string());
+        let modules = if self.modules.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = self.modules.iter().map(|m| shell_word(m)).collect();
+            format!(
+                "if command -v module >/dev/null 2>&1; then module load {}; fi",
+                names.join(" ")
+            )
+        };
+        let activate = format!(
+            "{}=\"{prefix}\"\nexport {}",
+            self.activation_variable, self.activation_variable
+        );
+        HELPER_TEMPLATE
+            .replace("{{modules}}", &modules)
+            .replace("{{activate}}", &activate)
+            .replace("{{prefix}}", &prefix)
+    }
+
+    /// The kernel.json argv for a helper at `helper`.
+    pub fn argv(&self, helper: &Path) -> Vec<String> {
+        let mut argv = vec![helper.display().to_string()];
+        argv.extend(self.command.iter().cloned());
+        argv
+    }
+
+    /// Write the kernelspec into `kernels_dir/<name>/`, replacing an older one whole: the
+    /// new one is assembled beside it and renamed into place.
+    pub fn install(&self, kernels_dir: &Path) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::create_dir_all(kernels_dir)?;
+        let target = kernels_dir.join(&self.name);
+        let staging = kernels_dir.join(format!(".{}.tmp-{}", self.name, std::process::id()));
+        if staging.exists() {
+            fs_err::remove_dir_all(&staging)?;
+        }
+        fs_err::create_dir_all(&staging)?;
+        let helper_final = target.join("kernel-helper.sh");
+        let helper = staging.join("kernel-helper.sh");
+        fs_err::write(&helper, self.helper())?;
+        fs_err::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
+        let json = KernelJson {
+            argv: self.argv(&helper_final),
+            display_name: &self.display_name,
+            language: "python",
+            interrupt_mode: "signal",
+            metadata: serde_json::json!({ "hpcbinder": self.metadata }),
+        };
+        let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+        fs_err::write(staging.join("kernel.json"), text + "\n")?;
+        if target.exists() {
+            fs_err::remove_dir_all(&target)?;
+        }
+        fs_err::rename(&staging, &target)?;
+        Ok(target)
+    }
+}
+
+/// Escape for inside double quotes in sh.
+fn shell_escape_in_quotes(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('$', "\\$")
+        .replace('`', "\\`")
+}
+
+/// One sh word, single-quoted.
+fn shell_word(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// Read a kernelspec's argv (for verification exactly as Jupyter would run it).
+pub fn read_argv(kernel_dir: &Path) -> std::io::Result<Vec<String>> {
+    let text = fs_err::read_to_string(kernel_dir.join("kernel.json"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+    Ok(value["argv"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_quotes_the_prefix_and_modules() {
+        let spec = KernelSpec {
+            name: "k".into(),
+            display_name: "K".into(),
+            prefix: PathBuf::from("/store/e/ab$c"),
+            activation_variable: "CONDA_PREFIX",
+            modules: vec!["gcc/12".into(), "x'y".into()],
+            command: vec!["/store/e/ab$c/bin/python".into()],
+            metadata: serde_json::Value::Null,
+        };
+        let helper = spec.helper();
+        assert!(
+            helper.contains("CONDA_PREFIX=\"/store/e/ab\\$c\""),
+            "{helper}"
+        );
+        assert!(
+            helper.contains("module load 'gcc/12' 'x'\\''y'"),
+            "{helper}"
+        );
+        assert!(helper.ends_with("exec \"$@\"\n"));
+    }
+}

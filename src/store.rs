@@ -1,0 +1,424 @@
+//! The store: environments under their EnvKey on a filesystem many users and nodes share.
+//!
+//! ```text
+//! <store>/store.toml        layout version
+//! <store>/e/<key16>/        an environment, built in place (conda embeds its prefix)
+//! <store>/e/<key16>.toml    its metadata = the ready marker, written last, atomically
+//! <store>/locks/<key16>.lock  held (OS file lock) while that key is built
+//! <store>/pkgs/             package caches (conda, uv): same filesystem, so hardlinks
+//! <store>/cache/            source clones, repodata
+//! ```
+//!
+//! Rules: nothing without a marker is trusted; one build per key at a time (lock, then
+//! re-check the marker); a prefix left without a marker by a crash is removed by the next
+//! builder, under the lock. Lock failures of filesystems without locks (ENOLCK, ENOSYS)
+//! are reported as such, never taken for "somebody else holds it".
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Blame, Diagnostic};
+use crate::events::{Phase, Reporter, ReporterExt};
+
+/// The on-disk layout version, written to `store.toml`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be written.
+    #[error("the store {path} is not writable")]
+    ReadOnly {
+        /// The store root.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The filesystem has no working file locks.
+    #[error("cannot lock {path}: this filesystem does not support file locks")]
+    LocksUnsupported {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error (ENOLCK or ENOSYS).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk is full.
+    #[error("no space left on the device holding {path}")]
+    Full {
+        /// Where the write failed.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store written by an incompatible hpcbinder.
+    #[error("{path} has layout version {found}; this hpcbinder uses {LAYOUT_VERSION}")]
+    Layout {
+        /// `store.toml`.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+    /// Any other I/O error (fs-err names the path).
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+impl Diagnostic for StoreError {
+    fn blame(&self) -> Blame {
+        Blame::Environment
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            Self::ReadOnly { .. } => Some("pass --store DIR (or set HPCBINDER_STORE) to a directory you can write".into()),
+            Self::LocksUnsupported { .. } => Some(
+                "put the store on a filesystem mounted with working locks (e.g. Lustre `flock`, NFS with lockd)".into(),
+            ),
+            Self::Full { .. } => Some("free space in the store or point --store at a larger filesystem".into()),
+            Self::Layout { .. } => Some("use a store made by the same hpcbinder version, or a new --store".into()),
+            Self::Io(_) => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> Self {
+        classify(error, Path::new(""))
+    }
+}
+
+/// Map an I/O error to the store error a user can act on.
+pub fn classify(error: std::io::Error, path: &Path) -> StoreError {
+    use std::io::ErrorKind;
+    let code = os_code(&error);
+    match (error.kind(), code) {
+        (ErrorKind::StorageFull | ErrorKind::QuotaExceeded, _) | (_, Some(28 | 122)) => {
+            StoreError::Full {
+                path: path.to_path_buf(),
+                source: error,
+            }
+        }
+        (ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied, _)
+        | (_, Some(30 | 13 | 1)) => StoreError::ReadOnly {
+            path: path.to_path_buf(),
+            source: error,
+        },
+        _ => StoreError::Io(error),
+    }
+}
+
+/// The OS error number, also when fs-err has wrapped the error to add its path.
+pub fn os_code(error: &std::io::Error) -> Option<i32> {
+    if let Some(code) = error.raw_os_error() {
+        return Some(code);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.get_ref().map(|e| e as _);
+    while let Some(cause) = source {
+        if let Some(code) = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoreFile {
+    layout: u32,
+}
+
+/// An opened store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The ready marker's contents: what was built, from what, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Marker format.
+    pub format: u32,
+    /// The full EnvKey.
+    pub key: String,
+    /// `conda`, `venv`, ...
+    pub target: String,
+    /// The primary buildpack.
+    pub buildpack: String,
+    /// The environment's directory.
+    pub prefix: PathBuf,
+    /// The Python version inside.
+    pub python: Option<String>,
+    /// Seconds since the Unix epoch when it was published.
+    pub created: u64,
+    /// hpcbinder's version.
+    pub hpcbinder: String,
+    /// Lock files written into the environment (relative to the prefix).
+    pub locks: Vec<String>,
+    /// The source it was first built from (origin, commit).
+    pub source: String,
+    /// Every key input and its digest.
+    pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+impl Store {
+    /// Open (creating when missing) the store at `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            root: root.to_path_buf(),
+        };
+        let file = root.join("store.toml");
+        match fs_err::read_to_string(&file) {
+            Ok(text) => {
+                let found: StoreFile =
+                    toml::from_str(&text).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+                if found.layout != LAYOUT_VERSION {
+                    return Err(StoreError::Layout {
+                        path: file,
+                        found: found.layout,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs_err::create_dir_all(root).map_err(|e| classify(e, root))?;
+                let text = toml::to_string(&StoreFile {
+                    layout: LAYOUT_VERSION,
+                })
+                .expect("serialises");
+                write_atomic(&file, text.as_bytes()).map_err(|e| classify(e, root))?;
+            }
+            Err(e) => return Err(classify(e, &file)),
+        }
+        for dir in ["e", "locks", "pkgs", "cache"] {
+            let path = root.join(dir);
+            fs_err::create_dir_all(&path).map_err(|e| classify(e, &path))?;
+        }
+        Ok(store)
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The prefix of a key (`e/<key16>`).
+    pub fn prefix(&self, key16: &str) -> PathBuf {
+        self.root.join("e").join(key16)
+    }
+
+    /// The marker of a key (`e/<key16>.toml`).
+    pub fn marker(&self, key16: &str) -> PathBuf {
+        self.root.join("e").join(format!("{key16}.toml"))
+    }
+
+    /// A package cache directory (`pkgs/<tool>`).
+    pub fn package_cache(&self, tool: &str) -> PathBuf {
+        self.root.join("pkgs").join(tool)
+    }
+
+    /// The ready environment for `key`, if a valid marker says so.
+    pub fn lookup(&self, key: &str) -> Option<Ready> {
+        let text = fs_err::read_to_string(self.marker(&key[..16])).ok()?;
+        let ready: Ready = toml::from_str(&text).ok()?;
+        (ready.format == 1 && ready.key == key && ready.prefix.is_dir()).then_some(ready)
+    }
+
+    /// Take the build lock of `key16`, waiting (and saying so) while another process holds it.
+    pub fn lock(&self, key16: &str, reporter: &dyn Reporter) -> Result<BuildLock, StoreError> {
+        let path = self.root.join("locks").join(format!("{key16}.lock"));
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| classify(e, &path))?;
+        match file.file().try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = fs_err::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                reporter.phase(
+                    Phase::Waiting,
+                    format!(
+                        "Another build of {key16} is running{}; waiting for it",
+                        if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({holder})")
+                        }
+                    ),
+                );
+                file.file().lock().map_err(|e| lock_error(e, &path))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_error(e, &path)),
+        }
+        // Who holds it, for the next waiter's message. One byte at least: some filesystems
+        // turn flock into byte-range locks, which need a non-empty file.
+        let mut handle = file.file();
+        let _ = handle.set_len(0);
+        let _ = writeln!(handle, "pid {} on {}", std::process::id(), hostname());
+        Ok(BuildLock { _file: file })
+    }
+}
+
+fn lock_error(error: std::io::Error, path: &Path) -> StoreError {
+    match os_code(&error) {
+        // ENOLCK, ENOSYS, EOPNOTSUPP: no locks here. Never treat these as "locked".
+        Some(37) | Some(38) | Some(95) => StoreError::LocksUnsupported {
+            path: path.to_path_buf(),
+            source: error,
+        },
+        _ => classify(error, path),
+    }
+}
+
+fn hostname() -> String {
+    fs_err::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into())
+}
+
+/// Holds a key's build lock until dropped (including on error paths).
+#[derive(Debug)]
+pub struct BuildLock {
+    _file: fs_err::File,
+}
+
+impl BuildLock {
+    /// Publish `ready` as the marker of its key: temp file, fsync, rename, fsync the dir.
+    pub fn publish(&self, store: &Store, ready: &Ready) -> Result<(), StoreError> {
+        let text = toml::to_string(ready).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let marker = store.marker(&ready.key[..16]);
+        write_atomic(&marker, text.as_bytes()).map_err(|e| classify(e, &marker))
+    }
+
+    /// Remove what an unfinished build left at `prefix` (we hold the lock, so nobody is
+    /// building it now, and without a marker nobody trusts it).
+    pub fn clear_partial(&self, store: &Store, key16: &str) -> Result<bool, StoreError> {
+        let prefix = store.prefix(key16);
+        let marker = store.marker(key16);
+        if marker.exists() {
+            // A marker for another key with the same 16-hex prefix, or a stale one: both untrusted.
+            fs_err::remove_file(&marker).map_err(|e| classify(e, &marker))?;
+        }
+        if prefix.symlink_metadata().is_ok() {
+            make_removable(&prefix);
+            fs_err::remove_dir_all(&prefix).map_err(|e| classify(e, &prefix))?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Write a file atomically: a temp file beside it, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs_err::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs_err::rename(&temp, path)?;
+        fs_err::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs_err::remove_file(&temp);
+    }
+    result
+}
+
+/// Builds may leave read-only directories (packages, pip); make a tree deletable.
+fn make_removable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        if entry.file_type().is_dir() {
+            if let Ok(metadata) = entry.metadata() {
+                let mode = metadata.permissions().mode();
+                if mode & 0o700 != 0o700 {
+                    let _ = fs_err::set_permissions(
+                        entry.path(),
+                        std::fs::Permissions::from_mode(mode | 0o700),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Make a finished environment safe to share with the group: everything group-readable
+/// (and group-executable where the owner can execute), nothing world-writable, and no
+/// setuid/setgid bits on files (packages and archives must not smuggle them in).
+/// Directories keep their setgid bit so a group-owned store stays group-owned.
+pub fn harden_permissions(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let metadata = entry.metadata().map_err(std::io::Error::other)?;
+        let mode = metadata.permissions().mode() & 0o7777;
+        let mut new = mode & !0o002; // no world write
+        new |= 0o040; // group read
+        if mode & 0o100 != 0 {
+            new |= 0o010;
+        }
+        if entry.file_type().is_file() {
+            new &= !0o6000; // no setuid/setgid on files
+        }
+        if new != mode {
+            fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn harden_strips_setuid_and_world_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tool");
+        fs_err::write(&file, "x").unwrap();
+        fs_err::set_permissions(&file, std::fs::Permissions::from_mode(0o4757)).unwrap();
+        harden_permissions(dir.path()).unwrap();
+        let mode = fs_err::metadata(&file).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        write_atomic(&path, b"a").unwrap();
+        write_atomic(&path, b"b").unwrap();
+        assert_eq!(fs_err::read_to_string(&path).unwrap(), "b");
+        assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

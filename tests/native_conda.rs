@@ -1,0 +1,175 @@
+//! Real conda environments, solved and installed in-process by rattler from a local
+//! `file://` channel built by the test (conda-forge cannot be reached from here), with
+//! Python from a venv-stub package and ipykernel from the wheelhouse through uv.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::channel::{Channel, Package, PLACEHOLDER};
+use common::{stderr, Sandbox};
+
+/// A channel with the python stub and `hpcb-hello` (noarch python, with a prefix placeholder).
+fn channel(sandbox: &Sandbox) -> (Channel, String) {
+    let mut channel = Channel::new(&sandbox.path().join("channel"));
+    let python = channel.add_python_stub();
+    let mut hello = Package::noarch_python("hpcb-hello", "1.0");
+    hello.files.push((
+        "site-packages/hpcb_hello/__init__.py".into(),
+        "VERSION = '1.0'\n".into(),
+        false,
+    ));
+    hello.files.push((
+        "share/hpcb-hello/prefix.txt".into(),
+        format!("installed at {PLACEHOLDER}\n"),
+        true,
+    ));
+    channel.add(&hello);
+    (channel, python)
+}
+
+fn environment(channel: &Channel, python: &str, extra: &str) -> String {
+    format!(
+        "name: demo\nchannels:\n  - {}\n  - nodefaults\ndependencies:\n  - python={python}\n  - hpcb-hello\n{extra}",
+        channel.url()
+    )
+}
+
+#[test]
+fn conda_env_from_a_local_channel_with_a_verified_kernel() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let (channel, python) = channel(&sandbox);
+    let env = environment(
+        &channel,
+        &python,
+        "  - pip:\n    - six==1.16.0\nvariables:\n  HPCB_VARIABLE: from-env-file\n",
+    );
+    let repo = sandbox.repo(
+        "conda-demo",
+        &[("environment.yml", &env), ("analysis.ipynb", "{}")],
+    );
+    let ready = sandbox.build_ready(&[&repo]);
+    assert_eq!(ready["target"], "conda");
+    let prefix = ready["prefix"].as_str().unwrap();
+    assert_eq!(
+        ready["verified"],
+        std::fs::canonicalize(prefix).unwrap().to_str().unwrap()
+    );
+
+    // Conda packages, the pip section and variables are all there in the kernel.
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import os, hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__, os.environ['HPCB_VARIABLE'], os.environ['CONDA_PREFIX'])",
+        &format!("1.0 1.16.0 from-env-file {prefix}"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(verified.output.starts_with("1.0"));
+
+    // The prefix placeholder was replaced by the real (short) prefix.
+    let text = std::fs::read_to_string(format!("{prefix}/share/hpcb-hello/prefix.txt")).unwrap();
+    assert_eq!(text, format!("installed at {prefix}\n"));
+    assert!(
+        prefix.len() < sandbox.store().to_str().unwrap().len() + 20,
+        "short prefix: <store>/e/<16 hex>"
+    );
+
+    // Files come from the store's package cache as hardlinks, not copies.
+    use std::os::unix::fs::MetadataExt;
+    let init = std::fs::metadata(format!("{prefix}/pyvenv.cfg")).unwrap();
+    assert!(
+        init.nlink() >= 2,
+        "expected a hardlink from the package cache"
+    );
+
+    // Locks: pixi.lock and an @EXPLICIT file with exact URLs and sha256; a pip lock with hashes.
+    let pixi = std::fs::read_to_string(format!("{prefix}/hpcbinder/pixi.lock")).unwrap();
+    assert!(
+        pixi.contains("hpcb-hello-1.0-py_0.conda") && pixi.contains("sha256"),
+        "{pixi}"
+    );
+    let explicit =
+        std::fs::read_to_string(format!("{prefix}/hpcbinder/conda-linux-64.lock")).unwrap();
+    assert!(
+        explicit.contains("@EXPLICIT") && explicit.contains("hpcb-hello-1.0-py_0.conda#sha256:"),
+        "{explicit}"
+    );
+    let pip = std::fs::read_to_string(format!("{prefix}/hpcbinder/pip.lock")).unwrap();
+    assert!(
+        pip.contains("six==1.16.0") && pip.contains("--hash=sha256:"),
+        "{pip}"
+    );
+
+    // The same lock rebuilds the conda part in another store without a solve.
+    let other = Sandbox::new();
+    other.native_site_config("");
+    let lock = format!("{prefix}/hpcbinder/pixi.lock");
+    let again = other.build_ready(&[&repo, "--from-lock", &lock, "--no-verify"]);
+    let rebuilt = again["prefix"].as_str().unwrap();
+    assert!(Path::new(&format!(
+        "{rebuilt}/lib/python{python}/site-packages/hpcb_hello/__init__.py"
+    ))
+    .is_file());
+}
+
+#[test]
+fn channel_errors_unsolvable_specs_and_bad_hashes_are_clear() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let (mut channel, python) = channel(&sandbox);
+
+    let missing = sandbox.repo(
+        "missing-channel",
+        &[(
+            "environment.yml",
+            "channels: [file:///nonexistent/channel]\ndependencies: [python]\n",
+        )],
+    );
+    let output = sandbox.run(&["build", &missing]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot read the conda channel"),
+        "{}",
+        stderr(&output)
+    );
+
+    let unsolvable = sandbox.repo(
+        "unsolvable",
+        &[(
+            "environment.yml",
+            &environment(&channel, &python, "  - hpcb-hello>=99\n"),
+        )],
+    );
+    let output = sandbox.run(&["build", &unsolvable]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot be solved") && stderr(&output).contains("hpcb-hello"),
+        "{}",
+        stderr(&output)
+    );
+
+    channel.corrupt_sha256("noarch", "hpcb-hello-1.0-py_0.conda");
+    let tampered = sandbox.repo(
+        "tampered",
+        &[("environment.yml", &environment(&channel, &python, ""))],
+    );
+    let output = sandbox.run(&["build", &tampered]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).to_lowercase().contains("hash") || stderr(&output).contains("sha256"),
+        "{}",
+        stderr(&output)
+    );
+
+    let leftovers: Vec<_> = std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "failed builds leave nothing in e/: {leftovers:?}"
+    );
+}

@@ -1,0 +1,250 @@
+//! Real venv builds with uv from a local wheelhouse (filled from PyPI by scripts/test-deps),
+//! registered as kernels that start and answer a cell over the Jupyter protocol.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{stderr, Sandbox};
+
+fn realpath(path: &str) -> String {
+    std::fs::canonicalize(path).unwrap().display().to_string()
+}
+
+#[test]
+fn venv_build_registers_a_verified_kernel_and_reuses_it() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "six-demo",
+        &[("requirements.txt", "six==1.16.0\n"), ("demo.ipynb", "{}")],
+    );
+    let ready = sandbox.build_ready(&[&repo]);
+    let prefix = ready["prefix"].as_str().unwrap();
+    let key = ready["key"].as_str().unwrap();
+    assert_eq!(ready["reused"], false);
+    assert_eq!(ready["target"], "venv");
+    assert_eq!(
+        ready["verified"],
+        realpath(prefix),
+        "the kernel ran a cell in the env"
+    );
+    assert_eq!(
+        prefix,
+        sandbox.store().join("e").join(&key[..16]).to_str().unwrap()
+    );
+    assert!(
+        sandbox
+            .store()
+            .join(format!("e/{}.toml", &key[..16]))
+            .is_file(),
+        "ready marker"
+    );
+
+    // The kernelspec: absolute helper, absolute python, {connection_file} as its own element.
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    assert!(kernel_dir.starts_with(sandbox.path().join("jupyter/kernels")));
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kernel_dir.join("kernel.json")).unwrap())
+            .unwrap();
+    let argv: Vec<&str> = spec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv[0],
+        kernel_dir.join("kernel-helper.sh").to_str().unwrap()
+    );
+    assert_eq!(argv[1], format!("{prefix}/bin/python"));
+    assert_eq!(
+        &argv[2..],
+        ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    );
+    assert!(spec["display_name"].as_str().unwrap().contains("six-demo"));
+
+    // The lock holds exactly what is installed, with hashes, including the added ipykernel.
+    let lock = std::fs::read_to_string(format!("{prefix}/hpcbinder/requirements.lock")).unwrap();
+    assert!(
+        lock.contains("six==1.16.0")
+            && lock.contains("--hash=sha256:")
+            && lock.contains("ipykernel=="),
+        "{lock}"
+    );
+
+    // A package from the requirements is importable in the kernel.
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import six; print(six.__version__)",
+        "1.16.0",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(verified.output, "1.16.0");
+
+    // Group-shareable: nothing world-writable anywhere in the env.
+    for entry in walkdir::WalkDir::new(prefix)
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if !entry.file_type().is_symlink() {
+            let mode = entry.metadata().unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o002,
+                0,
+                "{} is world-writable",
+                entry.path().display()
+            );
+            assert_ne!(
+                mode & 0o040,
+                0,
+                "{} is not group-readable",
+                entry.path().display()
+            );
+        }
+    }
+
+    // Second build: a cache hit that still registers the kernel.
+    std::fs::remove_dir_all(kernel_dir).unwrap();
+    let again = sandbox.build_ready(&[&repo, "--no-verify"]);
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["prefix"], prefix);
+    assert!(kernel_dir.join("kernel.json").is_file());
+}
+
+#[test]
+fn post_build_and_start_run_in_the_environment() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "scripts",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("postBuild", "#!/bin/sh\nset -e\necho \"$VIRTUAL_ENV\" > \"$VIRTUAL_ENV/post-build-ran\"\ntest -f requirements.txt\n"),
+            ("start", "#!/bin/sh\nexport HPCBINDER_START=from-start\nexec \"$@\"\n"),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&repo]);
+    let prefix = ready["prefix"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("{prefix}/post-build-ran"))
+            .unwrap()
+            .trim(),
+        prefix,
+        "postBuild ran inside the env, from the repo root"
+    );
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import os; print(os.environ['HPCBINDER_START'])",
+        "from-start",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(verified.output, "from-start");
+}
+
+#[test]
+fn failing_post_build_leaves_nothing_ready() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "broken",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("postBuild", "#!/bin/sh\necho about to fail\nexit 3\n"),
+        ],
+    );
+    let output = sandbox.run(&["build", &repo]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("postBuild failed (exit 3)") && err.contains("about to fail"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let entries: Vec<_> = std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .collect();
+    assert!(entries.is_empty(), "no prefix and no marker are left");
+}
+
+#[test]
+fn a_kernel_that_does_not_start_fails_verification_but_keeps_the_env() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "bad-start",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("start", "#!/bin/sh\necho start is broken >&2\nexit 7\n"),
+        ],
+    );
+    let output = sandbox.run(&["build", &repo, "--kernel-name", "bad"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("failed verification") && err.contains("start is broken"),
+        "{err}"
+    );
+    assert!(
+        !sandbox.path().join("jupyter/kernels/bad").exists(),
+        "a broken kernelspec is not left behind"
+    );
+    let markers = std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml")
+        })
+        .count();
+    assert_eq!(markers, 1, "the environment itself is built and kept");
+}
+
+#[test]
+fn unknown_package_and_missing_python_are_user_errors() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "typo",
+        &[("requirements.txt", "sixx-does-not-exist==1.0\n")],
+    );
+    let output = sandbox.run(&["build", &repo]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("sixx-does-not-exist"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // The site's Python beats runtime.txt, and the user is told.
+    let old = sandbox.repo("old-python", &[("runtime.txt", "python-3.4\n")]);
+    let output = sandbox.run(&["build", &old, "--dry-run"]);
+    assert!(
+        stderr(&output).contains("runtime.txt asks for Python 3.4"),
+        "{}",
+        stderr(&output)
+    );
+    let output = sandbox.run(&["build", &old, "--python", "3.4"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no Python 3.4 interpreter"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("hint: install or `module load` Python 3.4"),
+        "{}",
+        stderr(&output)
+    );
+}
