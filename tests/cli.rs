@@ -383,13 +383,23 @@ fn container_targets_are_not_built_yet_and_say_so() {
     let repo = fixture(&sandbox, "python-requirements");
     let output = sandbox.run(&["build", &repo, "--target", "podman"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("the podman target is not implemented yet"), "{}", stderr(&output));
-    let leftovers: Vec<_> = std::fs::read_dir(sandbox.store().join("e")).unwrap().collect();
+    assert!(
+        stderr(&output).contains("the podman target is not implemented yet"),
+        "{}",
+        stderr(&output)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "nothing half-built is left");
     let output = sandbox.run(&["build", &repo, "--target", "podman", "--json"]);
-    let last: serde_json::Value = serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
     assert_eq!(last["phase"], "failed");
-    assert!(last["message"].as_str().unwrap().contains("not implemented yet"));
+    assert!(last["message"]
+        .as_str()
+        .unwrap()
+        .contains("not implemented yet"));
 }
 
 #[test]
