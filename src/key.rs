@@ -33,11 +33,15 @@ impl EnvKey {
 }
 
 /// Compute the key of `spec` built for `target` from the checkout at `root`.
+///
+/// `from_lock` is a lock file to install from instead of resolving (`build --from-lock`):
+/// it decides the packages, so its contents enter the key.
 pub fn compute(
     root: &Path,
     spec: &EnvSpec,
     target: Target,
     settings: &Settings,
+    from_lock: Option<&Path>,
 ) -> Result<EnvKey, SourceError> {
     let mut inputs = BTreeMap::new();
     inputs.insert("format".to_string(), KEY_FORMAT.to_string());
@@ -76,6 +80,29 @@ pub fn compute(
             inputs.insert("site:mirrors".to_string(), mirrors.join(","));
         }
     }
+    if uses_conda {
+        if !settings.virtual_packages.is_empty() {
+            inputs.insert(
+                "site:virtual-packages".to_string(),
+                settings.virtual_packages.join(","),
+            );
+        }
+        inputs.insert(
+            "site:kernel-package".to_string(),
+            settings.kernel_package.clone(),
+        );
+    }
+    if uses_python {
+        if let Some(url) = &settings.pip_index_url {
+            inputs.insert("site:pip-index-url".to_string(), url.clone());
+        }
+        if !settings.pip_find_links.is_empty() {
+            inputs.insert(
+                "site:pip-find-links".to_string(),
+                settings.pip_find_links.join(","),
+            );
+        }
+    }
     if target.is_container() {
         inputs.insert(
             "site:base-image".to_string(),
@@ -83,6 +110,13 @@ pub fn compute(
                 .base_image
                 .clone()
                 .unwrap_or_else(|| "(none)".to_string()),
+        );
+    }
+    if let Some(lock) = from_lock {
+        let bytes = fs_err::read(lock)?;
+        inputs.insert(
+            "from-lock".to_string(),
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
         );
     }
     if spec.installs_repo {

@@ -10,6 +10,9 @@
 //!   a checkout with an immutable identity, resolving every ref to a full commit first.
 //! - [`detect`] reads spec files only (no network, no code execution) into an [`detect::EnvSpec`].
 //! - [`plan`] picks the target; [`key`] computes the EnvKey from env-relevant inputs only.
+//! - [`build`] builds a `conda` env (rattler, in-process) or a `venv` (uv) in the [`store`]
+//!   under its key, then [`kernel`] registers a kernelspec and verifies it over the
+//!   Jupyter protocol.
 //! - [`events`] carries progress with BinderHub's phases to a terminal, JSON lines or SSE.
 //! - [`settings`] resolves CLI > environment > user config > site config.
 //!
@@ -20,6 +23,13 @@
 //! - Lock-file buildpacks (pixi, conda-lock, explicit, uv-lock, pylock) sit just before the
 //!   loose spec they lock in the detection order, after R, so R and Julia repositories keep
 //!   inheriting the Python layers as in repo2docker.
+//! - A configured (`--python`, site or user config) Python version beats the repository's
+//!   for venvs, with a warning: a centre may offer one Python only. The built-in default
+//!   (3.12) fills in only when the repository says nothing.
+//! - A reused environment is not verified again: `build` of a ready key only registers the
+//!   kernel (the verification ran when it was built), which keeps cache hits fast.
+//! - Environments are built in place under the key's lock (DESIGN §3, option A of
+//!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 
 pub mod build;
 pub mod cli;

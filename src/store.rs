@@ -422,3 +422,29 @@ mod tests {
         assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn filesystems_without_locks_are_not_taken_for_held_locks() {
+        // ENOLCK (NFS without lockd), ENOSYS (Lustre mounted `noflock`), EOPNOTSUPP.
+        for code in [37, 38, 95] {
+            let error = lock_error(
+                std::io::Error::from_raw_os_error(code),
+                Path::new("/s/locks/k.lock"),
+            );
+            assert!(
+                matches!(error, StoreError::LocksUnsupported { .. }),
+                "{code}: {error:?}"
+            );
+        }
+        let wrapped = fs_err::File::open("/nonexistent/dir/x").unwrap_err();
+        assert_eq!(
+            os_code(&wrapped),
+            Some(2),
+            "codes are found through fs-err's wrapper"
+        );
+    }
+}

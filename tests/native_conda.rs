@@ -173,3 +173,61 @@ fn channel_errors_unsolvable_specs_and_bad_hashes_are_clear() {
         "failed builds leave nothing in e/: {leftovers:?}"
     );
 }
+
+#[test]
+fn channel_alias_mirrors_and_virtual_packages_come_from_site_config() {
+    let sandbox = Sandbox::new();
+    // A channel named `site-forge` under a local root stands in for a centre's mirror.
+    let root = sandbox.path().join("mirror-root");
+    let mut channel = Channel::new(&root.join("site-forge"));
+    let python = channel.add_python_stub();
+    let mut modern = Package::noarch_python("needs-new-glibc", "1.0");
+    modern.depends.push("__glibc >=2.28".into());
+    modern.files.push((
+        "site-packages/needs_new_glibc.py".into(),
+        "OK = True\n".into(),
+        false,
+    ));
+    channel.add(&modern);
+    let env = format!(
+        "channels: [site-forge]\ndependencies:\n  - python={python}\n  - needs-new-glibc\n"
+    );
+    let repo = sandbox.repo("alias", &[("environment.yml", &env)]);
+
+    // channel-alias: a bare channel name resolves under the site's alias.
+    sandbox.native_site_config(&format!(
+        "channel-alias = \"file://{}\"\nvirtual-packages = [\"__unix=0=0\", \"__linux=5.14=0\", \"__glibc=2.31=0\"]\n",
+        root.display()
+    ));
+    let ready = sandbox.build_ready(&[&repo, "--no-verify"]);
+    let pixi = std::fs::read_to_string(format!(
+        "{}/hpcbinder/pixi.lock",
+        ready["prefix"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert!(
+        pixi.contains(&format!("file://{}/site-forge", root.display()))
+            || pixi.contains(&root.display().to_string()),
+        "{pixi}"
+    );
+
+    // The compute nodes' glibc, set in config, is what the solve sees.
+    sandbox.native_site_config(&format!(
+        "channel-alias = \"file://{}\"\nvirtual-packages = [\"__unix=0=0\", \"__linux=3.10=0\", \"__glibc=2.17=0\"]\n",
+        root.display()
+    ));
+    let output = sandbox.run(&["build", &repo, "--no-verify"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("__glibc"), "{}", stderr(&output));
+
+    // mirrors: a channel URL the machine cannot reach is rewritten to the site's mirror.
+    let other = Sandbox::new();
+    other.native_site_config(&format!(
+        "[mirrors]\n\"https://conda.example.invalid\" = \"file://{}\"\n",
+        root.display()
+    ));
+    let env = format!("channels: [\"https://conda.example.invalid/site-forge\"]\ndependencies:\n  - python={python}\n  - needs-new-glibc\n");
+    let repo = other.repo("mirrored", &[("environment.yml", &env)]);
+    let output = other.run(&["build", &repo, "--no-verify", "--no-kernel"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -248,3 +248,110 @@ fn unknown_package_and_missing_python_are_user_errors() {
         stderr(&output)
     );
 }
+
+#[test]
+fn repository_package_is_installed_and_from_lock_rebuilds_without_resolving() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "package",
+        &[
+            ("pyproject.toml", "[project]\nname = \"hpcb-demo\"\nversion = \"0.1\"\ndependencies = [\"six\"]\n\n[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n"),
+            ("hpcb_demo/__init__.py", "ANSWER = 42\n"),
+            ("requirements.txt", "six==1.16.0\n"),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&repo]);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import hpcb_demo; print(hpcb_demo.ANSWER)",
+        "42",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(
+        verified.output, "42",
+        "the repository itself is installed, as repo2docker does"
+    );
+
+    // The lock of that build rebuilds the same packages elsewhere, without resolving.
+    let lock = format!(
+        "{}/hpcbinder/requirements.lock",
+        ready["prefix"].as_str().unwrap()
+    );
+    let other = Sandbox::new();
+    other.native_site_config("");
+    let plain = other.repo("plain", &[("requirements.txt", "six\n")]);
+    let again = other.build_ready(&[&plain, "--from-lock", &lock]);
+    let installed = std::fs::read_to_string(format!(
+        "{}/hpcbinder/requirements.lock",
+        again["prefix"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(installed, std::fs::read_to_string(&lock).unwrap());
+    assert_ne!(
+        again["key"].as_str().unwrap(),
+        other.key(&[&plain]),
+        "the lock enters the key"
+    );
+}
+
+#[test]
+fn site_modules_are_loaded_by_the_kernel_helper() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("modules = [\"gcc/12.2\", \"cray-python\"]\n");
+    // `module` is a shell function on HPC systems; an executable on PATH stands in for it
+    // here and records what the helper asked for.
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = sandbox.path().join("module-calls");
+    std::fs::write(
+        bin.join("module"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", record.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("module"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = sandbox.repo("modules", &[("requirements.txt", "six==1.16.0\n")]);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let output = sandbox
+        .command()
+        .args(["build", "--json", &repo])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap(),
+        "load gcc/12.2 cray-python\n"
+    );
+}
+
+#[test]
+fn without_uv_pip_is_used_with_a_warning() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    // Same config minus `uv`, and a PATH without uv.
+    let config = std::fs::read_to_string(sandbox.path().join("site.toml")).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("uv ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(sandbox.path().join("site.toml"), config).unwrap();
+    let repo = sandbox.repo("pip-only", &[("requirements.txt", "six==1.16.0\n")]);
+    let output = sandbox
+        .command()
+        .args(["build", "--json", &repo])
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}{events}", stderr(&output));
+    assert!(
+        events.contains("uv not found; falling back to `python -m pip`"),
+        "{events}"
+    );
+    assert!(events.contains("\"verified\""), "{events}");
+}

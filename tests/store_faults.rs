@@ -180,3 +180,60 @@ fn a_full_filesystem_fails_cleanly() {
         .collect();
     assert!(markers.is_empty(), "nothing left in e/: {markers:?}");
 }
+
+#[test]
+fn group_shared_store_keeps_setgid_and_the_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let store = sandbox.path().join("group-store");
+    std::fs::create_dir_all(&store).unwrap();
+    // gid 100 (`users` on Debian) stands in for a collaboration's group.
+    std::os::unix::fs::chown(&store, None, Some(100)).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let repo = sandbox.repo("group", &[("requirements.txt", "six==1.16.0\n")]);
+    let output = sandbox.run(&[
+        "build",
+        "--no-verify",
+        &repo,
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for entry in walkdir::WalkDir::new(store.join("e"))
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let metadata = entry.metadata().unwrap();
+        assert_eq!(
+            metadata.gid(),
+            100,
+            "{} lost the store's group",
+            entry.path().display()
+        );
+        if entry.file_type().is_dir() {
+            assert_ne!(
+                metadata.mode() & 0o2000,
+                0,
+                "{} lost setgid",
+                entry.path().display()
+            );
+        } else {
+            assert_eq!(
+                metadata.mode() & 0o6000,
+                0,
+                "{} has setuid/setgid",
+                entry.path().display()
+            );
+        }
+        assert_eq!(
+            metadata.mode() & 0o002,
+            0,
+            "{} is world-writable",
+            entry.path().display()
+        );
+    }
+}

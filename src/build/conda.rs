@@ -134,9 +134,13 @@ async fn solve(
     let request = context.request;
     let settings = request.settings;
     let config = ChannelConfig {
-        channel_alias: url::Url::parse(&settings.channel_alias).map_err(|e| {
-            anyhow::anyhow!("invalid channel-alias `{}`: {e}", settings.channel_alias)
-        })?,
+        // URL joining drops a last path segment without a trailing slash
+        // (`https://mirror/conda` + `conda-forge` would become `https://mirror/conda-forge`).
+        channel_alias: url::Url::parse(&format!(
+            "{}/",
+            settings.channel_alias.trim_end_matches('/')
+        ))
+        .map_err(|e| anyhow::anyhow!("invalid channel-alias `{}`: {e}", settings.channel_alias))?,
         root_dir: context.repo().to_path_buf(),
     };
     let names: Vec<&String> = if conda.channels.iter().any(|c| c != "nodefaults") {
@@ -405,31 +409,11 @@ async fn pip_section(context: &Context<'_>) -> anyhow::Result<Option<String>> {
     fs_err::write(&input, lines.join("\n") + "\n")?;
     let lock = context.meta.join("pip.lock");
     let python = context.prefix.join("bin/python").display().to_string();
-    let (input_arg, lock_arg) = (input.display().to_string(), lock.display().to_string());
+    let lock_arg = lock.display().to_string();
     context
         .reporter
         .phase(Phase::Building, "Installing the pip section with uv");
-    let mut compile = python::uv_command(
-        &uv,
-        request.settings,
-        &[
-            "pip",
-            "compile",
-            "--generate-hashes",
-            "--python",
-            &python,
-            "-o",
-            &lock_arg,
-            &input_arg,
-        ],
-    );
-    compile.current_dir(&base);
-    process::run(
-        context,
-        "uv pip compile (pip section)",
-        &mut compile,
-        Fault::Spec,
-    )?;
+    python::compile_lock(context, &uv, &python, &input, &lock, &base)?;
     // `install`, not `sync`: sync would remove the conda packages pip does not know about.
     let mut install = python::uv_command(
         &uv,

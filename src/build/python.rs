@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::process::BuildError;
+use super::process::{self, BuildError, Fault};
+use super::Context;
 use crate::settings::Settings;
 
 /// A real interpreter (shims such as pyenv's resolved to the executable behind them).
@@ -88,4 +89,30 @@ pub fn index_args(command: &mut Command, settings: &Settings) {
     if settings.pip_no_index {
         command.arg("--no-index");
     }
+}
+
+/// Resolve the requirements in `input` for `python` into a lock with hashes at `lock`
+/// (`uv pip compile --generate-hashes`), from `cwd` so relative paths resolve as written.
+pub fn compile_lock(
+    context: &Context<'_>,
+    uv: &Path,
+    python: &str,
+    input: &Path,
+    lock: &Path,
+    cwd: &Path,
+) -> anyhow::Result<()> {
+    let (input, lock) = (input.display().to_string(), lock.display().to_string());
+    let args = [
+        "pip",
+        "compile",
+        "--generate-hashes",
+        "--python",
+        python,
+        "-o",
+        &lock,
+        &input,
+    ];
+    let mut command = uv_command(uv, context.request.settings, &args);
+    command.current_dir(cwd);
+    process::run(context, "uv pip compile", &mut command, Fault::Spec)
 }

@@ -128,26 +128,11 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         locks.push("hpcbinder/requirements.lock".into());
     } else {
         let input = requirements_input(context, needs_ipykernel)?;
-        let input_arg = input.display().to_string();
         context.reporter.phase(
             Phase::Building,
             "Resolving the requirements into a hashed lock",
         );
-        uv_run(
-            "uv pip compile",
-            &[
-                "pip",
-                "compile",
-                "--generate-hashes",
-                "--python",
-                &python,
-                "-o",
-                &lock_arg,
-                &input_arg,
-            ],
-            context.repo(),
-            Fault::Spec,
-        )?;
+        python::compile_lock(context, uv, &python, &input, &lock_path, context.repo())?;
         context
             .reporter
             .phase(Phase::Building, "Installing from the lock");

@@ -35,7 +35,17 @@ pub fn build(
             ));
         }
     }
-    let env_key = key::compute(&checkout.root, &spec, target, settings)?;
+    let from_lock = match &args.from_lock {
+        Some(path) => Some(fs_err::canonicalize(path)?),
+        None => None,
+    };
+    let env_key = key::compute(
+        &checkout.root,
+        &spec,
+        target,
+        settings,
+        from_lock.as_deref(),
+    )?;
     let kernel = KernelOptions {
         name: args.kernel_name.clone(),
         display_name: args.display_name.clone(),
@@ -43,10 +53,6 @@ pub fn build(
     };
     let build_plan = plan::plan(&checkout, &spec, target, &env_key, settings, &kernel);
     if !args.dry_run {
-        let from_lock = match &args.from_lock {
-            Some(path) => Some(fs_err::canonicalize(path)?),
-            None => None,
-        };
         let request = crate::build::BuildRequest {
             checkout: &checkout,
             spec: &spec,

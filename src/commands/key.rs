@@ -29,7 +29,7 @@ pub fn key(
 ) -> anyhow::Result<ExitStatus> {
     let (checkout, spec) = checkout_and_detect(&args.repo, settings, printer, reporter)?;
     let target = plan::choose_target(&spec, settings)?;
-    let env_key = key::compute(&checkout.root, &spec, target, settings)?;
+    let env_key = key::compute(&checkout.root, &spec, target, settings, None)?;
     if json {
         let output = KeyOutput {
             key: &env_key.key,
