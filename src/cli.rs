@@ -123,6 +123,10 @@ pub struct BuildArgs {
     /// Register the kernel without starting it to run a test cell.
     #[arg(long)]
     pub no_verify: bool,
+    /// Container targets: write the build context (Containerfile, lock, repository) into
+    /// DIR and stop, so a centre can build it its own way.
+    #[arg(long, value_name = "DIR")]
+    pub containerfile_only: Option<PathBuf>,
     /// Install from this lock file instead of resolving (a pixi.lock for conda, a
     /// requirements lock for venv), e.g. one written by an earlier build.
     #[arg(long, value_name = "FILE")]

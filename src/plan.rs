@@ -13,7 +13,7 @@ use crate::source::Checkout;
 use crate::variables;
 
 /// Where an environment is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Pick from the spec and site config.

@@ -111,6 +111,13 @@ const KEYS: &[&str] = &[
     "modules",
     "virtual-packages",
     "kernel-package",
+    "ca-bundle",
+    "containers-conf",
+    "podman-isolation",
+    "podman-run-args",
+    "registry",
+    "registry-tls-verify",
+    "squash-dir",
 ];
 
 /// One config file, as written (all optional).
@@ -133,6 +140,13 @@ struct ConfigFile {
     modules: Option<Vec<String>>,
     virtual_packages: Option<Vec<String>>,
     kernel_package: Option<String>,
+    ca_bundle: Option<PathBuf>,
+    containers_conf: Option<PathBuf>,
+    podman_isolation: Option<String>,
+    podman_run_args: Option<Vec<String>>,
+    registry: Option<String>,
+    registry_tls_verify: Option<bool>,
+    squash_dir: Option<PathBuf>,
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -183,6 +197,20 @@ pub struct Settings {
     pub virtual_packages: Vec<String>,
     /// Where ipykernel comes from when a conda spec lacks it: `conda` or `pip`.
     pub kernel_package: String,
+    /// CA bundle given to container builds (default: the host's).
+    pub ca_bundle: Option<PathBuf>,
+    /// A containers.conf for Podman (passed as `CONTAINERS_CONF`), e.g. `runtime = "runc"`.
+    pub containers_conf: Option<PathBuf>,
+    /// `podman build --isolation` (`chroot` where OCI isolation cannot run).
+    pub podman_isolation: Option<String>,
+    /// Extra `podman run` arguments for kernels (e.g. `--userns=keep-id`).
+    pub podman_run_args: Vec<String>,
+    /// Registry for the shifter target (`host:port/path`).
+    pub registry: Option<String>,
+    /// Verify the registry's TLS certificate.
+    pub registry_tls_verify: bool,
+    /// podman-hpc's squash directory (`SQUASH_DIR`).
+    pub squash_dir: Option<PathBuf>,
     /// Where each value came from, by key.
     #[serde(skip)]
     pub origins: BTreeMap<&'static str, Origin>,
@@ -430,7 +458,72 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             allowed: "conda, pip".into(),
         });
     }
+    let ca_bundle = pick_value(
+        "ca-bundle",
+        &layers,
+        &|f| f.ca_bundle.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let containers_conf = pick_value(
+        "containers-conf",
+        &layers,
+        &|f| f.containers_conf.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let podman_isolation = pick_value(
+        "podman-isolation",
+        &layers,
+        &|f| f.podman_isolation.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let podman_run_args = pick_value(
+        "podman-run-args",
+        &layers,
+        &|f| f.podman_run_args.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_default();
+    let registry = pick_value(
+        "registry",
+        &layers,
+        &|f| f.registry.clone(),
+        None,
+        None,
+        &mut origins,
+    );
+    let registry_tls_verify = pick_value(
+        "registry-tls-verify",
+        &layers,
+        &|f| f.registry_tls_verify,
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or(true);
+    let squash_dir = pick_value(
+        "squash-dir",
+        &layers,
+        &|f| f.squash_dir.clone(),
+        None,
+        None,
+        &mut origins,
+    );
     Ok(Settings {
+        ca_bundle,
+        containers_conf,
+        podman_isolation,
+        podman_run_args,
+        registry,
+        registry_tls_verify,
+        squash_dir,
         uv,
         pip_index_url,
         pip_find_links,

@@ -164,6 +164,9 @@ pub struct Ready {
     pub locks: Vec<String>,
     /// The source it was first built from (origin, commit).
     pub source: String,
+    /// The image, for container targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<crate::build::Artifact>,
     /// Every key input and its digest.
     pub inputs: std::collections::BTreeMap<String, String>,
 }

@@ -378,13 +378,18 @@ fn build_dry_run_json_events() {
 }
 
 #[test]
-fn container_targets_are_not_built_yet_and_say_so() {
+fn container_builds_need_a_base_image_and_a_supported_buildpack() {
     let sandbox = Sandbox::new();
     let repo = fixture(&sandbox, "python-requirements");
     let output = sandbox.run(&["build", &repo, "--target", "podman"]);
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("the podman target is not implemented yet"),
+        stderr(&output).contains("no base image is configured"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("hint: set `base-image`"),
         "{}",
         stderr(&output)
     );
@@ -392,14 +397,20 @@ fn container_targets_are_not_built_yet_and_say_so() {
         .unwrap()
         .collect();
     assert!(leftovers.is_empty(), "nothing half-built is left");
-    let output = sandbox.run(&["build", &repo, "--target", "podman", "--json"]);
+
+    let r = fixture(&sandbox, "r-runtime-date");
+    let output = sandbox.run(&["build", &r, "--json", "--base-image", "debian:12"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let last: serde_json::Value =
         serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
     assert_eq!(last["phase"], "failed");
-    assert!(last["message"]
-        .as_str()
-        .unwrap()
-        .contains("not implemented yet"));
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("a container for the r buildpack is not implemented yet"),
+        "{last}"
+    );
 }
 
 #[test]

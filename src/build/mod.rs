@@ -8,6 +8,7 @@
 //! trusts and the next builder clears.
 
 mod conda;
+pub mod container;
 mod process;
 mod python;
 mod venv;
@@ -26,6 +27,7 @@ use crate::plan::{KernelOptions, Target};
 use crate::settings::Settings;
 use crate::source::Checkout;
 use crate::store::{self, Ready, Store};
+pub use container::Artifact;
 pub use process::BuildError;
 
 /// Everything a build needs.
@@ -69,6 +71,10 @@ pub struct Outcome {
     pub verified: Option<String>,
     /// Lock files inside the prefix.
     pub locks: Vec<String>,
+    /// The image (container targets): a Podman reference, a registry reference, or a path.
+    pub image: Option<String>,
+    /// Why the kernel was not verified, when it was not.
+    pub verification: Option<String>,
 }
 
 /// The environment being built, handed to the target's builder.
@@ -130,8 +136,8 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
                         reporter,
                     };
                     match build_new(&context) {
-                        Ok(locks) => {
-                            let ready = ready_record(&context, locks);
+                        Ok((locks, artifact)) => {
+                            let ready = ready_record(&context, locks, artifact);
                             lock.publish(&store, &ready)?;
                             reporter
                                 .phase(Phase::Built, format!("Built {}", context.prefix.display()));
@@ -162,6 +168,8 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
         kernel_dir: None,
         verified: None,
         locks: ready.locks.clone(),
+        image: ready.artifact.as_ref().map(|a| a.image.clone()),
+        verification: None,
     };
     if request.register_kernel {
         // A reused environment was verified when it was built: registering is all we do,
@@ -172,7 +180,7 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
     Ok(outcome)
 }
 
-fn build_new(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artifact>)> {
     let request = context.request;
     fs_err::create_dir_all(&context.meta).map_err(|e| store::classify(e, &context.meta))?;
     context.reporter.phase(
@@ -183,15 +191,16 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
             context.prefix.display()
         ),
     );
+    if request.target.is_container() {
+        // postBuild and start run inside the image (see the Containerfile).
+        let (locks, artifact) = container::build(context)?;
+        store::harden_permissions(&context.prefix)
+            .map_err(|e| store::classify(e, &context.prefix))?;
+        return Ok((locks, Some(artifact)));
+    }
     let locks = match request.target {
         Target::Venv => venv::build(context)?,
-        Target::Conda => conda::build(context)?,
-        other => {
-            return Err(BuildError::Unsupported {
-                what: format!("the {} target", other.name()),
-            }
-            .into())
-        }
+        _ => conda::build(context)?,
     };
     if let Some(start) = &request.spec.start {
         // The kernel helper runs the env's own copy: the checkout may move on later.
@@ -207,7 +216,7 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         process::post_build(context, post_build)?;
     }
     store::harden_permissions(&context.prefix).map_err(|e| store::classify(e, &context.prefix))?;
-    Ok(locks)
+    Ok((locks, None))
 }
 
 fn make_executable(path: &Path) -> std::io::Result<()> {
@@ -216,7 +225,7 @@ fn make_executable(path: &Path) -> std::io::Result<()> {
     fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o755))
 }
 
-fn ready_record(context: &Context<'_>, locks: Vec<String>) -> Ready {
+fn ready_record(context: &Context<'_>, locks: Vec<String>, artifact: Option<Artifact>) -> Ready {
     let request = context.request;
     let identity = &request.checkout.identity;
     Ready {
@@ -238,6 +247,7 @@ fn ready_record(context: &Context<'_>, locks: Vec<String>) -> Ready {
                 .map(|c| format!("@{c}"))
                 .unwrap_or_default()
         ),
+        artifact,
         inputs: request.key.inputs.clone(),
     }
 }
@@ -263,26 +273,7 @@ fn register_kernel(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let python = ready.prefix.join("bin/python");
-    let spec = KernelSpec {
-        name: plan.kernel.name.clone(),
-        display_name: plan.kernel.display_name.clone(),
-        prefix: ready.prefix.clone(),
-        activation_variable: if request.target == Target::Conda {
-            "CONDA_PREFIX"
-        } else {
-            "VIRTUAL_ENV"
-        },
-        modules: request.settings.modules.clone(),
-        command: vec![
-            python.display().to_string(),
-            "-m".into(),
-            "ipykernel_launcher".into(),
-            "-f".into(),
-            "{connection_file}".into(),
-        ],
-        metadata: serde_json::json!({ "key": ready.key, "prefix": ready.prefix, "source": ready.source }),
-    };
+    let (spec, check) = kernel_spec(request, ready, &plan)?;
     let dir = spec.install(&kernels_dir).map_err(|e| BuildError::Kernel {
         dir: kernels_dir.clone(),
         source: e,
@@ -293,37 +284,111 @@ fn register_kernel(
     );
     outcome.kernel = Some(spec.name.clone());
     outcome.kernel_dir = Some(dir.clone());
-    if verify {
+    if !verify {
+        return Ok(());
+    }
+    if let Err(reason) = container::runnable(request.target) {
+        // Never reported as passed: the engine cannot run here.
         reporter.phase(
             Phase::Launching,
-            format!("Starting kernel {} to run a test cell", spec.name),
+            format!("Kernel verification skipped: {reason}"),
         );
-        let expected = fs_err::canonicalize(&ready.prefix)?.display().to_string();
-        let code = "import os, sys; print(os.path.realpath(sys.prefix))";
-        match kernel::verify::verify(&dir, code, &expected, Duration::from_secs(120)) {
-            Ok(verified) => {
-                reporter.report(Event::new(
-                    Phase::Launching,
-                    format!(
-                        "Kernel answered in {:.1} s: sys.prefix = {}",
-                        verified.elapsed.as_secs_f64(),
-                        verified.output
-                    ),
-                ));
-                outcome.verified = Some(verified.output);
+        outcome.verification = Some(format!("skipped: {reason}"));
+        return Ok(());
+    }
+    reporter.phase(
+        Phase::Launching,
+        format!("Starting kernel {} to run a test cell", spec.name),
+    );
+    let (code, expected) = check;
+    match kernel::verify::verify(&dir, &code, &expected, Duration::from_secs(180)) {
+        Ok(verified) => {
+            reporter.report(Event::new(
+                Phase::Launching,
+                format!(
+                    "Kernel answered in {:.1} s: {}",
+                    verified.elapsed.as_secs_f64(),
+                    verified.output
+                ),
+            ));
+            outcome.verified = Some(verified.output);
+            Ok(())
+        }
+        Err(error) => {
+            // The environment stays built; a kernelspec that does not start is removed.
+            let _ = fs_err::remove_dir_all(&dir);
+            Err(BuildError::Verify {
+                kernel: spec.name,
+                source: error,
             }
-            Err(error) => {
-                // The environment stays built; a kernelspec that does not start is removed.
-                let _ = fs_err::remove_dir_all(&dir);
-                return Err(BuildError::Verify {
-                    kernel: spec.name,
-                    source: error,
-                }
-                .into());
-            }
+            .into())
         }
     }
-    Ok(())
+}
+
+/// The kernelspec for a ready environment or image, and the cell that proves it works
+/// (code, expected output).
+fn kernel_spec(
+    request: &BuildRequest<'_>,
+    ready: &Ready,
+    plan: &crate::plan::BuildPlan,
+) -> anyhow::Result<(KernelSpec, (String, String))> {
+    let modules = &request.settings.modules;
+    let metadata = serde_json::json!({
+        "key": ready.key,
+        "prefix": ready.prefix,
+        "source": ready.source,
+        "image": ready.artifact.as_ref().map(|a| &a.image),
+    });
+    let prefix_check = |expected: String| {
+        (
+            "import os, sys; print(os.path.realpath(sys.prefix))".to_string(),
+            expected,
+        )
+    };
+    let (helper, command, check) = match &ready.artifact {
+        Some(artifact) => {
+            let (exports, exec) = container::kernel_exec(artifact, request.settings);
+            let helper = kernel::container_helper(
+                request.target.name(),
+                &artifact.image,
+                modules,
+                &exports,
+                &exec,
+            );
+            let check = if request.spec.buildpack == Buildpack::Docker {
+                (
+                    "print('hpcbinder-ok')".to_string(),
+                    "hpcbinder-ok".to_string(),
+                )
+            } else {
+                prefix_check("/opt/env".to_string())
+            };
+            (helper, vec!["{connection_file}".to_string()], check)
+        }
+        None => {
+            let python = ready.prefix.join("bin/python").display().to_string();
+            let variable = if request.target == Target::Conda {
+                "CONDA_PREFIX"
+            } else {
+                "VIRTUAL_ENV"
+            };
+            let helper = kernel::native_helper(&ready.prefix, variable, modules);
+            let command = ["-m", "ipykernel_launcher", "-f", "{connection_file}"].map(String::from);
+            let mut argv = vec![python];
+            argv.extend(command);
+            let expected = fs_err::canonicalize(&ready.prefix)?.display().to_string();
+            (helper, argv, prefix_check(expected))
+        }
+    };
+    let spec = KernelSpec {
+        name: plan.kernel.name.clone(),
+        display_name: plan.kernel.display_name.clone(),
+        helper,
+        command,
+        metadata,
+    };
+    Ok((spec, check))
 }
 
 /// Whether a spec already asks for ipykernel (conda dependencies, pip lines, requirements).
@@ -364,7 +429,9 @@ impl Diagnostic for BuildError {
             | Self::NoPython { .. }
             | Self::Install { .. }
             | Self::Channel { .. }
-            | Self::Package { .. } => Blame::User,
+            | Self::Package { .. }
+            | Self::NoBaseImage
+            | Self::NoRegistry => Blame::User,
             _ => Blame::Environment,
         }
     }
@@ -381,6 +448,10 @@ impl Diagnostic for BuildError {
             Self::Install { .. } => Some("check the package names and versions, and the index (pip-index-url, pip-find-links)".into()),
             Self::Channel { .. } => Some("check the channel name or URL, and the site's channel-alias and mirrors".into()),
             Self::Package { .. } => Some("a package is missing, corrupt (sha256 mismatch) or does not fit this platform".into()),
+            Self::NoBaseImage => Some("set `base-image` in the site config, or pass --base-image IMAGE".into()),
+            Self::BaseImage { .. } => Some("check the base-image name, or load it with `podman load` / `podman import`".into()),
+            Self::NoRegistry => Some("set `registry = \"host:port/path\"` in the site config".into()),
+            Self::Push { .. } => Some("check that the registry is up and accepts pushes (and `registry-tls-verify`)".into()),
             Self::Tool { .. } => Some("install uv (`pip install uv`) or set `uv = \"/path/to/uv\"` in the config".into()),
             _ => None,
         }

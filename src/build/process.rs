@@ -73,6 +73,28 @@ pub enum BuildError {
         /// The end of its output.
         log: String,
     },
+    /// No base image configured for a container target.
+    #[error("no base image is configured for container builds")]
+    NoBaseImage,
+    /// The base image cannot be found or pulled.
+    #[error("the base image {image} is not available; the log ends with:\n{log}")]
+    BaseImage {
+        /// The image.
+        image: String,
+        /// The end of the log.
+        log: String,
+    },
+    /// No registry configured for Shifter.
+    #[error("no registry is configured for the shifter target")]
+    NoRegistry,
+    /// The registry refused the push.
+    #[error("pushing to {registry} failed: {log}")]
+    Push {
+        /// The registry.
+        registry: String,
+        /// What went wrong.
+        log: String,
+    },
     /// Not built by this version.
     #[error("{what} is not implemented yet")]
     Unsupported {

@@ -187,7 +187,7 @@ fn installs_package(context: &Context<'_>) -> bool {
 
 /// `<prefix>/hpcbinder/requirements.in`: the repository's requirement files (or its
 /// Pipfile, rendered), plus ipykernel when missing.
-fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
+pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
     let spec = context.request.spec;
     let mut text = String::from("# Written by hpcbinder: what the environment is resolved from.\n");
     if spec.buildpack == Buildpack::Pipfile {

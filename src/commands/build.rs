@@ -52,39 +52,68 @@ pub fn build(
         dir: args.kernel_dir.clone(),
     };
     let build_plan = plan::plan(&checkout, &spec, target, &env_key, settings, &kernel);
+    let request = crate::build::BuildRequest {
+        checkout: &checkout,
+        spec: &spec,
+        target,
+        key: &env_key,
+        settings,
+        kernel: &kernel,
+        register_kernel: !args.no_kernel,
+        verify: !args.no_verify,
+        from_lock,
+    };
+    if let Some(dir) = &args.containerfile_only {
+        if !target.is_container() {
+            anyhow::bail!(
+                "--containerfile-only needs a container target, and this build's target is {}",
+                target.name()
+            );
+        }
+        let containerfile = crate::build::container::write_context(&request, dir, reporter)?;
+        printer.info(&format!("Wrote the build context to {}", dir.display()));
+        printer.data(&containerfile.display().to_string());
+        return Ok(ExitStatus::Success);
+    }
     if !args.dry_run {
-        let request = crate::build::BuildRequest {
-            checkout: &checkout,
-            spec: &spec,
-            target,
-            key: &env_key,
-            settings,
-            kernel: &kernel,
-            register_kernel: !args.no_kernel,
-            verify: !args.no_verify,
-            from_lock,
-        };
         let outcome = crate::build::build(&request, reporter)?;
         if json {
             reporter.report(Event::new(Phase::Ready, "Environment ready").with_fields(&outcome));
         } else {
-            printer.info(&format!(
-                "Ready: {}{}",
-                outcome.prefix.display(),
-                outcome
-                    .kernel
-                    .as_ref()
-                    .map(|k| format!(" (kernel {k})"))
-                    .unwrap_or_default()
-            ));
-            printer.data(&outcome.prefix.display().to_string());
+            let kernel = outcome
+                .kernel
+                .as_ref()
+                .map(|k| format!(" (kernel {k})"))
+                .unwrap_or_default();
+            let built = outcome
+                .image
+                .clone()
+                .unwrap_or_else(|| outcome.prefix.display().to_string());
+            printer.info(&format!("Ready: {built}{kernel}"));
+            if let Some(reason) = &outcome.verification {
+                printer.warning(&format!("the kernel was not verified ({reason})"));
+            }
+            printer.data(&built);
         }
         return Ok(ExitStatus::Success);
     }
+    let containerfile = if target.is_container() {
+        Some(crate::build::container::preview(&request)?)
+    } else {
+        None
+    };
     if json {
+        #[derive(serde::Serialize)]
+        struct Preview<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            containerfile: Option<&'a str>,
+        }
         reporter.report(
             Event::new(Phase::Ready, "Plan ready (dry run); nothing was built")
-                .with_fields(&build_plan),
+                .with_fields(&build_plan)
+                .with_fields(&Preview {
+                    containerfile: containerfile.as_deref(),
+                }),
         );
         return Ok(ExitStatus::Success);
     }
@@ -120,6 +149,10 @@ pub fn build(
     printer.data("steps:");
     for (index, step) in build_plan.steps.iter().enumerate() {
         printer.data(&format!("  {}. {}", index + 1, sanitize(step)));
+    }
+    if let Some(text) = containerfile {
+        printer.data("containerfile:");
+        printer.data(&sanitize(text.trim_end()));
     }
     Ok(ExitStatus::Success)
 }

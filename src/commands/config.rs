@@ -33,6 +33,13 @@ pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Resul
         ("modules", "modules"),
         ("virtual-packages", "virtual_packages"),
         ("kernel-package", "kernel_package"),
+        ("ca-bundle", "ca_bundle"),
+        ("containers-conf", "containers_conf"),
+        ("podman-isolation", "podman_isolation"),
+        ("podman-run-args", "podman_run_args"),
+        ("registry", "registry"),
+        ("registry-tls-verify", "registry_tls_verify"),
+        ("squash-dir", "squash_dir"),
     ]
     .into_iter()
     .map(|(key, field)| Entry {

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// The helper template (`buildpacks/kernel-helper.sh`).
+/// The helper template for native environments (`buildpacks/kernel-helper.sh`).
 const HELPER_TEMPLATE: &str = include_str!("../../buildpacks/kernel-helper.sh");
+/// The helper template for images (`buildpacks/container-kernel-helper.sh`).
+const CONTAINER_HELPER_TEMPLATE: &str = include_str!("../../buildpacks/container-kernel-helper.sh");
 
 /// What a kernelspec is made from.
 #[derive(Debug, Clone)]
@@ -20,13 +22,10 @@ pub struct KernelSpec {
     pub name: String,
     /// Shown in Jupyter.
     pub display_name: String,
-    /// The environment's prefix.
-    pub prefix: PathBuf,
-    /// `CONDA_PREFIX` (conda) or `VIRTUAL_ENV` (venv).
-    pub activation_variable: &'static str,
-    /// Site modules to `module load` first.
-    pub modules: Vec<String>,
-    /// The command inside the environment (absolute python, `-m ipykernel_launcher -f {connection_file}`).
+    /// The text of `kernel-helper.sh` (argv[0]).
+    pub helper: String,
+    /// The rest of argv (for native envs: absolute python, `-m ipykernel_launcher -f
+    /// {connection_file}`; for images: `{connection_file}`).
     pub command: Vec<String>,
     /// Recorded in `metadata.hpcbinder`.
     pub metadata: serde_json::Value,
@@ -41,29 +40,46 @@ struct KernelJson<'a> {
     metadata: serde_json::Value,
 }
 
-impl KernelSpec {
-    /// The helper script's text.
-    pub fn helper(&self) -> String {
-        let prefix = shell_escape_in_quotes(&self.prefix.display().to_string());
-        let modules = if self.modules.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = self.modules.iter().map(|m| shell_word(m)).collect();
-            format!(
-                "if command -v module >/dev/null 2>&1; then module load {}; fi",
-                names.join(" ")
-            )
-        };
-        let activate = format!(
-            "{}=\"{prefix}\"\nexport {}",
-            self.activation_variable, self.activation_variable
-        );
-        HELPER_TEMPLATE
-            .replace("{{modules}}", &modules)
-            .replace("{{activate}}", &activate)
-            .replace("{{prefix}}", &prefix)
+/// `module load ...` for the site's modules (a no-op where `module` does not exist).
+fn module_line(modules: &[String]) -> String {
+    if modules.is_empty() {
+        return String::new();
     }
+    let names: Vec<String> = modules.iter().map(|m| shell_word(m)).collect();
+    format!(
+        "if command -v module >/dev/null 2>&1; then module load {}; fi",
+        names.join(" ")
+    )
+}
 
+/// The helper for a native environment: modules, activation (`activation_variable` is
+/// `CONDA_PREFIX` or `VIRTUAL_ENV`), activate.d scripts, `start`, exec.
+pub fn native_helper(prefix: &Path, activation_variable: &str, modules: &[String]) -> String {
+    let prefix = shell_escape_in_quotes(&prefix.display().to_string());
+    let activate = format!("{activation_variable}=\"{prefix}\"\nexport {activation_variable}");
+    HELPER_TEMPLATE
+        .replace("{{modules}}", &module_line(modules))
+        .replace("{{activate}}", &activate)
+        .replace("{{prefix}}", &prefix)
+}
+
+/// The helper for an image: modules, engine variables, then the engine's exec line.
+pub fn container_helper(
+    engine: &str,
+    image: &str,
+    modules: &[String],
+    exports: &str,
+    exec: &str,
+) -> String {
+    CONTAINER_HELPER_TEMPLATE
+        .replace("{{engine}}", engine)
+        .replace("{{image}}", &image.replace('\n', " "))
+        .replace("{{modules}}", &module_line(modules))
+        .replace("{{exports}}", exports)
+        .replace("{{exec}}", exec)
+}
+
+impl KernelSpec {
     /// The kernel.json argv for a helper at `helper`.
     pub fn argv(&self, helper: &Path) -> Vec<String> {
         let mut argv = vec![helper.display().to_string()];
@@ -84,7 +100,7 @@ impl KernelSpec {
         fs_err::create_dir_all(&staging)?;
         let helper_final = target.join("kernel-helper.sh");
         let helper = staging.join("kernel-helper.sh");
-        fs_err::write(&helper, self.helper())?;
+        fs_err::write(&helper, &self.helper)?;
         fs_err::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
         let json = KernelJson {
             argv: self.argv(&helper_final),
@@ -136,16 +152,11 @@ mod tests {
 
     #[test]
     fn helper_quotes_the_prefix_and_modules() {
-        let spec = KernelSpec {
-            name: "k".into(),
-            display_name: "K".into(),
-            prefix: PathBuf::from("/store/e/ab$c"),
-            activation_variable: "CONDA_PREFIX",
-            modules: vec!["gcc/12".into(), "x'y".into()],
-            command: vec!["/store/e/ab$c/bin/python".into()],
-            metadata: serde_json::Value::Null,
-        };
-        let helper = spec.helper();
+        let helper = native_helper(
+            Path::new("/store/e/ab$c"),
+            "CONDA_PREFIX",
+            &["gcc/12".into(), "x'y".into()],
+        );
         assert!(
             helper.contains("CONDA_PREFIX=\"/store/e/ab\\$c\""),
             "{helper}"

@@ -301,3 +301,33 @@ impl Drop for Tmpfs {
     }
 }
 pub mod channel;
+
+/// The container tests' base image, made from Debian's packages by scripts/test-base-image.
+pub fn base_image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-base-image");
+        let output = Command::new(&script)
+            .output()
+            .expect("run scripts/test-base-image");
+        assert!(
+            output.status.success(),
+            "scripts/test-base-image failed (run scripts/container-deps first):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    })
+}
+
+impl Sandbox {
+    /// Site config for container builds: the native settings plus the test base image,
+    /// chroot isolation and the runc containers.conf this sandbox needs.
+    pub fn container_site_config(&self, extra: &str) {
+        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/containers.conf");
+        self.native_site_config(&format!(
+            "base-image = \"{}\"\npodman-isolation = \"chroot\"\ncontainers-conf = \"{}\"\n{extra}",
+            base_image(),
+            conf.display()
+        ));
+    }
+}

@@ -1,0 +1,329 @@
+//! Container targets: render a Containerfile (or take the repository's Dockerfile), build
+//! it with Podman, and turn the image into each engine's own form: a Podman image,
+//! podman-hpc's migrated squashfs, a Charliecloud directory + squashfs, an Apptainer SIF
+//! (written with `siftool` when `apptainer` is absent), or a registry image for Shifter.
+//!
+//! The environment inside the image is installed with uv from the same hashed lock a
+//! native venv build resolves on this machine (`requirements.lock`, copied into the build
+//! context with uv itself and any local wheel directories), so a native env and an image
+//! of one key hold the same packages.
+
+mod engines;
+mod render;
+
+use std::path::{Path, PathBuf};
+
+use super::process::BuildError;
+use super::{python, spec_has_ipykernel, venv, Context};
+use crate::detect::Buildpack;
+use crate::events::{Phase, ReporterExt};
+use crate::key;
+use crate::plan::Target;
+use crate::settings::Settings;
+pub use engines::{kernel_exec, Artifact};
+pub use render::supported;
+
+/// Where Python lives inside images hpcbinder renders.
+pub const IMAGE_PYTHON: &str = "/opt/env/bin/python";
+
+/// The image reference hpcbinder gives a key: `localhost/hpcbinder/<slug>:<key16>`.
+pub fn image_reference(slug: &str, key16: &str) -> String {
+    let slug: String = slug
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "localhost/hpcbinder/{}:{key16}",
+        slug.trim_matches(|c| c == '-' || c == '.')
+    )
+}
+
+/// Build the image for `context`; returns the locks written and the artifact.
+pub fn build(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Artifact)> {
+    let request = context.request;
+    supported(request.spec).map_err(|what| BuildError::Unsupported { what })?;
+    let build_dir = context.prefix.join("context");
+    let (containerfile, locks) = assemble(context, &build_dir)?;
+    let reference = image_reference(&request.checkout.slug, request.key.short());
+    let artifact = engines::build(context, &build_dir, &containerfile, &reference)?;
+    // Keep the recipe and the lock for provenance; the copied repository and wheels can go.
+    fs_err::copy(&containerfile, context.meta.join("Containerfile"))?;
+    let _ = fs_err::remove_dir_all(&build_dir);
+    Ok((locks, artifact))
+}
+
+/// Write the build context into `dir` (Containerfile, lock, uv, CA bundle, wheels, repo)
+/// and return the Containerfile's path. Also used by `--containerfile-only`.
+pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let request = context.request;
+    let spec = request.spec;
+    let settings = request.settings;
+    if spec.buildpack == Buildpack::Docker {
+        // Built as it is, with the repository as the context (as repo2docker does).
+        let dockerfile = spec
+            .files
+            .iter()
+            .find(|f| f.ends_with("Dockerfile"))
+            .cloned()
+            .unwrap_or_else(|| "Dockerfile".into());
+        return Ok((context.repo().join(dockerfile), Vec::new()));
+    }
+    let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
+    let support = dir.join("hpcbinder");
+    let env_dir = support.join("env");
+    fs_err::create_dir_all(&env_dir)?;
+    fs_err::create_dir_all(&context.meta)?;
+
+    // The lock: resolved here, on this machine, exactly as a native venv build resolves it.
+    let (version, _) = key::python_version(spec, settings);
+    let uv = python::uv(settings).ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
+    let lock = context.meta.join("requirements.lock");
+    match &request.from_lock {
+        Some(from) => {
+            fs_err::copy(from, &lock)?;
+        }
+        None => {
+            let interpreter = python::find(&version)?;
+            let needs_ipykernel = !spec_has_ipykernel(spec, context.repo());
+            let input = if spec.buildpack == Buildpack::UvLock {
+                uv_export(context, &uv, needs_ipykernel)?
+            } else {
+                venv::requirements_input(context, needs_ipykernel)?
+            };
+            context.reporter.phase(
+                Phase::Building,
+                "Resolving the requirements into a hashed lock",
+            );
+            python::compile_lock(
+                context,
+                &uv,
+                &interpreter.path.display().to_string(),
+                &input,
+                &lock,
+                context.repo(),
+            )?;
+        }
+    }
+    fs_err::copy(&lock, env_dir.join("requirements.lock"))?;
+    fs_err::copy(&uv, support.join("uv"))?;
+    let ca_bundle = ca_bundle(settings);
+    match &ca_bundle {
+        Some(bundle) => {
+            fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
+        }
+        None => fs_err::write(support.join("ca-bundle.crt"), "")?,
+    }
+    let index = index_inside(settings, Some(&env_dir))?;
+    copy_repository(context.repo(), &dir.join("repo"))?;
+
+    let identity = &request.checkout.identity;
+    let source = format!(
+        "{}{}",
+        identity.origin,
+        identity
+            .commit
+            .as_ref()
+            .map(|c| format!("@{c}"))
+            .unwrap_or_default()
+    );
+    let text = render::containerfile(
+        spec,
+        &render::RenderInputs {
+            base_image: &base_image,
+            key: &request.key.key,
+            source: &source,
+            python: &version,
+            index: &index,
+        },
+    );
+    let containerfile = dir.join("Containerfile");
+    fs_err::write(&containerfile, text)?;
+    Ok((containerfile, vec!["hpcbinder/requirements.lock".into()]))
+}
+
+/// The Containerfile a build would use (the repository's own Dockerfile for the docker
+/// buildpack), for `build --dry-run`.
+pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
+    let spec = request.spec;
+    supported(spec).map_err(|what| BuildError::Unsupported { what })?;
+    if spec.buildpack == Buildpack::Docker {
+        let dockerfile = spec
+            .files
+            .iter()
+            .find(|f| f.ends_with("Dockerfile"))
+            .cloned()
+            .unwrap_or_default();
+        return Ok(fs_err::read_to_string(
+            request.checkout.root.join(dockerfile),
+        )?);
+    }
+    let settings = request.settings;
+    let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
+    let (version, _) = key::python_version(spec, settings);
+    let identity = &request.checkout.identity;
+    let source = format!(
+        "{}{}",
+        identity.origin,
+        identity
+            .commit
+            .as_ref()
+            .map(|c| format!("@{c}"))
+            .unwrap_or_default()
+    );
+    Ok(render::containerfile(
+        spec,
+        &render::RenderInputs {
+            base_image: &base_image,
+            key: &request.key.key,
+            source: &source,
+            python: &version,
+            index: &index_inside(settings, None)?,
+        },
+    ))
+}
+
+/// Write the build context for `request` into `dir` and stop (`--containerfile-only`).
+pub fn write_context(
+    request: &super::BuildRequest<'_>,
+    dir: &Path,
+    reporter: &dyn crate::events::Reporter,
+) -> anyhow::Result<PathBuf> {
+    let store = crate::store::Store::open(&request.settings.store)?;
+    fs_err::create_dir_all(dir)?;
+    let dir = fs_err::canonicalize(dir)?;
+    let context = Context {
+        request,
+        meta: dir.join("hpcbinder"),
+        prefix: dir.clone(),
+        store: &store,
+        reporter,
+    };
+    let (containerfile, _) = assemble(&context, &dir)?;
+    Ok(containerfile)
+}
+
+/// `uv export` of a repository's uv.lock (hashes included), plus ipykernel when missing.
+fn uv_export(context: &Context<'_>, uv: &Path, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
+    let spec = context.request.spec;
+    let lock = spec
+        .lock
+        .as_ref()
+        .map(|l| l.file.clone())
+        .unwrap_or_else(|| "uv.lock".into());
+    let project = context
+        .repo()
+        .join(&lock)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let exported = context.meta.join("uv-export.txt");
+    let exported_arg = exported.display().to_string();
+    let mut command = python::uv_command(
+        uv,
+        context.request.settings,
+        &[
+            "export",
+            "--frozen",
+            "--format",
+            "requirements-txt",
+            "--no-emit-project",
+            "-o",
+            &exported_arg,
+        ],
+    );
+    command.current_dir(&project);
+    super::process::run(
+        context,
+        "uv export",
+        &mut command,
+        super::process::Fault::Spec,
+    )?;
+    let input = context.meta.join("requirements.in");
+    let mut text = format!("-r {}\n", exported.display());
+    if needs_ipykernel {
+        text.push_str("ipykernel\n");
+    }
+    fs_err::write(&input, text)?;
+    Ok(input)
+}
+
+/// The CA bundle given to every network step of a build: the configured one, else the host's.
+pub fn ca_bundle(settings: &Settings) -> Option<PathBuf> {
+    settings.ca_bundle.clone().or_else(|| {
+        Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")).filter(|p| p.is_file())
+    })
+}
+
+/// uv index flags for inside the build; local `pip-find-links` directories are copied into
+/// `env_dir` (when given: `None` only renders the flags).
+fn index_inside(settings: &Settings, env_dir: Option<&Path>) -> anyhow::Result<String> {
+    let mut flags = Vec::new();
+    if let Some(url) = &settings.pip_index_url {
+        flags.push(format!("--index-url {url}"));
+    }
+    for (n, link) in settings.pip_find_links.iter().enumerate() {
+        let local = link.strip_prefix("file://").unwrap_or(link);
+        if Path::new(local).is_dir() {
+            if let Some(env_dir) = env_dir {
+                let target = env_dir.join("wheels").join(n.to_string());
+                fs_err::create_dir_all(&target)?;
+                for entry in fs_err::read_dir(local)? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_file() {
+                        fs_err::copy(entry.path(), target.join(entry.file_name()))?;
+                    }
+                }
+            }
+            flags.push(format!("--find-links /opt/hpcbinder/wheels/{n}"));
+        } else {
+            flags.push(format!("--find-links {link}"));
+        }
+    }
+    if settings.pip_no_index {
+        flags.push("--no-index".into());
+    }
+    Ok(flags.join(" "))
+}
+
+/// Copy the repository (without `.git`) into the build context, keeping symlinks.
+fn copy_repository(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in walkdir::WalkDir::new(from)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git")
+    {
+        let entry = entry?;
+        let relative = entry.path().strip_prefix(from)?;
+        let target = to.join(relative);
+        let file_type = entry.file_type();
+        if file_type.is_dir() {
+            fs_err::create_dir_all(&target)?;
+        } else if file_type.is_symlink() {
+            std::os::unix::fs::symlink(fs_err::read_link(entry.path())?, &target)?;
+        } else {
+            fs_err::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a target's engine can run a kernel on this machine, and if not, why.
+pub fn runnable(target: Target) -> Result<(), String> {
+    let tool = match target {
+        Target::Podman => "podman",
+        Target::PodmanHpc => "podman-hpc",
+        Target::Charliecloud => "ch-run",
+        Target::Apptainer => "apptainer",
+        Target::Shifter => "shifter",
+        _ => return Ok(()),
+    };
+    engines::on_path(tool)
+        .map(|_| ())
+        .ok_or_else(|| format!("`{tool}` is not installed on this machine"))
+}

@@ -1,0 +1,451 @@
+//! Container targets built for real: Podman images from a base image made with
+//! debootstrap (nothing pulled from a public registry), run through `podman run` (runc),
+//! converted to Charliecloud directory + squashfs images run with `ch-run`, to SIF files
+//! checked with `siftool` and run from their squashfs root with `ch-run`, and pushed to a
+//! real local `docker-registry` for Shifter (whose `shifterimg` is a recording shim here).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{stderr, Sandbox};
+
+const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");
+
+/// requirements.txt + apt.txt + postBuild + start: the example repository.
+fn repo(sandbox: &Sandbox) -> String {
+    sandbox.repo(
+        "container-demo",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("apt.txt", "# small and quick\njq\n"),
+            (
+                "postBuild",
+                "#!/bin/sh\nset -e\necho built-by-postbuild > \"$HOME/post-build-marker\"\n",
+            ),
+            (
+                "start",
+                "#!/bin/sh\nexport HPCBINDER_START=from-start\nexec \"$@\"\n",
+            ),
+            ("analysis.ipynb", "{\"cells\": []}\n"),
+        ],
+    )
+}
+
+fn podman(args: &[&str]) -> std::process::Output {
+    Command::new("podman")
+        .args(args)
+        .env("CONTAINERS_CONF", CONTAINERS_CONF)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config("");
+    let repo = repo(&sandbox);
+    let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    let key = ready["key"].as_str().unwrap();
+    let image = ready["image"].as_str().unwrap();
+    assert_eq!(
+        image,
+        format!("localhost/hpcbinder/container-demo:{}", &key[..16])
+    );
+    assert_eq!(
+        ready["verified"], "/opt/env",
+        "the kernel answered from inside the image, through podman run"
+    );
+
+    // The image carries the key; the kernel sees the apt package, postBuild's work and start.
+    let labels = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .Labels \"org.hpcbinder.key\"}}",
+        image,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&labels.stdout).trim(), key);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
+    assert!(
+        helper.contains("podman run --rm -i --network host")
+            && helper.contains("$runtime_dir:$runtime_dir"),
+        "{helper}"
+    );
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])",
+        "1.16.0 True built-by-postbuild from-start",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(verified.output.starts_with("1.16.0"));
+
+    // A notebook-only change keeps the key: no rebuild. An env change gives a new key.
+    std::fs::write(
+        format!("{repo}/analysis.ipynb"),
+        "{\"cells\": [\"edited\"]}\n",
+    )
+    .unwrap();
+    let again = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    assert_eq!(again["reused"], true);
+    assert_eq!(again["image"], image);
+    std::fs::write(
+        format!("{repo}/requirements.txt"),
+        "six==1.16.0\n# changed\n",
+    )
+    .unwrap();
+    assert_ne!(sandbox.key(&[&repo, "--target", "podman"]), key);
+}
+
+#[test]
+fn charliecloud_and_apptainer_images_run_under_ch_run() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config("");
+    let repo = repo(&sandbox);
+
+    let ready = sandbox.build_ready(&[&repo, "--target", "charliecloud"]);
+    let image = ready["image"].as_str().unwrap();
+    assert!(
+        Path::new(image).join("opt/env/bin/python").exists(),
+        "a Charliecloud directory image"
+    );
+    assert_eq!(
+        ready["verified"], "/opt/env",
+        "the kernel answered through ch-run"
+    );
+    let squashfs = Path::new(ready["prefix"].as_str().unwrap()).join("image.sqfs");
+    let listing = Command::new("unsquashfs")
+        .arg("-l")
+        .arg(&squashfs)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("opt/env/bin/python"));
+
+    // Apptainer: no apptainer here, so the SIF is written with siftool; verification is
+    // skipped (never claimed), and the SIF's squashfs root is run with ch-run instead.
+    let ready = sandbox.build_ready(&[&repo, "--target", "apptainer"]);
+    let sif = ready["image"].as_str().unwrap();
+    assert!(sif.ends_with("image.sif"));
+    assert!(ready["verification"]
+        .as_str()
+        .unwrap()
+        .starts_with("skipped: `apptainer` is not installed"));
+    assert!(ready["verified"].is_null());
+    let list = Command::new("siftool")
+        .args(["list", sif])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("FS") && list.contains("Squashfs"), "{list}");
+    let info = Command::new("siftool")
+        .args(["info", "1", sif])
+        .output()
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let work = sandbox.path().join("sif-root");
+    std::fs::create_dir_all(&work).unwrap();
+    let dump = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "siftool dump 1 {sif} > {}/root.sqfs",
+            work.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(dump.success());
+    let unpack = Command::new("unsquashfs")
+        .args(["-q", "-d"])
+        .arg(work.join("root"))
+        .arg(work.join("root.sqfs"))
+        .status()
+        .unwrap();
+    assert!(unpack.success());
+    let run = Command::new("ch-run")
+        .arg(work.join("root"))
+        .args([
+            "--",
+            "/opt/env/bin/python",
+            "-c",
+            "import six, sys; print(sys.prefix, six.__version__)",
+        ])
+        .env("USER", "root")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "/opt/env 1.16.0",
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+struct Registry {
+    child: Child,
+    address: String,
+}
+
+impl Registry {
+    fn start(sandbox: &Sandbox) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = sandbox.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                sandbox.path().join("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, address }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn shifter_pushes_to_a_real_registry_and_a_refusing_registry_fails_cleanly() {
+    let sandbox = Sandbox::new();
+    let registry = Registry::start(&sandbox);
+    sandbox.container_site_config(&format!(
+        "registry = \"{}/hpcbinder\"\nregistry-tls-verify = false\n",
+        registry.address
+    ));
+    // shifterimg does not exist here: this shim records the call hpcbinder makes.
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = sandbox.path().join("shifterimg-calls");
+    std::fs::write(
+        bin.join("shifterimg"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", record.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bin.join("shifterimg"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let repo = repo(&sandbox);
+
+    let output = sandbox
+        .command()
+        .args(["build", "--json", &repo, "--target", "shifter"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let ready: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let image = ready["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}/hpcbinder/container-demo:", registry.address)),
+        "{image}"
+    );
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "the image is in the registry: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("org.hpcbinder.key"));
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().trim(),
+        format!("pull docker:{image}")
+    );
+    let helper = std::fs::read_to_string(
+        Path::new(ready["kernel_dir"].as_str().unwrap()).join("kernel-helper.sh"),
+    )
+    .unwrap();
+    assert!(
+        helper.contains(&format!(
+            "exec shifter --image=docker:{image} /opt/env/bin/python -m ipykernel_launcher -f"
+        )),
+        "{helper}"
+    );
+    assert!(
+        ready["verification"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped"),
+        "shifter cannot run here: never reported as verified"
+    );
+
+    // A registry that refuses the push (nothing listens): a clear error, nothing ready.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sandbox.container_site_config(&format!(
+        "registry = \"127.0.0.1:{dead}/hpcbinder\"\nregistry-tls-verify = false\n"
+    ));
+    std::fs::write(
+        format!("{repo}/requirements.txt"),
+        "six==1.16.0\n# another key\n",
+    )
+    .unwrap();
+    let output = sandbox
+        .command()
+        .args(["build", &repo, "--target", "shifter"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("pushing to 127.0.0.1"),
+        "{}",
+        stderr(&output)
+    );
+    let key = sandbox.key(&[&repo, "--target", "shifter"]);
+    assert!(!sandbox
+        .store()
+        .join(format!("e/{}.toml", &key[..16]))
+        .exists());
+}
+
+#[test]
+fn dry_run_containerfile_only_and_bad_input() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config("");
+    let repo = repo(&sandbox);
+    let plan = sandbox.ok(&["build", &repo, "--target", "podman", "--dry-run"]);
+    assert!(
+        plan.contains("containerfile:") && plan.contains(&format!("FROM {}", common::base_image())),
+        "{plan}"
+    );
+    let env_line = plan
+        .lines()
+        .position(|l| l.starts_with("COPY hpcbinder/env/"))
+        .unwrap();
+    let repo_line = plan
+        .lines()
+        .position(|l| l.starts_with("COPY --chown=1000:1000 repo/"))
+        .unwrap();
+    assert!(
+        env_line < repo_line,
+        "environment files are copied before the repository"
+    );
+
+    let out = sandbox.path().join("context");
+    let containerfile = sandbox.ok(&[
+        "build",
+        &repo,
+        "--target",
+        "podman",
+        "--containerfile-only",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        containerfile.trim(),
+        out.join("Containerfile").to_str().unwrap()
+    );
+    for file in [
+        "Containerfile",
+        "hpcbinder/uv",
+        "hpcbinder/ca-bundle.crt",
+        "hpcbinder/env/requirements.lock",
+        "repo/apt.txt",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing from the context");
+    }
+    let lock = std::fs::read_to_string(out.join("hpcbinder/env/requirements.lock")).unwrap();
+    assert!(lock.contains("six==1.16.0") && lock.contains("--hash=sha256:"));
+
+    // Missing engine, missing base image: clear errors, nothing marked ready.
+    let output = sandbox.run(&["build", &repo, "--target", "podman-hpc"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("podman-hpc is not available"),
+        "{}",
+        stderr(&output)
+    );
+    sandbox.container_site_config("");
+    let config = std::fs::read_to_string(sandbox.path().join("site.toml"))
+        .unwrap()
+        .replace(
+            common::base_image(),
+            "localhost/hpcbinder-test/no-such-image:1",
+        );
+    std::fs::write(sandbox.path().join("site.toml"), config).unwrap();
+    let output = sandbox.run(&["build", &repo, "--target", "podman"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("base image localhost/hpcbinder-test/no-such-image:1 is not available"),
+        "{}",
+        stderr(&output)
+    );
+    let markers = std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml")
+        })
+        .count();
+    assert_eq!(markers, 0);
+}
+
+#[test]
+fn a_repository_dockerfile_is_built_as_it_is() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config("");
+    let dockerfile = format!(
+        "FROM {}\nCOPY hello.txt /hello.txt\nRUN test -f /hello.txt\n",
+        common::base_image()
+    );
+    let repo = sandbox.repo(
+        "dockerfile",
+        &[("Dockerfile", &dockerfile), ("hello.txt", "hi\n")],
+    );
+    let ready = sandbox.build_ready(&[&repo, "--target", "podman", "--no-kernel"]);
+    let image = ready["image"].as_str().unwrap();
+    let run = podman(&["run", "--rm", image, "cat", "/hello.txt"]);
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hi",
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
