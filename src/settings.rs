@@ -225,6 +225,13 @@ impl Settings {
         self.store.join("cache")
     }
 
+    /// The CA bundle for every network step of a build: the configured one, else the host's.
+    pub fn ca_bundle(&self) -> Option<PathBuf> {
+        self.ca_bundle.clone().or_else(|| {
+            Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")).filter(|p| p.is_file())
+        })
+    }
+
     /// Where a value came from.
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)

@@ -449,3 +449,54 @@ fn a_repository_dockerfile_is_built_as_it_is() {
         String::from_utf8_lossy(&run.stderr)
     );
 }
+
+/// Needs PyPI (through this machine's TLS-intercepting proxy, as at many HPC sites).
+#[test]
+fn downloads_inside_the_build_use_the_site_ca_bundle_pypi() {
+    let sandbox = Sandbox::new();
+    let deps = common::test_deps();
+    let write_config = |extra: &str| {
+        std::fs::write(
+            sandbox.path().join("site.toml"),
+            format!(
+                "python = \"{}\"\nuv = \"{}\"\nbase-image = \"{}\"\npodman-isolation = \"chroot\"\ncontainers-conf = \"{CONTAINERS_CONF}\"\n{extra}",
+                common::python_minor(),
+                deps.uv.display(),
+                common::base_image()
+            ),
+        )
+        .unwrap();
+    };
+    let repo = sandbox.repo("from-pypi", &[("requirements.txt", "six==1.16.0\n")]);
+
+    // The host's bundle (the default): resolving here and downloading inside the build work.
+    write_config("");
+    let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    assert_eq!(ready["verified"], "/opt/env");
+
+    // An empty bundle and a ready lock (so nothing is resolved on the host): the download
+    // inside the build cannot trust the proxy, and the build fails.
+    let lock = Path::new(ready["prefix"].as_str().unwrap()).join("hpcbinder/requirements.lock");
+    let empty = sandbox.path().join("empty-ca.crt");
+    std::fs::write(&empty, "").unwrap();
+    write_config(&format!("ca-bundle = \"{}\"\n", empty.display()));
+    let output = sandbox.run(&[
+        "build",
+        &repo,
+        "--target",
+        "podman",
+        "--no-kernel",
+        "--from-lock",
+        lock.to_str().unwrap(),
+    ]);
+    assert!(
+        !output.status.success(),
+        "a build without the proxy's CA must not reach PyPI"
+    );
+    let err = stderr(&output);
+    assert!(err.contains("podman build failed"), "{err}");
+    assert!(
+        err.contains("certificate") || err.contains("error sending request"),
+        "not a TLS failure: {err}"
+    );
+}

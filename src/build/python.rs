@@ -74,6 +74,12 @@ pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Comman
         .env("UV_PYTHON_DOWNLOADS", "never")
         .env_remove("VIRTUAL_ENV")
         .env_remove("CONDA_PREFIX");
+    // Sites behind TLS-intercepting proxies: trust the site's bundle, not only uv's own roots.
+    if let Some(bundle) = settings.ca_bundle() {
+        command
+            .env("SSL_CERT_FILE", bundle)
+            .env("UV_NATIVE_TLS", "1");
+    }
     index_args(&mut command, settings);
     command
 }

@@ -113,7 +113,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     }
     fs_err::copy(&lock, env_dir.join("requirements.lock"))?;
     fs_err::copy(&uv, support.join("uv"))?;
-    let ca_bundle = ca_bundle(settings);
+    let ca_bundle = settings.ca_bundle();
     match &ca_bundle {
         Some(bundle) => {
             fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
@@ -252,13 +252,6 @@ fn uv_export(context: &Context<'_>, uv: &Path, needs_ipykernel: bool) -> anyhow:
     }
     fs_err::write(&input, text)?;
     Ok(input)
-}
-
-/// The CA bundle given to every network step of a build: the configured one, else the host's.
-pub fn ca_bundle(settings: &Settings) -> Option<PathBuf> {
-    settings.ca_bundle.clone().or_else(|| {
-        Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")).filter(|p| p.is_file())
-    })
 }
 
 /// uv index flags for inside the build; local `pip-find-links` directories are copied into
