@@ -115,6 +115,7 @@ const KEYS: &[&str] = &[
     "containers-conf",
     "podman-isolation",
     "podman-run-args",
+    "podman-build-args",
     "registry",
     "registry-tls-verify",
     "squash-dir",
@@ -144,6 +145,7 @@ struct ConfigFile {
     containers_conf: Option<PathBuf>,
     podman_isolation: Option<String>,
     podman_run_args: Option<Vec<String>>,
+    podman_build_args: Option<Vec<String>>,
     registry: Option<String>,
     registry_tls_verify: Option<bool>,
     squash_dir: Option<PathBuf>,
@@ -205,6 +207,8 @@ pub struct Settings {
     pub podman_isolation: Option<String>,
     /// Extra `podman run` arguments for kernels (e.g. `--userns=keep-id`).
     pub podman_run_args: Vec<String>,
+    /// Extra `podman build` arguments (e.g. `--squash`, `--build-arg=...`).
+    pub podman_build_args: Vec<String>,
     /// Registry for the shifter target (`host:port/path`).
     pub registry: Option<String>,
     /// Verify the registry's TLS certificate.
@@ -498,6 +502,15 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         &mut origins,
     )
     .unwrap_or_default();
+    let podman_build_args = pick_value(
+        "podman-build-args",
+        &layers,
+        &|f| f.podman_build_args.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_default();
     let registry = pick_value(
         "registry",
         &layers,
@@ -528,6 +541,7 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         containers_conf,
         podman_isolation,
         podman_run_args,
+        podman_build_args,
         registry,
         registry_tls_verify,
         squash_dir,

@@ -37,6 +37,7 @@ pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Resul
         ("containers-conf", "containers_conf"),
         ("podman-isolation", "podman_isolation"),
         ("podman-run-args", "podman_run_args"),
+        ("podman-build-args", "podman_build_args"),
         ("registry", "registry"),
         ("registry-tls-verify", "registry_tls_verify"),
         ("squash-dir", "squash_dir"),

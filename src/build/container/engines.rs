@@ -102,6 +102,7 @@ pub fn build(
         command.arg(format!("--isolation={isolation}"));
     }
     command
+        .args(&settings.podman_build_args)
         .arg("--file")
         .arg(containerfile)
         .args(["--tag", reference])
