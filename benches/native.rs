@@ -203,7 +203,13 @@ fn main() {
 
     // 3. conda, warm package cache, vs cp -al of the extracted packages.
     let conda = Sandbox::new();
-    conda.native_site_config("kernel-package = \"conda\"\n");
+    conda.native_site_config("");
+    let config = std::fs::read_to_string(conda.path().join("site.toml")).unwrap();
+    std::fs::write(
+        conda.path().join("site.toml"),
+        config.replace("kernel-package = \"pip\"", "kernel-package = \"conda\""),
+    )
+    .unwrap();
     let mut channel = Channel::new(&conda.path().join("channel"));
     let minor = channel.add_python_stub();
     // ipykernel here is an empty stand-in: this measures linking, not kernels.

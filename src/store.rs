@@ -368,8 +368,13 @@ fn make_removable(path: &Path) {
 /// setuid/setgid bits on files (packages and archives must not smuggle them in).
 /// Directories keep their setgid bit so a group-owned store stays group-owned.
 pub fn harden_permissions(path: &Path) -> std::io::Result<()> {
+    harden_permissions_to_depth(path, usize::MAX)
+}
+
+/// [`harden_permissions`] for the top `depth` levels of `path` only.
+pub fn harden_permissions_to_depth(path: &Path, depth: usize) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(path) {
+    for entry in walkdir::WalkDir::new(path).max_depth(depth) {
         let entry = entry.map_err(std::io::Error::other)?;
         if entry.file_type().is_symlink() {
             continue;
@@ -389,6 +394,19 @@ pub fn harden_permissions(path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether this process's umask keeps files group-readable and never world-writable
+/// (read from `/proc/self/status`; unknown counts as no).
+pub fn umask_is_shareable() -> bool {
+    let Ok(status) = fs_err::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+        .is_some_and(|mask| mask & 0o040 == 0 && mask & 0o002 != 0)
 }
 
 /// Seconds since the Unix epoch.

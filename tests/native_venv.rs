@@ -247,6 +247,14 @@ fn unknown_package_and_missing_python_are_user_errors() {
         "{}",
         stderr(&output)
     );
+    // A supported version that is simply not installed here.
+    let output = sandbox.run(&["build", &old, "--python", "3.9"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no Python 3.9 interpreter"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -215,7 +215,18 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artif
             .phase(Phase::Building, format!("Running {post_build}"));
         process::post_build(context, post_build)?;
     }
-    store::harden_permissions(&context.prefix).map_err(|e| store::classify(e, &context.prefix))?;
+    // Files installed from wheels get 0644/0755 from uv, so under a umask that keeps
+    // group-read and drops world-write only the top of a venv needs checking (uv's own
+    // `.lock` there is 0666 on purpose); walking every file of site-packages would be
+    // the slowest step of a warm build. Conda packages carry their own modes: all checked.
+    let uv_made = request.target == Target::Venv && python::uv(request.settings).is_some();
+    let depth = if uv_made && store::umask_is_shareable() {
+        2
+    } else {
+        usize::MAX
+    };
+    store::harden_permissions_to_depth(&context.prefix, depth)
+        .map_err(|e| store::classify(e, &context.prefix))?;
     Ok((locks, None))
 }
 

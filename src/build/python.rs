@@ -35,15 +35,63 @@ fn probe(command: &str) -> Option<Interpreter> {
     path.is_absolute().then_some(Interpreter { path, version })
 }
 
-/// The first interpreter on PATH with version `version` (`pythonX.Y`, then `python3`, `python`).
-pub fn find(version: &str) -> Result<Interpreter, BuildError> {
-    for candidate in [
+/// The first interpreter on PATH with version `version` (`pythonX.Y`, then `python3`,
+/// `python`). What a PATH entry turned out to be is cached in `cache_dir` (keyed by its
+/// path and modification time): resolving a shim such as pyenv's runs a chain of shell
+/// scripts that costs more than the rest of a warm build.
+pub fn find(version: &str, cache_dir: &Path) -> Result<Interpreter, BuildError> {
+    let cache_file = cache_dir.join("interpreters.json");
+    let mut cache: std::collections::BTreeMap<String, (String, String)> =
+        fs_err::read_to_string(&cache_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for name in [
         format!("python{version}"),
         "python3".into(),
         "python".into(),
     ] {
-        if let Some(found) = probe(&candidate).filter(|i| i.version == version) {
-            return Ok(found);
+        let Some(candidate) = std::env::split_paths(&path)
+            .map(|d| d.join(&name))
+            .find(|p| p.is_file())
+        else {
+            continue;
+        };
+        let modified = fs_err::metadata(&candidate)
+            .and_then(|m| m.modified())
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_default();
+        let key = format!("{}@{modified}", candidate.display());
+        let found = match cache.get(&key) {
+            Some((executable, found_version)) if Path::new(executable).is_file() => {
+                Some(Interpreter {
+                    path: PathBuf::from(executable),
+                    version: found_version.clone(),
+                })
+            }
+            _ => {
+                let probed = probe(&candidate.display().to_string());
+                if let Some(interpreter) = &probed {
+                    cache.insert(
+                        key,
+                        (
+                            interpreter.path.display().to_string(),
+                            interpreter.version.clone(),
+                        ),
+                    );
+                    if fs_err::create_dir_all(cache_dir).is_ok() {
+                        let _ = crate::store::write_atomic(
+                            &cache_file,
+                            serde_json::to_string(&cache).unwrap_or_default().as_bytes(),
+                        );
+                    }
+                }
+                probed
+            }
+        };
+        if let Some(interpreter) = found.filter(|i| i.version == version) {
+            return Ok(interpreter);
         }
     }
     Err(BuildError::NoPython {

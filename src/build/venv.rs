@@ -20,7 +20,7 @@ use crate::key;
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     let request = context.request;
     let (version, _) = key::python_version(request.spec, request.settings);
-    let interpreter = python::find(&version)?;
+    let interpreter = python::find(&version, &context.store.root().join("cache"))?;
     match python::uv(request.settings) {
         Some(uv) => with_uv(context, &uv, &interpreter.path),
         None => {
@@ -49,6 +49,7 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         &[
             "venv",
             "--allow-existing",
+            "--no-python-downloads",
             "--python",
             &interpreter.display().to_string(),
             &prefix,

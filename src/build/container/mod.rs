@@ -90,7 +90,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
             fs_err::copy(from, &lock)?;
         }
         None => {
-            let interpreter = python::find(&version)?;
+            let interpreter = python::find(&version, &context.store.root().join("cache"))?;
             let needs_ipykernel = !spec_has_ipykernel(spec, context.repo());
             let input = if spec.buildpack == Buildpack::UvLock {
                 uv_export(context, &uv, needs_ipykernel)?
