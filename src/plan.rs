@@ -324,8 +324,9 @@ fn steps(spec: &EnvSpec, target: Target, prefix: &std::path::Path, ready: bool) 
     steps
 }
 
-/// Jupyter kernel names: lowercase letters, digits, `.`, `_`, `-`.
-fn kernel_name(text: &str) -> String {
+/// A name safe for kernelspecs and image references: lowercase letters, digits, `.`,
+/// `_`, `-`.
+pub fn kernel_name(text: &str) -> String {
     let name: String = text
         .to_ascii_lowercase()
         .chars()

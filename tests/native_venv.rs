@@ -363,3 +363,113 @@ fn without_uv_pip_is_used_with_a_warning() {
     );
     assert!(events.contains("\"verified\""), "{events}");
 }
+
+#[test]
+fn lock_files_the_repository_brings_are_installed_as_they_are() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let deps = common::test_deps();
+    let uv = |dir: &str, args: &[&str]| {
+        let output = std::process::Command::new(&deps.uv)
+            .args(args)
+            .args(["--offline", "--no-index", "--find-links"])
+            .arg(&deps.wheelhouse)
+            .current_dir(dir)
+            .env("UV_CACHE_DIR", sandbox.path().join("uv-cache"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "uv {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let six_hash =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wheelhouse.txt"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("six=="))
+            .and_then(|l| l.split("--hash=").nth(1))
+            .unwrap()
+            .to_string();
+    let check = |ready: &serde_json::Value| {
+        let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+        hpcbinder::kernel::verify::verify(
+            kernel_dir,
+            "import six; print(six.__version__)",
+            "1.16.0",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    };
+
+    // uv.lock (+ pyproject.toml): `uv sync --frozen` into the environment.
+    let project = sandbox.repo(
+        "uv-project",
+        &[(
+            "pyproject.toml",
+            "[project]\nname = \"uvdemo\"\nversion = \"0.1\"\nrequires-python = \">=3.10\"\ndependencies = [\"six==1.16.0\"]\n\n[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n",
+        ), ("uvdemo/__init__.py", "")],
+    );
+    uv(&project, &["lock"]);
+    let ready = sandbox.build_ready(&[&project]);
+    check(&ready);
+    assert!(Path::new(ready["prefix"].as_str().unwrap())
+        .join("hpcbinder/uv.lock")
+        .is_file());
+
+    // pylock.toml (PEP 751), written by uv.
+    let pylock = sandbox.repo("pylock", &[("requirements.in", "six==1.16.0\n")]);
+    uv(
+        &pylock,
+        &[
+            "pip",
+            "compile",
+            "requirements.in",
+            "-o",
+            "pylock.toml",
+            "--python-version",
+            &common::python_minor(),
+        ],
+    );
+    std::fs::remove_file(format!("{pylock}/requirements.in")).unwrap();
+    let ready = sandbox.build_ready(&[&pylock]);
+    assert_eq!(ready["target"], "venv");
+    check(&ready);
+
+    // Pipfile.lock: its pins are installed in hash-checking mode (with a wrong hash the
+    // install fails).
+    let lock = format!(
+        "{{\"_meta\": {{\"requires\": {{\"python_version\": \"{}\"}}}}, \"default\": {{\"six\": {{\"version\": \"==1.16.0\", \"hashes\": [\"{six_hash}\"]}}}}, \"develop\": {{}}}}\n",
+        common::python_minor()
+    );
+    let pipfile = sandbox.repo(
+        "pipfile",
+        &[
+            ("Pipfile", "[packages]\nsix = \"*\"\n"),
+            ("Pipfile.lock", &lock),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&pipfile]);
+    check(&ready);
+    let tampered_lock = lock.replace(&six_hash[10..20], "0000000000");
+    let tampered = sandbox.repo(
+        "pipfile-tampered",
+        &[
+            ("Pipfile", "[packages]\nsix = \"*\"\n"),
+            ("Pipfile.lock", &tampered_lock),
+        ],
+    );
+    let output = sandbox.run(&["build", &tampered]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a Pipfile.lock hash mismatch must fail: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).to_lowercase().contains("hash"),
+        "{}",
+        stderr(&output)
+    );
+}

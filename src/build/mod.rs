@@ -249,15 +249,7 @@ fn ready_record(context: &Context<'_>, locks: Vec<String>, artifact: Option<Arti
         created: store::now(),
         hpcbinder: env!("CARGO_PKG_VERSION").to_string(),
         locks,
-        source: format!(
-            "{}{}",
-            identity.origin,
-            identity
-                .commit
-                .as_ref()
-                .map(|c| format!("@{c}"))
-                .unwrap_or_default()
-        ),
+        source: identity.describe(),
         artifact,
         inputs: request.key.inputs.clone(),
     }

@@ -62,6 +62,13 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
     let lock_path = context.meta.join("requirements.lock");
     let lock_arg = lock_path.display().to_string();
 
+    // Requirements whose every line carries hashes: a hashed requirements file, or a
+    // Pipfile.lock that has hashes for every package.
+    let hashed_input = match spec.pip.as_ref().filter(|p| p.hashed) {
+        Some(pip) => Some(context.repo().join(&pip.requirements[0])),
+        None if spec.buildpack == Buildpack::Pipfile => hashed_pipfile_lock(context)?,
+        None => None,
+    };
     if let Some(from_lock) = &request.from_lock {
         fs_err::copy(from_lock, &lock_path)?;
         uv_run(
@@ -72,24 +79,14 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         )?;
         locks.push("hpcbinder/requirements.lock".into());
     } else if spec.buildpack == Buildpack::UvLock {
-        let lock = spec
-            .lock
-            .as_ref()
-            .map(|l| l.file.clone())
-            .unwrap_or_else(|| "uv.lock".into());
-        let project = context
-            .repo()
-            .join(&lock)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let (lock, project) = uv_project(context);
         let mut command =
             python::uv_command(uv, settings, &["sync", "--frozen", "--python", &python]);
         command
             .current_dir(&project)
             .env("UV_PROJECT_ENVIRONMENT", &context.prefix);
         process::run(context, "uv sync --frozen", &mut command, Fault::Spec)?;
-        fs_err::copy(context.repo().join(&lock), context.meta.join("uv.lock"))?;
+        fs_err::copy(&lock, context.meta.join("uv.lock"))?;
         locks.push("hpcbinder/uv.lock".into());
     } else if let Some(lock) = spec.lock.as_ref().filter(|l| l.format == "pylock") {
         let file = context.repo().join(&lock.file).display().to_string();
@@ -104,13 +101,9 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
             context.meta.join("pylock.toml"),
         )?;
         locks.push("hpcbinder/pylock.toml".into());
-    } else if let Some(pip) = spec.pip.as_ref().filter(|p| p.hashed) {
+    } else if let Some(hashed) = &hashed_input {
         // The repository's own hashes are checked as they are: no re-resolution.
-        let top = context
-            .repo()
-            .join(&pip.requirements[0])
-            .display()
-            .to_string();
+        let top = hashed.display().to_string();
         uv_run(
             "uv pip install --require-hashes",
             &[
@@ -146,8 +139,8 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         locks.push("hpcbinder/requirements.lock".into());
     }
     let lock_covers_ipykernel = request.from_lock.is_none()
-        && spec.lock.is_none()
-        && !spec.pip.as_ref().is_some_and(|p| p.hashed);
+        && hashed_input.is_none()
+        && (spec.lock.is_none() || spec.buildpack == Buildpack::Pipfile);
     if needs_ipykernel && !lock_covers_ipykernel {
         context.reporter.phase(
             Phase::Building,
@@ -173,6 +166,19 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         )?;
     }
     Ok(locks)
+}
+
+/// A repository's uv.lock (absolute) and the project directory it belongs to.
+pub fn uv_project(context: &Context<'_>) -> (PathBuf, PathBuf) {
+    let spec = context.request.spec;
+    let lock = spec
+        .lock
+        .as_ref()
+        .map(|l| l.file.as_str())
+        .unwrap_or("uv.lock");
+    let lock = context.repo().join(lock);
+    let project = lock.parent().map(Path::to_path_buf).unwrap_or_default();
+    (lock, project)
 }
 
 /// A setup.py / pyproject.toml package at the root (installed as repo2docker does: not editable).
@@ -210,7 +216,42 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
     Ok(path)
 }
 
-/// Pipfile.lock (with its hashes) or Pipfile, as requirement lines; dev packages included,
+/// A Pipfile.lock with hashes for every package, written as a hashed requirements file
+/// (`<prefix>/hpcbinder/Pipfile.lock.txt`); `None` when any package lacks hashes.
+fn hashed_pipfile_lock(context: &Context<'_>) -> anyhow::Result<Option<PathBuf>> {
+    let spec = context.request.spec;
+    let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) else {
+        return Ok(None);
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
+    let mut out = String::new();
+    for section in ["default", "develop"] {
+        for (name, entry) in value[section].as_object().into_iter().flatten() {
+            let (Some(version), Some(hashes)) =
+                (entry["version"].as_str(), entry["hashes"].as_array())
+            else {
+                return Ok(None);
+            };
+            if hashes.is_empty() {
+                return Ok(None);
+            }
+            let _ = write!(out, "{name}{version}");
+            if let Some(markers) = entry["markers"].as_str() {
+                let _ = write!(out, " ; {markers}");
+            }
+            for hash in hashes.iter().filter_map(|h| h.as_str()) {
+                let _ = write!(out, " --hash={hash}");
+            }
+            out.push('\n');
+        }
+    }
+    let path = context.meta.join("Pipfile.lock.txt");
+    fs_err::write(&path, out)?;
+    Ok(Some(path))
+}
+
+/// Pipfile.lock (pins only) or Pipfile, as requirement lines; dev packages included,
 /// as repo2docker's `pipenv install --dev` does.
 fn pipfile_requirements(context: &Context<'_>) -> anyhow::Result<String> {
     let spec = context.request.spec;

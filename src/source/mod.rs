@@ -145,6 +145,16 @@ pub struct Identity {
     pub dirty: bool,
 }
 
+impl Identity {
+    /// `origin@commit` (or just the origin for a plain folder), for labels and markers.
+    pub fn describe(&self) -> String {
+        match &self.commit {
+            Some(commit) => format!("{}@{commit}", self.origin),
+            None => self.origin.clone(),
+        }
+    }
+}
+
 /// A local tree to detect and build from. Holding it keeps any cache lock it needs.
 #[derive(Debug)]
 pub struct Checkout {

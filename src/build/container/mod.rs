@@ -28,21 +28,8 @@ pub const IMAGE_PYTHON: &str = "/opt/env/bin/python";
 
 /// The image reference hpcbinder gives a key: `localhost/hpcbinder/<slug>:<key16>`.
 pub fn image_reference(slug: &str, key16: &str) -> String {
-    let slug: String = slug
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!(
-        "localhost/hpcbinder/{}:{key16}",
-        slug.trim_matches(|c| c == '-' || c == '.')
-    )
+    let name = crate::plan::kernel_name(slug);
+    format!("localhost/hpcbinder/{}:{key16}", name.trim_matches('.'))
 }
 
 /// Build the image for `context`; returns the locks written and the artifact.
@@ -124,15 +111,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     copy_repository(context.repo(), &dir.join("repo"))?;
 
     let identity = &request.checkout.identity;
-    let source = format!(
-        "{}{}",
-        identity.origin,
-        identity
-            .commit
-            .as_ref()
-            .map(|c| format!("@{c}"))
-            .unwrap_or_default()
-    );
+    let source = identity.describe();
     let text = render::containerfile(
         spec,
         &render::RenderInputs {
@@ -168,15 +147,7 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
     let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
     let (version, _) = key::python_version(spec, settings);
     let identity = &request.checkout.identity;
-    let source = format!(
-        "{}{}",
-        identity.origin,
-        identity
-            .commit
-            .as_ref()
-            .map(|c| format!("@{c}"))
-            .unwrap_or_default()
-    );
+    let source = identity.describe();
     Ok(render::containerfile(
         spec,
         &render::RenderInputs {
@@ -211,18 +182,7 @@ pub fn write_context(
 
 /// `uv export` of a repository's uv.lock (hashes included), plus ipykernel when missing.
 fn uv_export(context: &Context<'_>, uv: &Path, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
-    let spec = context.request.spec;
-    let lock = spec
-        .lock
-        .as_ref()
-        .map(|l| l.file.clone())
-        .unwrap_or_else(|| "uv.lock".into());
-    let project = context
-        .repo()
-        .join(&lock)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let (_, project) = venv::uv_project(context);
     let exported = context.meta.join("uv-export.txt");
     let exported_arg = exported.display().to_string();
     let mut command = python::uv_command(
