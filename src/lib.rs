@@ -28,6 +28,11 @@
 //!   (3.12) fills in only when the repository says nothing.
 //! - A reused environment is not verified again: `build` of a ready key only registers the
 //!   kernel (the verification ran when it was built), which keeps cache hits fast.
+//! - Images install their environment with uv, inside the build, from the hashed lock
+//!   resolved on this machine exactly as a native venv build resolves it (copied into the
+//!   context with uv and any local wheel directories), so a native env and an image of
+//!   one key hold the same packages. Conda environments inside images (rattler's
+//!   alternative target prefix, installed for `/opt/env` and copied in) are not built yet.
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 
