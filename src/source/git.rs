@@ -50,8 +50,8 @@ pub fn checkout(
     let commit = match known {
         Some(oid) => oid,
         None => {
-            let default_branch = fetch(&repo, url, &origin)?;
-            resolve(&repo, wanted, default_branch.as_deref(), &origin, url)?
+            let default_branch = fetch(&repo, &origin)?;
+            resolve(&repo, wanted, default_branch.as_deref(), &origin)?
         }
     };
     reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
@@ -115,7 +115,7 @@ fn callbacks<'a>() -> RemoteCallbacks<'a> {
 }
 
 /// Fetch branches and tags; returns the remote's default branch (its HEAD), if it has one.
-fn fetch(repo: &Repository, url: &str, origin: &str) -> Result<Option<String>, SourceError> {
+fn fetch(repo: &Repository, origin: &str) -> Result<Option<String>, SourceError> {
     let fetch_error = |source| SourceError::Fetch {
         origin: origin.to_string(),
         source,
@@ -141,7 +141,6 @@ fn fetch(repo: &Repository, url: &str, origin: &str) -> Result<Option<String>, S
     remote
         .fetch(REFSPECS, Some(&mut options), None)
         .map_err(fetch_error)?;
-    let _ = url;
     Ok(default_branch)
 }
 
@@ -151,7 +150,6 @@ fn resolve(
     reference: Option<&str>,
     default_branch: Option<&str>,
     origin: &str,
-    url: &str,
 ) -> Result<Oid, SourceError> {
     let missing = || SourceError::MissingRef {
         reference: reference.unwrap_or("HEAD").to_string(),
@@ -186,7 +184,6 @@ fn resolve(
             let mut options = FetchOptions::new();
             options.remote_callbacks(callbacks());
             let _ = remote.fetch(&[reference], Some(&mut options), None);
-            let _ = url;
         }
         return match repo.revparse_single(reference) {
             Ok(object) => object
