@@ -231,3 +231,69 @@ fn channel_alias_mirrors_and_virtual_packages_come_from_site_config() {
     let output = other.run(&["build", &repo, "--no-verify", "--no-kernel"]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[test]
+fn an_explicit_file_is_installed_without_a_solve_and_its_hashes_are_checked() {
+    use sha2::{Digest, Sha256};
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let mut channel = Channel::new(&sandbox.path().join("channel"));
+    channel.add_python_stub();
+    let mut hello = Package::noarch_python("hpcb-hello", "1.0");
+    hello.files.push((
+        "site-packages/hpcb_hello/__init__.py".into(),
+        "VERSION = '1.0'\n".into(),
+        false,
+    ));
+    let hello_archive = channel.add(&hello);
+    let python_archive = std::fs::read_dir(channel.dir.join("linux-64"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "conda"))
+        .unwrap();
+    let line = |archive: &std::path::PathBuf| {
+        let sha = hex::encode(Sha256::digest(std::fs::read(archive).unwrap()));
+        format!("file://{}#sha256:{sha}", archive.display())
+    };
+    let explicit = format!(
+        "# platform: linux-64\n@EXPLICIT\n{}\n{}\n",
+        line(&python_archive),
+        line(&hello_archive)
+    );
+    let repo = sandbox.repo("explicit", &[("conda-linux-64.lock", &explicit)]);
+    let ready = sandbox.build_ready(&[&repo]);
+    assert_eq!(ready["target"], "conda");
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import hpcb_hello; print(hpcb_hello.VERSION)",
+        "1.0",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(verified.output, "1.0");
+
+    // A hash that does not match the archive is refused; nothing is left ready.
+    let wrong = explicit.replace(
+        &line(&hello_archive),
+        &format!(
+            "file://{}#sha256:{}",
+            hello_archive.display(),
+            "0".repeat(64)
+        ),
+    );
+    let repo = sandbox.repo("explicit-tampered", &[("conda-linux-64.lock", &wrong)]);
+    let other = Sandbox::new();
+    other.native_site_config("");
+    let output = other.run(&["build", &repo]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).to_lowercase().contains("hash") || stderr(&output).contains("sha256"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(std::fs::read_dir(other.store().join("e"))
+        .unwrap()
+        .next()
+        .is_none());
+}

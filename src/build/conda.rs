@@ -58,10 +58,25 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
             Vec::new(),
             Vec::new(),
         )
+    } else if spec.buildpack == Buildpack::Explicit {
+        let lock = spec
+            .lock
+            .as_ref()
+            .map(|l| context.repo().join(&l.file))
+            .unwrap_or_default();
+        context.reporter.phase(
+            Phase::Building,
+            format!("Fetching the packages listed in {}", lock.display()),
+        );
+        (
+            explicit_records(&lock, &package_cache).await?,
+            Vec::new(),
+            Vec::new(),
+        )
     } else {
         let conda = match spec.buildpack {
             Buildpack::Conda => spec.conda.clone().unwrap_or_default(),
-            Buildpack::Explicit | Buildpack::CondaLock | Buildpack::Pixi => {
+            Buildpack::CondaLock | Buildpack::Pixi => {
                 return Err(BuildError::Unsupported {
                     what: format!("building from a {} file", spec.buildpack.name()),
                 }
@@ -107,6 +122,62 @@ fn install_error(context: &Context<'_>, error: rattler::install::InstallerError)
         source = cause.source();
     }
     BuildError::Package { message }.into()
+}
+
+/// Records for an `@EXPLICIT` file (no solve): each package is fetched into the package
+/// cache, its `#sha256:` fragment checked, and its record read from its own
+/// `info/index.json`.
+async fn explicit_records(
+    path: &Path,
+    package_cache: &PackageCache,
+) -> anyhow::Result<Vec<RepoDataRecord>> {
+    use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
+    use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
+    let package_error = |message: String| BuildError::Package { message };
+    let spec = ExplicitEnvironmentSpec::from_path(path)
+        .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
+    let mut records = Vec::new();
+    for entry in spec.packages {
+        let hash = entry
+            .package_archive_hash()
+            .map_err(|e| package_error(format!("{}: {e}", entry.url)))?;
+        let mut url = entry.url.clone();
+        url.set_fragment(None);
+        let archive = CondaArchiveIdentifier::try_from_url(&url)
+            .ok_or_else(|| package_error(format!("{url} is not a conda package URL")))?;
+        let mut key = rattler_cache::package_cache::CacheKey::from(archive.clone());
+        if let Some(PackageArchiveHash::Sha256(sha256)) = &hash {
+            key = key.with_sha256(*sha256);
+        }
+        let metadata = package_cache
+            .get_or_fetch_from_url(
+                key,
+                url.clone(),
+                rattler_networking::LazyClient::default(),
+                None,
+                None,
+            )
+            .await
+            .map_err(|e| package_error(format!("{url}: {}", error_chain(&e))))?;
+        let index = match metadata.index_json() {
+            Some(index) => index.clone(),
+            None => IndexJson::from_package_directory(metadata.path())?,
+        };
+        let (sha256, md5) = match hash {
+            Some(PackageArchiveHash::Sha256(sha256)) => (Some(sha256), None),
+            Some(PackageArchiveHash::Md5(md5)) => (None, Some(md5)),
+            None => (None, None),
+        };
+        let package_record = PackageRecord::from_index_json(index, None, sha256, md5)
+            .map_err(|e| package_error(format!("{url}: {e}")))?;
+        records.push(RepoDataRecord {
+            package_record,
+            identifier: archive.into(),
+            url,
+            channel: None,
+        });
+    }
+    Ok(records)
 }
 
 /// Records of `platform` from a pixi.lock's default environment.
