@@ -297,3 +297,63 @@ fn an_explicit_file_is_installed_without_a_solve_and_its_hashes_are_checked() {
         .next()
         .is_none());
 }
+
+#[test]
+fn conda_lock_files_and_pixi_manifests_without_locks_build() {
+    use sha2::{Digest, Sha256};
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let (channel, python) = channel(&sandbox);
+    let check = |ready: &serde_json::Value, code: &str, expected: &str| {
+        assert_eq!(ready["target"], "conda");
+        let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+        hpcbinder::kernel::verify::verify(kernel_dir, code, expected, Duration::from_secs(60))
+            .unwrap();
+    };
+
+    // conda-lock.yml: the locked URLs and sha256, no solve.
+    let archives: Vec<std::path::PathBuf> = ["linux-64", "noarch"]
+        .iter()
+        .flat_map(|subdir| {
+            std::fs::read_dir(channel.dir.join(subdir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+        })
+        .filter(|p| p.extension().is_some_and(|x| x == "conda"))
+        .collect();
+    let mut lock =
+        String::from("version: 1\nmetadata:\n  platforms: [linux-64]\n  channels: []\npackage:\n");
+    for archive in &archives {
+        let name = archive
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string();
+        let sha = hex::encode(Sha256::digest(std::fs::read(archive).unwrap()));
+        lock.push_str(&format!(
+            "- name: {name}\n  version: '1'\n  manager: conda\n  platform: linux-64\n  url: file://{}\n  hash:\n    sha256: {sha}\n",
+            archive.display()
+        ));
+    }
+    let repo = sandbox.repo("conda-lock", &[("conda-lock.yml", &lock)]);
+    check(
+        &sandbox.build_ready(&[&repo]),
+        "import hpcb_hello; print(hpcb_hello.VERSION)",
+        "1.0",
+    );
+
+    // pixi.toml without pixi.lock: channels, [dependencies] and [pypi-dependencies] solved.
+    let manifest = format!(
+        "[workspace]\nname = \"demo\"\nchannels = [\"{}\"]\nplatforms = [\"linux-64\"]\n\n[dependencies]\npython = \"{python}.*\"\nhpcb-hello = \"*\"\n\n[pypi-dependencies]\nsix = \"==1.16.0\"\n",
+        channel.url()
+    );
+    let repo = sandbox.repo("pixi", &[("pixi.toml", &manifest)]);
+    check(
+        &sandbox.build_ready(&[&repo]),
+        "import hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__)",
+        "1.0 1.16.0",
+    );
+}

@@ -48,6 +48,13 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         .map(|l| context.repo().join(&l.file));
     let lock_file = request.from_lock.clone().or(repo_lock);
 
+    // The pip lines to install after the conda packages (environment.yml `pip:`, pixi
+    // `[pypi-dependencies]`).
+    let mut pip_lines = spec
+        .conda
+        .as_ref()
+        .map(|c| c.pip.clone())
+        .unwrap_or_default();
     let (records, specs, channel_urls) = if let Some(lock_path) = &lock_file {
         context.reporter.phase(
             Phase::Building,
@@ -58,7 +65,7 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
             Vec::new(),
             Vec::new(),
         )
-    } else if spec.buildpack == Buildpack::Explicit {
+    } else if matches!(spec.buildpack, Buildpack::Explicit | Buildpack::CondaLock) {
         let lock = spec
             .lock
             .as_ref()
@@ -76,11 +83,20 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     } else {
         let conda = match spec.buildpack {
             Buildpack::Conda => spec.conda.clone().unwrap_or_default(),
-            Buildpack::CondaLock | Buildpack::Pixi => {
-                return Err(BuildError::Unsupported {
-                    what: format!("building from a {} file", spec.buildpack.name()),
-                }
-                .into())
+            Buildpack::Pixi => {
+                let manifest = spec
+                    .files
+                    .iter()
+                    .find(|f| f.ends_with("pixi.toml"))
+                    .cloned()
+                    .unwrap_or_default();
+                context.reporter.phase(
+                    Phase::Building,
+                    format!("{manifest} has no pixi.lock: solving it"),
+                );
+                let manifest = pixi_manifest(&context.repo().join(manifest))?;
+                pip_lines = manifest.pip.clone();
+                manifest
             }
             // A pip-only spec built as a conda env: Python from conda, packages from pip.
             _ => CondaSpec::default(),
@@ -103,7 +119,7 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
 
     let mut locks = write_locks(context, &records, &platform, &channel_urls)?;
     write_variables(context)?;
-    if let Some(pip_lock) = pip_section(context).await? {
+    if let Some(pip_lock) = pip_section(context, &pip_lines).await? {
         locks.push(pip_lock);
     }
     Ok(locks)
@@ -134,10 +150,15 @@ async fn explicit_records(
     use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
     use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
     let package_error = |message: String| BuildError::Package { message };
-    let spec = ExplicitEnvironmentSpec::from_path(path)
-        .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
+    let entries = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+        conda_lock_entries(path)?
+    } else {
+        ExplicitEnvironmentSpec::from_path(path)
+            .map_err(|e| package_error(format!("{}: {e}", path.display())))?
+            .packages
+    };
     let mut records = Vec::new();
-    for entry in spec.packages {
+    for entry in entries {
         let hash = entry
             .package_archive_hash()
             .map_err(|e| package_error(format!("{}: {e}", entry.url)))?;
@@ -178,6 +199,104 @@ async fn explicit_records(
         });
     }
     Ok(records)
+}
+
+/// The conda packages of a `conda-lock.yml` for linux-64, as `@EXPLICIT` entries (URL with
+/// a `#sha256:` fragment). Its pip packages are reported, not installed.
+fn conda_lock_entries(
+    path: &Path,
+) -> anyhow::Result<Vec<rattler_conda_types::ExplicitEnvironmentEntry>> {
+    let text = fs_err::read_to_string(path)?;
+    let lock: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    let platform = crate::settings::host_platform();
+    let mut entries = Vec::new();
+    let mut pip = Vec::new();
+    for package in lock
+        .get("package")
+        .and_then(|p| p.as_sequence())
+        .into_iter()
+        .flatten()
+    {
+        let field = |name: &str| {
+            package
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+        };
+        if field("platform") != platform {
+            continue;
+        }
+        if field("manager") == "pip" {
+            pip.push(field("name").to_string());
+            continue;
+        }
+        let mut url = url::Url::parse(field("url"))
+            .map_err(|e| anyhow::anyhow!("{}: bad url `{}`: {e}", path.display(), field("url")))?;
+        if let Some(sha256) = package
+            .get("hash")
+            .and_then(|h| h.get("sha256"))
+            .and_then(|v| v.as_str())
+        {
+            url.set_fragment(Some(&format!("sha256:{sha256}")));
+        }
+        entries.push(url.into());
+    }
+    if !pip.is_empty() {
+        return Err(BuildError::Unsupported {
+            what: format!(
+                "installing the pip packages of a conda-lock file ({})",
+                pip.join(", ")
+            ),
+        }
+        .into());
+    }
+    Ok(entries)
+}
+
+/// A `pixi.toml` without its lock, read as an environment to solve: channels and
+/// `[dependencies]` (conda), `[pypi-dependencies]` (pip).
+fn pixi_manifest(path: &Path) -> anyhow::Result<CondaSpec> {
+    let manifest: toml::Table = toml::from_str(&fs_err::read_to_string(path)?)?;
+    let workspace = manifest
+        .get("workspace")
+        .or_else(|| manifest.get("project"));
+    let channels = workspace
+        .and_then(|w| w.get("channels"))
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let spec_of = |name: &str, value: &toml::Value| match value {
+        toml::Value::String(s) if s == "*" => name.to_string(),
+        toml::Value::String(s) => format!("{name} {s}"),
+        toml::Value::Table(t) => match t.get("version").and_then(|v| v.as_str()) {
+            Some(v) if v != "*" => format!("{name} {v}"),
+            _ => name.to_string(),
+        },
+        _ => name.to_string(),
+    };
+    let table = |key: &str| {
+        manifest
+            .get(key)
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(CondaSpec {
+        channels,
+        dependencies: table("dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v))
+            .collect(),
+        pip: table("pypi-dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v).replacen(' ', "", 1))
+            .collect(),
+        ..CondaSpec::default()
+    })
 }
 
 /// Records of `platform` from a pixi.lock's default environment.
@@ -439,7 +558,10 @@ fn write_variables(context: &Context<'_>) -> anyhow::Result<()> {
 
 /// The `pip:` section (and ipykernel from pip when so configured), resolved to a hashed
 /// lock with uv and installed from it into the conda env's Python.
-async fn pip_section(context: &Context<'_>) -> anyhow::Result<Option<String>> {
+async fn pip_section(
+    context: &Context<'_>,
+    pip_lines: &[String],
+) -> anyhow::Result<Option<String>> {
     let request = context.request;
     let spec = request.spec;
     let base = spec
@@ -449,12 +571,7 @@ async fn pip_section(context: &Context<'_>) -> anyhow::Result<Option<String>> {
         .and_then(|f| context.repo().join(f).parent().map(Path::to_path_buf))
         .unwrap_or_else(|| context.repo().to_path_buf());
     let mut lines = Vec::new();
-    for line in spec
-        .conda
-        .as_ref()
-        .map(|c| c.pip.as_slice())
-        .unwrap_or_default()
-    {
+    for line in pip_lines {
         match crate::detect::include_target(line) {
             Some(file) => lines.push(format!("-r {}", base.join(file).display())),
             None => lines.push(line.clone()),
