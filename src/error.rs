@@ -52,29 +52,37 @@ pub trait Diagnostic: std::error::Error {
     }
 }
 
-/// Find the first [`Diagnostic`] in an error chain.
-fn diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
-    for cause in error.chain() {
-        if let Some(d) = cause.downcast_ref::<crate::source::SourceError>() {
-            return Some(d);
-        }
-        if let Some(d) = cause.downcast_ref::<crate::detect::DetectError>() {
-            return Some(d);
-        }
-        if let Some(d) = cause.downcast_ref::<crate::settings::ConfigError>() {
-            return Some(d);
-        }
-        if let Some(d) = cause.downcast_ref::<crate::plan::PlanError>() {
-            return Some(d);
-        }
-        if let Some(d) = cause.downcast_ref::<crate::store::StoreError>() {
-            return Some(d);
-        }
-        if let Some(d) = cause.downcast_ref::<crate::build::BuildError>() {
-            return Some(d);
-        }
+/// A cause as one of our domain errors, if it is one.
+fn as_diagnostic<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn Diagnostic> {
+    if let Some(d) = cause.downcast_ref::<crate::source::SourceError>() {
+        return Some(d);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::detect::DetectError>() {
+        return Some(d);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::settings::ConfigError>() {
+        return Some(d);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::plan::PlanError>() {
+        return Some(d);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::store::StoreError>() {
+        return Some(d);
+    }
+    if let Some(d) = cause.downcast_ref::<crate::build::BuildError>() {
+        return Some(d);
     }
     None
+}
+
+/// Find the first [`Diagnostic`] in an error chain. A domain error attached with
+/// `.context(...)` is only visible through `anyhow::Error::downcast_ref`, so the top of
+/// the chain is checked that way first.
+fn diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
+    if let Some(d) = error.downcast_ref::<crate::build::BuildError>() {
+        return Some(d);
+    }
+    error.chain().find_map(as_diagnostic)
 }
 
 /// The exit status an error maps to.

@@ -357,3 +357,37 @@ fn conda_lock_files_and_pixi_manifests_without_locks_build() {
         "1.0 1.16.0",
     );
 }
+
+#[test]
+fn a_venv_whose_python_is_not_installed_gets_it_from_conda() {
+    let sandbox = Sandbox::new();
+    let (channel, _) = channel(&sandbox);
+    sandbox.native_site_config(&format!("channels = [\"{}\"]\n", channel.url()));
+    let repo = sandbox.repo("no-python-here", &[("requirements.txt", "six==1.16.0\n")]);
+    // No Python anywhere on PATH (uv is configured by its absolute path).
+    let empty = sandbox.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = sandbox
+        .command()
+        .args(["build", "--json", &repo])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}{events}", stderr(&output));
+    assert!(
+        events.contains("building a conda environment with Python"),
+        "{events}"
+    );
+    let ready: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    assert_eq!(ready["target"], "venv");
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import six; print(six.__version__)",
+        "1.16.0",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(verified.output, "1.16.0");
+}

@@ -227,6 +227,14 @@ fn unknown_package_and_missing_python_are_user_errors() {
         .next()
         .is_none());
 
+    // Missing interpreters fall back to the site's conda channels: an empty local one
+    // here, which has no Python either (and keeps the test off the network).
+    let empty_channel = sandbox.path().join("empty-channel");
+    common::channel::Channel::new(&empty_channel);
+    sandbox.native_site_config(&format!(
+        "channels = [\"file://{}\"]\n",
+        empty_channel.display()
+    ));
     // The site's Python beats runtime.txt, and the user is told.
     let old = sandbox.repo("old-python", &[("runtime.txt", "python-3.4\n")]);
     let output = sandbox.run(&["build", &old, "--dry-run"]);
@@ -247,7 +255,14 @@ fn unknown_package_and_missing_python_are_user_errors() {
         "{}",
         stderr(&output)
     );
-    // A supported version that is simply not installed here.
+    // A supported version that is not installed here: hpcbinder says so and tries the
+    // site's conda channels (an empty local one here), which do not have it either.
+    let empty_channel = sandbox.path().join("empty-channel");
+    common::channel::Channel::new(&empty_channel);
+    sandbox.native_site_config(&format!(
+        "channels = [\"file://{}\"]\n",
+        empty_channel.display()
+    ));
     let output = sandbox.run(&["build", &old, "--python", "3.9"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(

@@ -55,6 +55,17 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         .as_ref()
         .map(|c| c.pip.clone())
         .unwrap_or_default();
+    if spec.conda.is_none() {
+        // A pip-only spec built as a conda env (`--target conda`, or a venv whose Python
+        // is only available from conda): its requirement files go through the pip step.
+        if let Some(pip) = &spec.pip {
+            pip_lines.extend(
+                pip.requirements
+                    .first()
+                    .map(|f| format!("-r {}", context.repo().join(f).display())),
+            );
+        }
+    }
     let (records, specs, channel_urls) = if let Some(lock_path) = &lock_file {
         context.reporter.phase(
             Phase::Building,

@@ -20,7 +20,19 @@ use crate::key;
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     let request = context.request;
     let (version, _) = key::python_version(request.spec, request.settings);
-    let interpreter = python::find(&version, &context.store.root().join("cache"))?;
+    let interpreter = match python::find(&version, &context.store.root().join("cache")) {
+        Ok(interpreter) => interpreter,
+        // No such interpreter here: Python X.Y from the site's conda channels instead.
+        Err(error @ super::BuildError::NoPython { .. }) => {
+            context.reporter.phase(
+                Phase::Building,
+                format!("{error}; building a conda environment with Python {version} from the site's channels instead"),
+            );
+            // If conda cannot provide it either, the missing Python is the error to show.
+            return super::conda::build(context).map_err(|cause| cause.context(error));
+        }
+        Err(error) => return Err(error.into()),
+    };
     match python::uv(request.settings) {
         Some(uv) => with_uv(context, &uv, &interpreter.path),
         None => {
