@@ -54,13 +54,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     let settings = request.settings;
     if spec.buildpack == Buildpack::Docker {
         // Built as it is, with the repository as the context (as repo2docker does).
-        let dockerfile = spec
-            .files
-            .iter()
-            .find(|f| f.ends_with("Dockerfile"))
-            .cloned()
-            .unwrap_or_else(|| "Dockerfile".into());
-        return Ok((context.repo().join(dockerfile), Vec::new()));
+        return Ok((context.repo().join(repository_dockerfile(spec)), Vec::new()));
     }
     let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
     let support = dir.join("hpcbinder");
@@ -127,20 +121,23 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     Ok((containerfile, vec!["hpcbinder/requirements.lock".into()]))
 }
 
+/// The repository's Dockerfile (in `binder/` or `.binder/` when config lives there).
+fn repository_dockerfile(spec: &crate::detect::EnvSpec) -> String {
+    spec.files
+        .iter()
+        .find(|f| f.ends_with("Dockerfile"))
+        .cloned()
+        .unwrap_or_else(|| "Dockerfile".into())
+}
+
 /// The Containerfile a build would use (the repository's own Dockerfile for the docker
 /// buildpack), for `build --dry-run`.
 pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
     let spec = request.spec;
     supported(spec).map_err(|what| BuildError::Unsupported { what })?;
     if spec.buildpack == Buildpack::Docker {
-        let dockerfile = spec
-            .files
-            .iter()
-            .find(|f| f.ends_with("Dockerfile"))
-            .cloned()
-            .unwrap_or_default();
         return Ok(fs_err::read_to_string(
-            request.checkout.root.join(dockerfile),
+            request.checkout.root.join(repository_dockerfile(spec)),
         )?);
     }
     let settings = request.settings;
