@@ -56,7 +56,11 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
         // Built as it is, with the repository as the context (as repo2docker does).
         return Ok((context.repo().join(repository_dockerfile(spec)), Vec::new()));
     }
-    let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
+    // Fail before resolving anything when there is nothing to build from.
+    settings
+        .base_image
+        .as_ref()
+        .ok_or(BuildError::NoBaseImage)?;
     let support = dir.join("hpcbinder");
     let env_dir = support.join("env");
     fs_err::create_dir_all(&env_dir)?;
@@ -94,28 +98,14 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     }
     fs_err::copy(&lock, env_dir.join("requirements.lock"))?;
     fs_err::copy(&uv, support.join("uv"))?;
-    let ca_bundle = settings.ca_bundle();
-    match &ca_bundle {
+    match settings.ca_bundle() {
         Some(bundle) => {
             fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
         }
         None => fs_err::write(support.join("ca-bundle.crt"), "")?,
     }
-    let index = index_inside(settings, Some(&env_dir))?;
     copy_repository(context.repo(), &dir.join("repo"))?;
-
-    let identity = &request.checkout.identity;
-    let source = identity.describe();
-    let text = render::containerfile(
-        spec,
-        &render::RenderInputs {
-            base_image: &base_image,
-            key: &request.key.key,
-            source: &source,
-            python: &version,
-            index: &index,
-        },
-    );
+    let text = containerfile_text(request, Some(&env_dir))?;
     let containerfile = dir.join("Containerfile");
     fs_err::write(&containerfile, text)?;
     Ok((containerfile, vec!["hpcbinder/requirements.lock".into()]))
@@ -140,19 +130,26 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
             request.checkout.root.join(repository_dockerfile(spec)),
         )?);
     }
+    containerfile_text(request, None)
+}
+
+/// Render the Containerfile for `request`; local wheel directories are copied into
+/// `wheels_into` when given (a build context), else only referenced (a preview).
+fn containerfile_text(
+    request: &super::BuildRequest<'_>,
+    wheels_into: Option<&Path>,
+) -> anyhow::Result<String> {
     let settings = request.settings;
     let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
-    let (version, _) = key::python_version(spec, settings);
-    let identity = &request.checkout.identity;
-    let source = identity.describe();
+    let (version, _) = key::python_version(request.spec, settings);
     Ok(render::containerfile(
-        spec,
+        request.spec,
         &render::RenderInputs {
             base_image: &base_image,
             key: &request.key.key,
-            source: &source,
+            source: &request.checkout.identity.describe(),
             python: &version,
-            index: &index_inside(settings, None)?,
+            index: &index_inside(settings, wheels_into)?,
         },
     ))
 }
