@@ -28,11 +28,13 @@
 //!   (3.12) fills in only when the repository says nothing.
 //! - A reused environment is not verified again: `build` of a ready key only registers the
 //!   kernel (the verification ran when it was built), which keeps cache hits fast.
-//! - Images install their environment with uv, inside the build, from the hashed lock
-//!   resolved on this machine exactly as a native venv build resolves it (copied into the
-//!   context with uv and any local wheel directories), so a native env and an image of
-//!   one key hold the same packages. Conda environments inside images (rattler's
-//!   alternative target prefix, installed for `/opt/env` and copied in) are not built yet.
+//! - Images hold the same packages as a native env of the same spec. Python family: uv
+//!   installs, inside the build, the hashed lock resolved on this machine exactly as a
+//!   native venv build resolves it (copied into the context with uv and any local wheel
+//!   directories). Conda family: hpcbinder links the locked records on the host with
+//!   rattler for the prefix `/opt/env` (its alternative target prefix) into the build
+//!   context and the Containerfile copies the prefix in; only the pip section's lock is
+//!   installed inside the build (by uv). Nothing conda-specific runs inside the build.
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 

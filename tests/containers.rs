@@ -3,6 +3,8 @@
 //! converted to Charliecloud directory + squashfs images run with `ch-run`, to SIF files
 //! checked with `siftool` and run from their squashfs root with `ch-run`, and pushed to a
 //! real local `docker-registry` for Shifter (whose `shifterimg` is a recording shim here).
+//! Conda images come from a local `file://` channel written by the tests (conda-forge
+//! cannot be reached from here).
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::channel::{Channel, Package, PLACEHOLDER};
 use common::{stderr, Sandbox};
 
 const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");
@@ -185,6 +188,109 @@ fn charliecloud_and_apptainer_images_run_under_ch_run() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// An environment.yml from a local channel whose `python` is a venv stub of Debian's
+/// /usr/bin/python3.11, which the bookworm base image has at the same path.
+fn conda_repo(sandbox: &Sandbox) -> String {
+    let interpreter = "/usr/bin/python3";
+    assert!(
+        Path::new(interpreter).exists(),
+        "the conda image test needs Debian's python3 on the host, as in the base image"
+    );
+    let mut channel = Channel::new(&sandbox.path().join("channel"));
+    let python = channel.add_python_stub_of(interpreter);
+    let mut hello = Package::noarch_python("hpcb-hello", "1.0");
+    hello.files.push((
+        "site-packages/hpcb_hello/__init__.py".into(),
+        "VERSION = '1.0'\n".into(),
+        false,
+    ));
+    hello.files.push((
+        "share/hpcb-hello/prefix.txt".into(),
+        format!("installed at {PLACEHOLDER}\n"),
+        true,
+    ));
+    channel.add(&hello);
+    let env = format!(
+        "name: demo\nchannels:\n  - {}\n  - nodefaults\ndependencies:\n  - python={python}\n  - hpcb-hello\n  - pip:\n    - six==1.16.0\nvariables:\n  HPCB_VARIABLE: from-env-file\n",
+        channel.url()
+    );
+    sandbox.repo(
+        "conda-image",
+        &[
+            ("environment.yml", &env),
+            ("apt.txt", "jq\n"),
+            ("analysis.ipynb", "{}"),
+        ],
+    )
+}
+
+#[test]
+fn conda_images_hold_the_native_lock_and_run_their_kernels() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config("");
+    let repo = conda_repo(&sandbox);
+    let cell = "import hpcb_hello, os, six, sys; print(sys.prefix, hpcb_hello.VERSION, six.__version__, os.environ.get('HPCB_VARIABLE'), open(sys.prefix + '/share/hpcb-hello/prefix.txt').read().strip())";
+    let expected = "/opt/env 1.0 1.16.0 from-env-file installed at /opt/env";
+
+    let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    assert_eq!(ready["verified"], "/opt/env", "answered through podman run");
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let verified =
+        hpcbinder::kernel::verify::verify(kernel_dir, cell, expected, Duration::from_secs(120))
+            .unwrap();
+    assert_eq!(
+        verified.output, expected,
+        "placeholders were rewritten for /opt/env"
+    );
+
+    // Charliecloud: the image's ENV (CONDA_PREFIX, `variables:`) survives the export.
+    let ch = sandbox.build_ready(&[&repo, "--target", "charliecloud"]);
+    assert_eq!(ch["verified"], "/opt/env", "answered through ch-run");
+    let kernel_dir = Path::new(ch["kernel_dir"].as_str().unwrap());
+    let verified =
+        hpcbinder::kernel::verify::verify(kernel_dir, cell, expected, Duration::from_secs(120))
+            .unwrap();
+    assert_eq!(verified.output, expected);
+
+    // The same spec built natively (without apt.txt, which needs a container) holds the
+    // same packages: identical conda and pip locks.
+    std::fs::remove_file(format!("{repo}/apt.txt")).unwrap();
+    let native = sandbox.build_ready(&[&repo, "--target", "conda"]);
+    for lock in ["pixi.lock", "conda-linux-64.lock", "pip.lock"] {
+        let read = |ready: &serde_json::Value| {
+            let path = Path::new(ready["prefix"].as_str().unwrap())
+                .join("hpcbinder")
+                .join(lock);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // uv's comments name the paths it ran with; the requirements and hashes count.
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            read(&ready),
+            read(&native),
+            "{lock} differs between image and native env"
+        );
+    }
+    let pip_lock = std::fs::read_to_string(
+        Path::new(ready["prefix"].as_str().unwrap()).join("hpcbinder/pip.lock"),
+    )
+    .unwrap();
+    assert!(pip_lock.contains("six==1.16.0") && pip_lock.contains("--hash=sha256:"));
+
+    // --dry-run shows how the prefix gets in; nothing conda-specific runs in the build.
+    let dry = sandbox.ok(&["build", &repo, "--target", "podman", "--dry-run"]);
+    assert!(
+        dry.contains("COPY --chown=1000:1000 hpcbinder/prefix/ /opt/env/"),
+        "{dry}"
+    );
+    assert!(dry.contains("ENV HPCB_VARIABLE=\"from-env-file\""), "{dry}");
+    assert!(dry.contains("-r /opt/hpcbinder/pip.lock"), "{dry}");
 }
 
 struct Registry {

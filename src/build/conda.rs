@@ -25,14 +25,68 @@ use crate::key;
 
 /// Build the conda environment; returns the lock files written (relative to the prefix).
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(build_async(context))
+    runtime()?.block_on(async {
+        let linked = link(context, &context.prefix, None).await?;
+        let mut locks = linked.locks;
+        let python = context.prefix.join("bin/python");
+        if let Some(lock) = pip_lock(context, &linked.pip_lines, &python)? {
+            install_pip(context, &python, &lock)?;
+            locks.push("hpcbinder/pip.lock".into());
+        }
+        Ok(locks)
+    })
 }
 
-async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
+/// A conda environment staged in a build context for an image: linked into `dir` for the
+/// prefix `target_prefix` (rattler's alternative target prefix), with its locks in the
+/// build's `hpcbinder/` and its pip section resolved to a hashed lock for the image's
+/// build to install.
+pub struct Staged {
+    /// Lock files written (relative to the store entry).
+    pub locks: Vec<String>,
+    /// The pip section's hashed lock, when there is one.
+    pub pip_lock: Option<std::path::PathBuf>,
+}
+
+/// Resolve (or read the lock) and link the environment into `dir` as if it lived at
+/// `target_prefix`. The same records a native build links, from the same package cache.
+pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow::Result<Staged> {
+    runtime()?.block_on(async {
+        let linked = link(context, dir, Some(target_prefix)).await?;
+        // The staged interpreter runs here too (conda's Python finds its prefix from its
+        // own location), so the pip section resolves against the image's Python.
+        let pip_lock = pip_lock(context, &linked.pip_lines, &dir.join("bin/python"))?;
+        let mut locks = linked.locks;
+        if pip_lock.is_some() {
+            locks.push("hpcbinder/pip.lock".into());
+        }
+        Ok(Staged { locks, pip_lock })
+    })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// What linking left for the pip step.
+struct Linked {
+    locks: Vec<String>,
+    /// The pip lines to install after the conda packages (environment.yml `pip:`, pixi
+    /// `[pypi-dependencies]`).
+    pip_lines: Vec<String>,
+}
+
+/// Resolve the conda records (lock, explicit list or solve), link them into `dir`
+/// (for `target_prefix` when the environment will live elsewhere), write the locks and
+/// the `variables:` activation script.
+async fn link(
+    context: &Context<'_>,
+    dir: &Path,
+    target_prefix: Option<&Path>,
+) -> anyhow::Result<Linked> {
     let request = context.request;
     let settings = request.settings;
     let spec = request.spec;
@@ -47,9 +101,6 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         .filter(|l| l.format == "pixi")
         .map(|l| context.repo().join(&l.file));
     let lock_file = request.from_lock.clone().or(repo_lock);
-
-    // The pip lines to install after the conda packages (environment.yml `pip:`, pixi
-    // `[pypi-dependencies]`).
     let mut pip_lines = spec
         .conda
         .as_ref()
@@ -119,28 +170,28 @@ async fn build_async(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         Phase::Building,
         format!("Linking {} conda packages", records.len()),
     );
-    Installer::new()
+    let mut installer = Installer::new()
         .with_package_cache(package_cache)
         .with_target_platform(platform)
         .with_requested_specs(specs)
-        .with_execute_link_scripts(false)
-        .install(&context.prefix, records.clone())
-        .await
-        .map_err(|e| install_error(context, e))?;
-
-    let mut locks = write_locks(context, &records, &platform, &channel_urls)?;
-    write_variables(context)?;
-    if let Some(pip_lock) = pip_section(context, &pip_lines).await? {
-        locks.push(pip_lock);
+        .with_execute_link_scripts(false);
+    if let Some(target_prefix) = target_prefix {
+        installer.set_alternative_target_prefix(target_prefix);
     }
-    Ok(locks)
+    installer
+        .install(dir, records.clone())
+        .await
+        .map_err(|e| install_error(dir, e))?;
+
+    let locks = write_locks(context, &records, &platform, &channel_urls)?;
+    write_variables(context, dir)?;
+    Ok(Linked { locks, pip_lines })
 }
 
-fn install_error(context: &Context<'_>, error: rattler::install::InstallerError) -> anyhow::Error {
+fn install_error(dir: &Path, error: rattler::install::InstallerError) -> anyhow::Error {
     let text = format!("{error:?}");
     if text.contains("No space left") || text.contains("StorageFull") {
-        return crate::store::classify(std::io::Error::from_raw_os_error(28), &context.prefix)
-            .into();
+        return crate::store::classify(std::io::Error::from_raw_os_error(28), dir).into();
     }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -542,14 +593,14 @@ fn write_locks(
 
 /// `variables:` from environment.yml, exported by an activate.d script (the kernel helper
 /// and `conda activate` both source it).
-fn write_variables(context: &Context<'_>) -> anyhow::Result<()> {
+fn write_variables(context: &Context<'_>, prefix: &Path) -> anyhow::Result<()> {
     let Some(conda) = &context.request.spec.conda else {
         return Ok(());
     };
     if conda.variables.is_empty() {
         return Ok(());
     }
-    let dir = context.prefix.join("etc/conda/activate.d");
+    let dir = prefix.join("etc/conda/activate.d");
     fs_err::create_dir_all(&dir)?;
     let mut script = String::from("# Written by hpcbinder from environment.yml `variables:`\n");
     for (name, value) in &conda.variables {
@@ -567,20 +618,16 @@ fn write_variables(context: &Context<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `pip:` section (and ipykernel from pip when so configured), resolved to a hashed
-/// lock with uv and installed from it into the conda env's Python.
-async fn pip_section(
+/// The `pip:` section (and ipykernel from pip when so configured), resolved with uv to a
+/// hashed lock (`hpcbinder/pip.lock`) for the environment's Python; `None` when empty.
+fn pip_lock(
     context: &Context<'_>,
     pip_lines: &[String],
-) -> anyhow::Result<Option<String>> {
+    python: &Path,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     let request = context.request;
     let spec = request.spec;
-    let base = spec
-        .files
-        .iter()
-        .find(|f| f.ends_with("environment.yml") || f.ends_with("environment.yaml"))
-        .and_then(|f| context.repo().join(f).parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| context.repo().to_path_buf());
+    let base = pip_base(context);
     let mut lines = Vec::new();
     for line in pip_lines {
         match crate::detect::include_target(line) {
@@ -601,30 +648,61 @@ async fn pip_section(
     if lines.is_empty() {
         return Ok(None);
     }
-    let uv = python::uv(request.settings).ok_or_else(|| BuildError::Tool {
-        tool: "uv (for the pip: section)".into(),
-    })?;
+    let uv = pip_uv(request.settings)?;
     let input = context.meta.join("pip-requirements.in");
     fs_err::write(&input, lines.join("\n") + "\n")?;
     let lock = context.meta.join("pip.lock");
-    let python = context.prefix.join("bin/python").display().to_string();
-    let lock_arg = lock.display().to_string();
+    context
+        .reporter
+        .phase(Phase::Building, "Resolving the pip section with uv");
+    python::compile_lock(
+        context,
+        &uv,
+        &python.display().to_string(),
+        &input,
+        &lock,
+        &base,
+    )?;
+    Ok(Some(lock))
+}
+
+/// Install the pip section's lock into the environment's Python.
+fn install_pip(context: &Context<'_>, python: &Path, lock: &Path) -> anyhow::Result<()> {
+    let settings = context.request.settings;
+    let uv = pip_uv(settings)?;
+    let (python, lock) = (python.display().to_string(), lock.display().to_string());
     context
         .reporter
         .phase(Phase::Building, "Installing the pip section with uv");
-    python::compile_lock(context, &uv, &python, &input, &lock, &base)?;
     // `install`, not `sync`: sync would remove the conda packages pip does not know about.
     let mut install = python::uv_command(
         &uv,
-        request.settings,
-        &["pip", "install", "--python", &python, "-r", &lock_arg],
+        settings,
+        &["pip", "install", "--python", &python, "-r", &lock],
     );
-    install.current_dir(&base);
+    install.current_dir(pip_base(context));
     process::run(
         context,
         "uv pip install (pip section)",
         &mut install,
         Fault::Spec,
-    )?;
-    Ok(Some("hpcbinder/pip.lock".into()))
+    )
+}
+
+fn pip_uv(settings: &crate::settings::Settings) -> Result<std::path::PathBuf, BuildError> {
+    python::uv(settings).ok_or_else(|| BuildError::Tool {
+        tool: "uv (for the pip: section)".into(),
+    })
+}
+
+/// The directory the pip section's relative paths are relative to (environment.yml's).
+fn pip_base(context: &Context<'_>) -> std::path::PathBuf {
+    context
+        .request
+        .spec
+        .files
+        .iter()
+        .find(|f| f.ends_with("environment.yml") || f.ends_with("environment.yaml"))
+        .and_then(|f| context.repo().join(f).parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| context.repo().to_path_buf())
 }

@@ -155,7 +155,13 @@ impl Channel {
 
     /// A `python` package whose prefix is a venv of this machine's CPython.
     pub fn add_python_stub(&mut self) -> String {
-        let output = std::process::Command::new("python3")
+        self.add_python_stub_of("python3")
+    }
+
+    /// A `python` package whose prefix is a venv of `interpreter` (its real path is what
+    /// the prefix links to, so it must exist at the same path wherever the env runs).
+    pub fn add_python_stub_of(&mut self, interpreter: &str) -> String {
+        let output = std::process::Command::new(interpreter)
             .args(["-c", "import sys, os; print(os.path.realpath(sys.executable)); print('%d.%d.%d' % sys.version_info[:3])"])
             .output()
             .unwrap();

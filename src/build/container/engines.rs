@@ -201,7 +201,55 @@ fn export_rootfs(
     fs_err::remove_file(&tar)?;
     // Where kernel helpers bind the Jupyter runtime directory (images from Dockerfiles lack it).
     fs_err::create_dir_all(image.join("mnt/hpcbinder"))?;
+    write_image_environment(context, podman_bin, reference, &image)?;
     Ok(image)
+}
+
+/// A root filesystem loses the image's `ENV` (PATH, CONDA_PREFIX, `variables:`): write it
+/// where each engine reads it back, `/ch/environment` (`ch-run --set-env`) and
+/// `/.singularity.d/env/90-environment.sh` (sourced by Apptainer).
+fn write_image_environment(
+    context: &Context<'_>,
+    podman_bin: &Path,
+    reference: &str,
+    image: &Path,
+) -> anyhow::Result<()> {
+    let mut inspect = podman(context.request.settings, podman_bin);
+    inspect.args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        reference,
+    ]);
+    let output = inspect.output()?;
+    if !output.status.success() {
+        return Err(BuildError::Step {
+            step: "podman image inspect".into(),
+            code: output
+                .status
+                .code()
+                .map_or("signal".into(), |c| c.to_string()),
+            log: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        }
+        .into());
+    }
+    let variables: Vec<String> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let mut ch = String::new();
+    let mut apptainer = String::from("#!/bin/sh\n# The image's ENV, written by hpcbinder.\n");
+    for variable in &variables {
+        let Some((name, value)) = variable.split_once('=') else {
+            continue;
+        };
+        ch.push_str(&format!("{name}={value}\n"));
+        apptainer.push_str(&format!("export {name}={}\n", quote(value)));
+    }
+    fs_err::create_dir_all(image.join("ch"))?;
+    fs_err::write(image.join("ch/environment"), ch)?;
+    let env_dir = image.join(".singularity.d/env");
+    fs_err::create_dir_all(&env_dir)?;
+    fs_err::write(env_dir.join("90-environment.sh"), apptainer)?;
+    Ok(())
 }
 
 fn squash(context: &Context<'_>, dir: &Path, output: &Path) -> anyhow::Result<()> {
@@ -359,7 +407,7 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
             run_args.iter().map(|a| format!("{a} ")).collect::<String>()
         ),
         Target::Charliecloud => format!(
-            "exec ch-run -b \"$runtime_dir:/mnt/hpcbinder\" {image} -- {}{launch} \"/mnt/hpcbinder/$(basename \"$connection_file\")\"",
+            "exec ch-run --set-env --env-no-expand -b \"$runtime_dir:/mnt/hpcbinder\" {image} -- {}{launch} \"/mnt/hpcbinder/$(basename \"$connection_file\")\"",
             artifact.entrypoint.as_ref().map(|e| format!("{e} ")).unwrap_or_default()
         ),
         Target::Apptainer => format!("exec apptainer exec --bind \"$runtime_dir\" {image} {launch} \"$connection_file\""),

@@ -3,10 +3,17 @@
 //! podman-hpc's migrated squashfs, a Charliecloud directory + squashfs, an Apptainer SIF
 //! (written with `siftool` when `apptainer` is absent), or a registry image for Shifter.
 //!
-//! The environment inside the image is installed with uv from the same hashed lock a
-//! native venv build resolves on this machine (`requirements.lock`, copied into the build
-//! context with uv itself and any local wheel directories), so a native env and an image
-//! of one key hold the same packages.
+//! The environment inside the image comes from the same lock a native build of the spec
+//! uses, so a native env and an image of one key hold the same packages:
+//! - Python family: uv, copied into the build context, makes `/opt/env` in the build and
+//!   installs the hashed `requirements.lock` resolved on this machine (with any local
+//!   wheel directories copied in).
+//! - conda family: hpcbinder resolves the records (solve, `pixi.lock`, `@EXPLICIT`,
+//!   conda-lock) and links them with rattler into the build context *for the prefix*
+//!   `/opt/env` (rattler's alternative target prefix rewrites prefix placeholders and
+//!   shebangs for `/opt/env`, not for the directory written); the Containerfile copies
+//!   that prefix in. The pip section's hashed `pip.lock` is installed by uv in the build.
+//!   No conda, mamba or network access to conda channels is needed inside the build.
 
 mod engines;
 mod render;
@@ -22,6 +29,9 @@ use crate::plan::Target;
 use crate::settings::Settings;
 pub use engines::{kernel_exec, Artifact};
 pub use render::supported;
+
+/// Where the environment lives inside images hpcbinder renders.
+pub const IMAGE_PREFIX: &str = "/opt/env";
 
 /// Where Python lives inside images hpcbinder renders.
 pub const IMAGE_PYTHON: &str = "/opt/env/bin/python";
@@ -66,7 +76,63 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     fs_err::create_dir_all(&env_dir)?;
     fs_err::create_dir_all(&context.meta)?;
 
-    // The lock: resolved here, on this machine, exactly as a native venv build resolves it.
+    let (env, locks) = if is_conda(spec.buildpack) {
+        // Linked here for /opt/env from the lock a native build installs, then copied in.
+        let staged =
+            super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
+        if let Some(pip_lock) = &staged.pip_lock {
+            fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
+            copy_uv(settings, &support)?;
+        }
+        let env = EnvInside::Conda {
+            pip: staged.pip_lock.is_some(),
+        };
+        (env, staged.locks)
+    } else {
+        venv_lock(context, &env_dir)?;
+        copy_uv(settings, &support)?;
+        (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
+    };
+    match settings.ca_bundle() {
+        Some(bundle) => {
+            fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
+        }
+        None => fs_err::write(support.join("ca-bundle.crt"), "")?,
+    }
+    copy_repository(context.repo(), &dir.join("repo"))?;
+    let text = containerfile_text(request, env, Some(&env_dir))?;
+    let containerfile = dir.join("Containerfile");
+    fs_err::write(&containerfile, text)?;
+    Ok((containerfile, locks))
+}
+
+/// The conda family: environments linked by rattler.
+fn is_conda(buildpack: Buildpack) -> bool {
+    matches!(
+        buildpack,
+        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
+    )
+}
+
+/// How the environment enters the image (see `render::EnvLayer`).
+#[derive(Clone, Copy)]
+enum EnvInside {
+    Venv,
+    Conda { pip: bool },
+}
+
+fn copy_uv(settings: &Settings, support: &Path) -> anyhow::Result<()> {
+    let uv = python::uv(settings).ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
+    fs_err::copy(&uv, support.join("uv"))?;
+    Ok(())
+}
+
+/// The venv's hashed lock, resolved here, on this machine, exactly as a native venv build
+/// resolves it (or copied from `--from-lock`), into `env_dir/requirements.lock`.
+fn venv_lock(context: &Context<'_>, env_dir: &Path) -> anyhow::Result<()> {
+    let request = context.request;
+    let spec = request.spec;
+    let settings = request.settings;
     let (version, _) = key::python_version(spec, settings);
     let uv = python::uv(settings).ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
     let lock = context.meta.join("requirements.lock");
@@ -97,18 +163,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
         }
     }
     fs_err::copy(&lock, env_dir.join("requirements.lock"))?;
-    fs_err::copy(&uv, support.join("uv"))?;
-    match settings.ca_bundle() {
-        Some(bundle) => {
-            fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
-        }
-        None => fs_err::write(support.join("ca-bundle.crt"), "")?,
-    }
-    copy_repository(context.repo(), &dir.join("repo"))?;
-    let text = containerfile_text(request, Some(&env_dir))?;
-    let containerfile = dir.join("Containerfile");
-    fs_err::write(&containerfile, text)?;
-    Ok((containerfile, vec!["hpcbinder/requirements.lock".into()]))
+    Ok(())
 }
 
 /// The repository's Dockerfile (in `binder/` or `.binder/` when config lives there).
@@ -130,25 +185,54 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
             request.checkout.root.join(repository_dockerfile(spec)),
         )?);
     }
-    containerfile_text(request, None)
+    let env = if is_conda(spec.buildpack) {
+        // As the build decides: a pip step when the spec has pip lines or needs ipykernel.
+        let has_pip = spec.conda.as_ref().is_some_and(|c| !c.pip.is_empty());
+        let adds_ipykernel = request.settings.kernel_package == "pip"
+            && request.from_lock.is_none()
+            && !spec_has_ipykernel(spec, &request.checkout.root);
+        EnvInside::Conda {
+            pip: has_pip || adds_ipykernel,
+        }
+    } else {
+        EnvInside::Venv
+    };
+    containerfile_text(request, env, None)
 }
 
 /// Render the Containerfile for `request`; local wheel directories are copied into
 /// `wheels_into` when given (a build context), else only referenced (a preview).
 fn containerfile_text(
     request: &super::BuildRequest<'_>,
+    env: EnvInside,
     wheels_into: Option<&Path>,
 ) -> anyhow::Result<String> {
     let settings = request.settings;
     let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
     let (version, _) = key::python_version(request.spec, settings);
+    let no_variables = std::collections::BTreeMap::new();
+    let variables = request
+        .spec
+        .conda
+        .as_ref()
+        .map_or(&no_variables, |c| &c.variables);
+    if let Some((name, _)) = variables.iter().find(|(_, v)| v.contains('\n')) {
+        return Err(BuildError::Unsupported {
+            what: format!("a multi-line value for the image variable `{name}`"),
+        }
+        .into());
+    }
+    let env = match env {
+        EnvInside::Venv => render::EnvLayer::Venv { python: &version },
+        EnvInside::Conda { pip } => render::EnvLayer::Conda { pip, variables },
+    };
     Ok(render::containerfile(
         request.spec,
         &render::RenderInputs {
             base_image: &base_image,
             key: &request.key.key,
             source: &request.checkout.identity.describe(),
-            python: &version,
+            env,
             index: &index_inside(settings, wheels_into)?,
         },
     ))

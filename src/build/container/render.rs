@@ -1,5 +1,6 @@
 //! The Containerfile for a spec, assembled from the fragments in `buildpacks/container/`:
-//! base (user, CA bundle, labels) → apt.txt → the environment from its lock → the
+//! base (user, CA bundle, labels) → apt.txt → the environment from its lock (a venv made
+//! by uv in the build, or a conda prefix linked by hpcbinder and copied in) → the
 //! repository → postBuild → start. Environment files are copied before the repository so
 //! the environment layer survives notebook-only changes.
 
@@ -8,6 +9,8 @@ use crate::detect::{Buildpack, EnvSpec};
 const BASE: &str = include_str!("../../../buildpacks/container/base.Containerfile");
 const APT: &str = include_str!("../../../buildpacks/container/apt.Containerfile");
 const VENV: &str = include_str!("../../../buildpacks/container/venv.Containerfile");
+const CONDA: &str = include_str!("../../../buildpacks/container/conda.Containerfile");
+const CONDA_PIP: &str = include_str!("../../../buildpacks/container/conda-pip.Containerfile");
 const PACKAGE: &str = include_str!("../../../buildpacks/container/package.Containerfile");
 const REPO: &str = include_str!("../../../buildpacks/container/repo.Containerfile");
 const POST_BUILD: &str = include_str!("../../../buildpacks/container/post-build.Containerfile");
@@ -22,10 +25,26 @@ pub struct RenderInputs<'a> {
     pub key: &'a str,
     /// Origin and commit, for the label.
     pub source: &'a str,
-    /// `X.Y`.
-    pub python: &'a str,
+    /// How the environment gets into the image.
+    pub env: EnvLayer<'a>,
     /// uv index flags inside the build (`--find-links /opt/hpcbinder/wheels/0 --no-index`).
     pub index: &'a str,
+}
+
+/// How the environment gets into the image.
+pub enum EnvLayer<'a> {
+    /// A venv of the image's Python `X.Y`, made by uv in the build from the hashed lock.
+    Venv {
+        /// `X.Y`.
+        python: &'a str,
+    },
+    /// A conda prefix staged in the build context; `pip` when a pip lock follows it.
+    Conda {
+        /// A pip section is installed from `pip.lock` in the build.
+        pip: bool,
+        /// environment.yml `variables:`, set in the image.
+        variables: &'a std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// Whether hpcbinder can render a Containerfile for this spec (a repository Dockerfile is
@@ -37,6 +56,7 @@ pub fn supported(spec: &EnvSpec) -> Result<(), String> {
         | Buildpack::Pipfile
         | Buildpack::UvLock
         | Buildpack::Pylock => Ok(()),
+        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit => Ok(()),
         Buildpack::Docker => Ok(()),
         other => Err(format!("a container for the {} buildpack", other.name())),
     }
@@ -51,7 +71,6 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
             .replace("{{source}}", &inputs.source.replace('"', "'"))
             .replace("{{buildpack}}", spec.buildpack.name())
             .replace("{{base_image}}", inputs.base_image)
-            .replace("{{python}}", inputs.python)
             .replace("{{index}}", inputs.index)
     };
     let mut out = fill(BASE);
@@ -60,14 +79,34 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
         out.push_str(&APT.replace("{{packages}}", &spec.apt.join(" ")));
     }
     out.push('\n');
-    out.push_str(&fill(VENV));
+    let installs_package = match &inputs.env {
+        EnvLayer::Venv { python } => {
+            out.push_str(&fill(VENV).replace("{{python}}", python));
+            spec.buildpack != Buildpack::UvLock
+        }
+        EnvLayer::Conda { pip, variables } => {
+            out.push_str(CONDA);
+            for (name, value) in variables.iter() {
+                let value = value
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('$', "\\$");
+                out.push_str(&format!("ENV {name}=\"{value}\"\n"));
+            }
+            if *pip {
+                out.push_str(&fill(CONDA_PIP));
+            }
+            // As repo2docker: only the Python buildpacks install the repository itself.
+            false
+        }
+    };
     out.push('\n');
     out.push_str(REPO);
-    if spec
-        .files
-        .iter()
-        .any(|f| f == "setup.py" || f == "pyproject.toml")
-        && spec.buildpack != Buildpack::UvLock
+    if installs_package
+        && spec
+            .files
+            .iter()
+            .any(|f| f == "setup.py" || f == "pyproject.toml")
     {
         out.push_str(&fill(PACKAGE));
     }
