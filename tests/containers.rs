@@ -86,6 +86,19 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
     )
     .unwrap();
     assert!(verified.output.starts_with("1.16.0"));
+    // Stopped as Jupyter stops kernels (shutdown_request): no container is left running.
+    let left = podman(&[
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        &format!("ancestor={image}"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "containers left behind"
+    );
 
     // A notebook-only change keeps the key: no rebuild. An env change gives a new key.
     std::fs::write(
@@ -291,6 +304,167 @@ fn conda_images_hold_the_native_lock_and_run_their_kernels() {
     );
     assert!(dry.contains("ENV HPCB_VARIABLE=\"from-env-file\""), "{dry}");
     assert!(dry.contains("-r /opt/hpcbinder/pip.lock"), "{dry}");
+}
+
+/// podman-hpc from PyPI with a static mksquashfs built from Debian's source
+/// (`scripts/podman-hpc-deps`); returns the directory to put on PATH.
+fn podman_hpc_bin() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/podman-hpc-deps");
+    let output = Command::new(&script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/podman-hpc-deps failed (run scripts/container-deps first):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_it() {
+    let sandbox = Sandbox::new();
+    let squash = sandbox.path().join("squash");
+    sandbox.container_site_config(&format!("squash-dir = \"{}\"\n", squash.display()));
+    let repo = sandbox.repo(
+        "hpc-demo",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("analysis.ipynb", "{}"),
+        ],
+    );
+    // podman-hpc's own site config, as a centre writes /etc/podman_hpc/podman_hpc.yaml:
+    // each user's build storage (fuse-overlayfs, as at NERSC) lives in this sandbox.
+    let hpc = sandbox.path().join("podman-hpc");
+    let conf = hpc.join("podman_hpc.yaml");
+    std::fs::create_dir_all(&hpc).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "podman_bin: /usr/bin/podman\ngraph_root_template: {0}/graph\nrun_root_template: {0}/run\nconfig_home_template: {0}/config\n",
+            hpc.display()
+        ),
+    )
+    .unwrap();
+    let path = format!("{}:{}", podman_hpc_bin(), std::env::var("PATH").unwrap());
+    let podman_hpc = |args: &[&str]| {
+        let output = Command::new("podman-hpc")
+            .args(args)
+            .env("PATH", &path)
+            .env("USER", "root")
+            .env("PODMANHPC_CONFIG_FILE", &conf)
+            .env("SQUASH_DIR", &squash)
+            .env("CONTAINERS_CONF", CONTAINERS_CONF)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "podman-hpc {args:?}: {}",
+            stderr(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    // The per-user store starts empty; the base image comes in as a centre would pull it.
+    let archive = hpc.join("base.tar");
+    let saved = podman(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        common::base_image(),
+    ]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    podman_hpc(&["load", "-i", archive.to_str().unwrap()]);
+
+    // Under a private umask (077), as on many login nodes: the group still gets read access.
+    let sealed = sandbox.command();
+    let mut command = Command::new("sh");
+    command.env_clear();
+    for (name, value) in sealed.get_envs() {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    let output = command
+        .current_dir(sandbox.path())
+        .args(["-c", "umask 077 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_hpcbinder"))
+        .args(["build", "--json", &repo, "--target", "podman-hpc"])
+        .env("PATH", &path)
+        .env("USER", "root")
+        .env("PODMANHPC_CONFIG_FILE", &conf)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    let ready: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(ready["phase"], "ready", "{out}");
+    assert_eq!(
+        ready["verified"], "/opt/env",
+        "the kernel answered through podman-hpc run"
+    );
+    let image = ready["image"].as_str().unwrap().to_string();
+
+    // The migrated squashfs holds the environment and is readable by the group.
+    let squashfs = ready["squashfs"]
+        .as_str()
+        .expect("the squash file in the ready event");
+    assert!(squashfs.starts_with(squash.to_str().unwrap()), "{squashfs}");
+    let listing = Command::new("unsquashfs")
+        .arg("-l")
+        .arg(squashfs)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("opt/env/bin/python"),
+        "the image's top layer holds the environment"
+    );
+    for entry in walkdir::WalkDir::new(&squash) {
+        use std::os::unix::fs::PermissionsExt;
+        let entry = entry.unwrap();
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o040,
+            0o040,
+            "{} is not group-readable",
+            entry.path().display()
+        );
+        assert_eq!(
+            mode & 0o002,
+            0,
+            "{} is world-writable",
+            entry.path().display()
+        );
+    }
+
+    // The kernel runs from the squash dir alone: the build store's copy is removed.
+    podman_hpc(&["rmi", &image]);
+    let images = podman_hpc(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ReadOnly}}",
+    ]);
+    assert!(images.contains(&format!("{image} true")), "{images}");
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
+    assert!(
+        helper.contains("exec podman-hpc run --rm -i --network host")
+            && helper.contains(&format!("SQUASH_DIR='{}'", squash.display())),
+        "{helper}"
+    );
+    std::env::set_var("PATH", &path);
+    std::env::set_var("PODMANHPC_CONFIG_FILE", &conf);
+    std::env::set_var("USER", "root");
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "import six, sys; print(sys.prefix, six.__version__)",
+        "/opt/env 1.16.0",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(verified.output, "/opt/env 1.16.0");
 }
 
 struct Registry {

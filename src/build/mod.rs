@@ -73,6 +73,8 @@ pub struct Outcome {
     pub locks: Vec<String>,
     /// The image (container targets): a Podman reference, a registry reference, or a path.
     pub image: Option<String>,
+    /// The image's squashfs (Charliecloud, podman-hpc's migrated image), when it has one.
+    pub squashfs: Option<PathBuf>,
     /// Why the kernel was not verified, when it was not.
     pub verification: Option<String>,
 }
@@ -169,6 +171,7 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
         verified: None,
         locks: ready.locks.clone(),
         image: ready.artifact.as_ref().map(|a| a.image.clone()),
+        squashfs: ready.artifact.as_ref().and_then(|a| a.squashfs.clone()),
         verification: None,
     };
     if request.register_kernel {

@@ -141,7 +141,13 @@ async fn run(
         "control_port": connection.control, "hb_port": connection.hb, "ip": "127.0.0.1",
         "key": connection.key, "transport": "tcp", "signature_scheme": "hmac-sha256", "kernel_name": "",
     });
-    fs_err::write(&connection_file, info.to_string()).map_err(|source| VerifyError::Start {
+    // 0600 in a 0700 directory, as Jupyter writes it (it holds the HMAC key): a kernel
+    // inside a container must run as the user to read it.
+    let written = fs_err::write(&connection_file, info.to_string()).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::set_permissions(&connection_file, std::fs::Permissions::from_mode(0o600))
+    });
+    written.map_err(|source| VerifyError::Start {
         command: connection_file.display().to_string(),
         source,
     })?;
@@ -194,8 +200,7 @@ async fn run(
             log: tail(&log_path),
         }),
     };
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    stop(&mut child, &session, &connection).await;
     let output = match result {
         Ok(output) => output,
         Err(VerifyError::Timeout { what, seconds, .. }) => {
@@ -325,6 +330,51 @@ async fn until<T>(
             log: String::new(),
         }),
     }
+}
+
+/// Stop the kernel as Jupyter does: a `shutdown_request` on the control channel, then
+/// SIGTERM, then SIGKILL. A kernel inside a container must exit by itself: killing the
+/// engine's client (`podman run`) would leave the container running.
+async fn stop(child: &mut tokio::process::Child, session: &Session, connection: &Connection) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        request_shutdown(session, connection),
+    )
+    .await;
+    if exited(child, 10).await {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if exited(child, 5).await {
+            return;
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+async fn exited(child: &mut tokio::process::Child, seconds: u64) -> bool {
+    tokio::time::timeout(Duration::from_secs(seconds), child.wait())
+        .await
+        .is_ok()
+}
+
+async fn request_shutdown(session: &Session, connection: &Connection) -> Result<(), VerifyError> {
+    let mut control = DealerSocket::new();
+    control
+        .connect(&format!("tcp://127.0.0.1:{}", connection.control))
+        .await
+        .map_err(protocol)?;
+    let (request, _) = session.request("shutdown_request", json!({"restart": false}));
+    control.send(request).await.map_err(protocol)?;
+    let _ = control.recv().await;
+    Ok(())
 }
 
 /// Connect, wait until shell and iopub both work, execute `code`, return its stdout.

@@ -136,6 +136,20 @@ pub fn build(
                 migrate.env("SQUASH_DIR", squash_dir);
             }
             process::run(context, "podman-hpc migrate", &mut migrate, Fault::Machine)?;
+            if let Some(squash_dir) = squash_dir(settings) {
+                // Other members of the group run the kernel from the same squash dir.
+                share_with_group(&squash_dir);
+                artifact.squashfs = migrated_squashfs(&squash_dir, reference);
+                if artifact.squashfs.is_none() {
+                    context.reporter.phase(
+                        Phase::Pushing,
+                        format!(
+                            "podman-hpc migrate succeeded but no squash file for {reference} was found in {}",
+                            squash_dir.display()
+                        ),
+                    );
+                }
+            }
         }
         Target::Charliecloud => {
             let image = export_rootfs(context, &builder, reference)?;
@@ -155,6 +169,59 @@ pub fn build(
         _ => unreachable!("only container targets reach the engines"),
     }
     Ok(artifact)
+}
+
+/// podman-hpc's squash dir: the `squash-dir` setting, else podman-hpc's own default
+/// (`$SQUASH_DIR`, else `$SCRATCH/storage`).
+fn squash_dir(settings: &Settings) -> Option<PathBuf> {
+    settings
+        .squash_dir
+        .clone()
+        .or_else(|| std::env::var_os("SQUASH_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("SCRATCH").map(|s| PathBuf::from(s).join("storage")))
+}
+
+/// The squash file podman-hpc wrote for `reference`: its image record in the squash dir's
+/// `overlay-images/images.json` names the top layer, whose `link` names
+/// `overlay/l/<link>.squash` (containers/storage's layout, as podman-hpc reads it).
+fn migrated_squashfs(squash_dir: &Path, reference: &str) -> Option<PathBuf> {
+    let images: Vec<serde_json::Value> =
+        serde_json::from_slice(&fs_err::read(squash_dir.join("overlay-images/images.json")).ok()?)
+            .ok()?;
+    let image = images.iter().find(|image| {
+        image["names"]
+            .as_array()
+            .is_some_and(|names| names.iter().any(|n| n.as_str() == Some(reference)))
+    })?;
+    let layer = image["layer"].as_str()?;
+    let link = fs_err::read_to_string(squash_dir.join("overlay").join(layer).join("link")).ok()?;
+    let squashfs = squash_dir
+        .join("overlay/l")
+        .join(format!("{}.squash", link.trim()));
+    squashfs.is_file().then_some(squashfs)
+}
+
+/// Make what this user owns in a shared directory group-readable (never world-writable);
+/// entries of other users are left as they are.
+fn share_with_group(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        let mode = metadata.permissions().mode() & 0o7777;
+        let mut new = (mode & !0o002) | 0o040;
+        if mode & 0o100 != 0 || metadata.is_dir() {
+            new |= 0o010;
+        }
+        if new != mode {
+            // Not ours (EPERM) is fine: its owner decides.
+            let _ = fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new));
+        }
+    }
 }
 
 /// `podman create` + `podman export` into `<prefix>/image` (a Charliecloud directory image).
@@ -394,15 +461,30 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
         (&settings.containers_conf, artifact.engine)
     {
         exports = format!(
-            "CONTAINERS_CONF={}\nexport CONTAINERS_CONF",
+            "CONTAINERS_CONF={}\nexport CONTAINERS_CONF\n",
             quote(&conf.display().to_string())
         );
+    }
+    if matches!(artifact.engine, Target::Podman | Target::PodmanHpc) {
+        // The connection file is the user's (0600): the kernel runs as the user inside the
+        // container, not as the image's NB_USER. Rootless engines map the user's own id in
+        // (`--userns=keep-id`); a rootful engine run by root runs the kernel as root.
+        exports.push_str(
+            "if [ \"$(id -u)\" = 0 ]; then user_args=\"--user 0:0\"; else user_args=\"--userns=keep-id\"; fi\n",
+        );
+    }
+    if let (Some(dir), Target::PodmanHpc) = (&settings.squash_dir, artifact.engine) {
+        // `podman-hpc run` finds the migrated image through its squash dir.
+        exports.push_str(&format!(
+            "SQUASH_DIR={}\nexport SQUASH_DIR\n",
+            quote(&dir.display().to_string())
+        ));
     }
     let run_args: Vec<String> = settings.podman_run_args.iter().map(|a| quote(a)).collect();
     let image = quote(&artifact.image);
     let exec = match artifact.engine {
         Target::Podman | Target::PodmanHpc => format!(
-            "exec {} run --rm -i --network host {}-v \"$runtime_dir:$runtime_dir\" {image} {launch} \"$connection_file\"",
+            "exec {} run --rm -i --network host $user_args {}-v \"$runtime_dir:$runtime_dir\" {image} {launch} \"$connection_file\"",
             if artifact.engine == Target::Podman { "podman" } else { "podman-hpc" },
             run_args.iter().map(|a| format!("{a} ")).collect::<String>()
         ),
