@@ -728,6 +728,15 @@ fn a_repository_dockerfile_is_built_as_it_is() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // The kernel names the image's own Python by its absolute path, found in the image.
+    let again = sandbox.build_ready(&[&repo, "--target", "podman", "--no-verify"]);
+    assert_eq!(again["reused"], true);
+    let kernel_dir = Path::new(again["kernel_dir"].as_str().unwrap());
+    let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
+    assert!(
+        helper.contains(&format!("'{image}' /usr/bin/python3 -m ipykernel_launcher")),
+        "{helper}"
+    );
 }
 
 /// Needs PyPI (through this machine's TLS-intercepting proxy, as at many HPC sites).

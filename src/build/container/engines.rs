@@ -111,7 +111,7 @@ pub fn build(
     process::run(context, "podman build", &mut command, Fault::Spec)?;
 
     let python = if spec.buildpack == Buildpack::Docker {
-        "python3".to_string()
+        dockerfile_python(context, &builder, reference)
     } else {
         IMAGE_PYTHON.to_string()
     };
@@ -169,6 +169,40 @@ pub fn build(
         _ => unreachable!("only container targets reach the engines"),
     }
     Ok(artifact)
+}
+
+/// The absolute path of the Python a repository's Dockerfile left on the image's PATH
+/// (kernel.json names it), asked of the image itself; `python3` when it cannot be run here.
+fn dockerfile_python(context: &Context<'_>, builder: &Path, reference: &str) -> String {
+    let settings = context.request.settings;
+    let mut run = podman(settings, builder);
+    run.args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+    ])
+    .args(&settings.podman_run_args)
+    .args([reference, "-c", "command -v python3 || command -v python"]);
+    let found = run
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|p| p.starts_with('/'));
+    match found {
+        Some(python) => python,
+        None => {
+            context.reporter.phase(
+                Phase::Building,
+                "Could not run the image to find its Python: the kernel runs `python3` from the image's PATH",
+            );
+            "python3".to_string()
+        }
+    }
 }
 
 /// podman-hpc's squash dir: the `squash-dir` setting, else podman-hpc's own default
