@@ -103,6 +103,12 @@ pub fn compute(
             );
         }
     }
+    if target.is_container() && spec.buildpack == Buildpack::R {
+        inputs.insert(
+            "site:cran-mirror".to_string(),
+            cran_repository(spec, settings),
+        );
+    }
     if target.is_container() {
         inputs.insert(
             "site:base-image".to_string(),
@@ -152,4 +158,15 @@ fn role<'a>(spec: &EnvSpec, file: &'a str) -> &'a str {
                 .and_then(|rest| rest.strip_prefix('/'))
         })
         .unwrap_or(file)
+}
+
+/// The CRAN repository an R build installs from: the site's `cran-mirror` with `{date}`
+/// replaced by the runtime.txt snapshot date (`latest` when there is none).
+pub fn cran_repository(spec: &EnvSpec, settings: &Settings) -> String {
+    let date = spec
+        .r
+        .as_ref()
+        .and_then(|r| r.snapshot.clone())
+        .unwrap_or_else(|| "latest".to_string());
+    settings.cran_mirror.replace("{date}", &date)
 }

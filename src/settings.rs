@@ -93,6 +93,9 @@ impl fmt::Display for Origin {
     }
 }
 
+/// CRAN for R images when the site names no mirror.
+pub const DEFAULT_CRAN_MIRROR: &str = "https://cloud.r-project.org";
+
 /// The keys a config file may hold.
 const KEYS: &[&str] = &[
     "store",
@@ -119,6 +122,7 @@ const KEYS: &[&str] = &[
     "registry",
     "registry-tls-verify",
     "squash-dir",
+    "cran-mirror",
 ];
 
 /// One config file, as written (all optional).
@@ -149,6 +153,7 @@ struct ConfigFile {
     registry: Option<String>,
     registry_tls_verify: Option<bool>,
     squash_dir: Option<PathBuf>,
+    cran_mirror: Option<String>,
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -205,7 +210,7 @@ pub struct Settings {
     pub containers_conf: Option<PathBuf>,
     /// `podman build --isolation` (`chroot` where OCI isolation cannot run).
     pub podman_isolation: Option<String>,
-    /// Extra `podman run` arguments for kernels (e.g. `--userns=keep-id`).
+    /// Extra `podman run` arguments for kernels (e.g. `--device=nvidia.com/gpu=all`).
     pub podman_run_args: Vec<String>,
     /// Extra `podman build` arguments (e.g. `--squash`, `--build-arg=...`).
     pub podman_build_args: Vec<String>,
@@ -215,6 +220,10 @@ pub struct Settings {
     pub registry_tls_verify: bool,
     /// podman-hpc's squash directory (`SQUASH_DIR`).
     pub squash_dir: Option<PathBuf>,
+    /// The CRAN repository R images install from; `{date}` becomes the repository's
+    /// runtime.txt snapshot date (`latest` without one), e.g.
+    /// `https://packagemanager.posit.co/cran/{date}`.
+    pub cran_mirror: String,
     /// Where each value came from, by key.
     #[serde(skip)]
     pub origins: BTreeMap<&'static str, Origin>,
@@ -536,7 +545,17 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         None,
         &mut origins,
     );
+    let cran_mirror = pick_value(
+        "cran-mirror",
+        &layers,
+        &|f| f.cran_mirror.clone(),
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or_else(|| DEFAULT_CRAN_MIRROR.to_string());
     Ok(Settings {
+        cran_mirror,
         ca_bundle,
         containers_conf,
         podman_isolation,

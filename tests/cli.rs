@@ -398,8 +398,8 @@ fn container_builds_need_a_base_image_and_a_supported_buildpack() {
         .collect();
     assert!(leftovers.is_empty(), "nothing half-built is left");
 
-    let r = fixture(&sandbox, "r-runtime-date");
-    let output = sandbox.run(&["build", &r, "--json", "--base-image", "debian:12"]);
+    let julia = fixture(&sandbox, "julia-project");
+    let output = sandbox.run(&["build", &julia, "--json", "--base-image", "debian:12"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let last: serde_json::Value =
         serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
@@ -408,7 +408,7 @@ fn container_builds_need_a_base_image_and_a_supported_buildpack() {
         last["message"]
             .as_str()
             .unwrap()
-            .contains("a container for the r buildpack is not implemented yet"),
+            .contains("a container for the julia buildpack is not implemented yet"),
         "{last}"
     );
 }

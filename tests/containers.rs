@@ -306,6 +306,54 @@ fn conda_images_hold_the_native_lock_and_run_their_kernels() {
     assert!(dry.contains("-r /opt/hpcbinder/pip.lock"), "{dry}");
 }
 
+/// R from the base image's distribution (Debian's r-base-core and r-cran-irkernel,
+/// installed from Debian's mirror in the build), install.R run before the repository, and
+/// the site's CRAN mirror at the runtime.txt date. CRAN itself cannot be reached from here,
+/// so install.R does not install from it.
+#[test]
+fn r_image_runs_an_irkernel_with_the_site_cran_mirror() {
+    let sandbox = Sandbox::new();
+    sandbox.container_site_config(
+        "cran-mirror = \"https://packagemanager.example.org/cran/{date}\"\n",
+    );
+    let repo = sandbox.repo(
+        "r-demo",
+        &[
+            ("runtime.txt", "r-4.2-2023-01-15\n"),
+            (
+                "install.R",
+                "writeLines(getOption('repos')[['CRAN']], '/opt/install-r-saw-cran.txt')\n",
+            ),
+            ("analysis.ipynb", "{}"),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    assert_eq!(
+        ready["verified"], "hpcbinder-ok",
+        "IRkernel answered through podman run"
+    );
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    let kernel: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kernel_dir.join("kernel.json")).unwrap())
+            .unwrap();
+    assert_eq!(kernel["language"], "R");
+    let verified = hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        "cat(readLines('/opt/install-r-saw-cran.txt'), packageVersion('IRkernel') >= '1.0')",
+        "https://packagemanager.example.org/cran/2023-01-15 TRUE",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(verified.output.ends_with("TRUE"));
+
+    // The mirror is a site input: changing it changes the key.
+    sandbox.container_site_config("cran-mirror = \"https://cloud.r-project.org\"\n");
+    assert_ne!(
+        sandbox.key(&[&repo, "--target", "podman"]),
+        ready["key"].as_str().unwrap()
+    );
+}
+
 /// podman-hpc from PyPI with a static mksquashfs built from Debian's source
 /// (`scripts/podman-hpc-deps`); returns the directory to put on PATH.
 fn podman_hpc_bin() -> String {

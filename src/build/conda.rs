@@ -144,7 +144,9 @@ async fn link(
         )
     } else {
         let conda = match spec.buildpack {
-            Buildpack::Conda => spec.conda.clone().unwrap_or_default(),
+            Buildpack::Conda | Buildpack::R if spec.conda.is_some() => {
+                spec.conda.clone().unwrap_or_default()
+            }
             Buildpack::Pixi => {
                 let manifest = spec
                     .files

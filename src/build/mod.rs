@@ -362,7 +362,12 @@ fn kernel_spec(
                 &exports,
                 &exec,
             );
-            let check = if request.spec.buildpack == Buildpack::Docker {
+            let check = if artifact.language.as_deref() == Some("R") {
+                (
+                    "cat('hpcbinder', 'ok', sep = '-')".to_string(),
+                    "hpcbinder-ok".to_string(),
+                )
+            } else if request.spec.buildpack == Buildpack::Docker {
                 (
                     "print('hpcbinder-ok')".to_string(),
                     "hpcbinder-ok".to_string(),
@@ -387,7 +392,13 @@ fn kernel_spec(
             (helper, argv, prefix_check(expected))
         }
     };
+    let language = ready
+        .artifact
+        .as_ref()
+        .and_then(|a| a.language.clone())
+        .unwrap_or_else(|| "python".to_string());
     let spec = KernelSpec {
+        language,
         name: plan.kernel.name.clone(),
         display_name: plan.kernel.display_name.clone(),
         helper,

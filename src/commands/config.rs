@@ -41,6 +41,7 @@ pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Resul
         ("registry", "registry"),
         ("registry-tls-verify", "registry_tls_verify"),
         ("squash-dir", "squash_dir"),
+        ("cran-mirror", "cran_mirror"),
     ]
     .into_iter()
     .map(|(key, field)| Entry {

@@ -29,13 +29,15 @@ pub struct KernelSpec {
     pub command: Vec<String>,
     /// Recorded in `metadata.hpcbinder`.
     pub metadata: serde_json::Value,
+    /// The kernel's language (`python`, `R`).
+    pub language: String,
 }
 
 #[derive(Serialize)]
 struct KernelJson<'a> {
     argv: Vec<String>,
     display_name: &'a str,
-    language: &'static str,
+    language: &'a str,
     interrupt_mode: &'static str,
     metadata: serde_json::Value,
 }
@@ -105,7 +107,7 @@ impl KernelSpec {
         let json = KernelJson {
             argv: self.argv(&helper_final),
             display_name: &self.display_name,
-            language: "python",
+            language: &self.language,
             interrupt_mode: "signal",
             metadata: serde_json::json!({ "hpcbinder": self.metadata }),
         };

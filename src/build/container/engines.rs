@@ -28,6 +28,9 @@ pub struct Artifact {
     pub python: String,
     /// The image's `start` script (its entrypoint), for engines that ignore entrypoints.
     pub entrypoint: Option<String>,
+    /// The kernel's language when it is not Python (`R`: IRkernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// A program on PATH.
@@ -122,6 +125,7 @@ pub fn build(
         squashfs: None,
         python,
         entrypoint,
+        language: (spec.buildpack == Buildpack::R).then(|| "R".to_string()),
     };
     match request.target {
         Target::Podman => {}
@@ -489,7 +493,11 @@ fn push(context: &Context<'_>, reference: &str) -> anyhow::Result<String> {
 /// The helper's exported variables and exec line for a kernel in `artifact`.
 pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String) {
     let python = &artifact.python;
-    let launch = format!("{python} -m ipykernel_launcher -f");
+    let launch = match artifact.language.as_deref() {
+        // IRkernel, as its own kernelspec starts it.
+        Some("R") => "R --slave -e 'IRkernel::main()' --args".to_string(),
+        _ => format!("{python} -m ipykernel_launcher -f"),
+    };
     let mut exports = String::new();
     if let (Some(conf), Target::Podman | Target::PodmanHpc) =
         (&settings.containers_conf, artifact.engine)

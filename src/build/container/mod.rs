@@ -76,23 +76,27 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     fs_err::create_dir_all(&env_dir)?;
     fs_err::create_dir_all(&context.meta)?;
 
-    let (env, locks) = if is_conda(spec.buildpack) {
-        // Linked here for /opt/env from the lock a native build installs, then copied in.
-        let staged =
-            super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
-        if let Some(pip_lock) = &staged.pip_lock {
-            fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
+    let (env, locks) =
+        if spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none() {
+            // R alone: no Python environment in the image.
+            (EnvInside::None, Vec::new())
+        } else if is_conda(spec) {
+            // Linked here for /opt/env from the lock a native build installs, then copied in.
+            let staged =
+                super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
+            if let Some(pip_lock) = &staged.pip_lock {
+                fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
+                copy_uv(settings, &support)?;
+            }
+            let env = EnvInside::Conda {
+                pip: staged.pip_lock.is_some(),
+            };
+            (env, staged.locks)
+        } else {
+            venv_lock(context, &env_dir)?;
             copy_uv(settings, &support)?;
-        }
-        let env = EnvInside::Conda {
-            pip: staged.pip_lock.is_some(),
+            (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
         };
-        (env, staged.locks)
-    } else {
-        venv_lock(context, &env_dir)?;
-        copy_uv(settings, &support)?;
-        (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
-    };
     match settings.ca_bundle() {
         Some(bundle) => {
             fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
@@ -106,17 +110,18 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     Ok((containerfile, locks))
 }
 
-/// The conda family: environments linked by rattler.
-fn is_conda(buildpack: Buildpack) -> bool {
+/// The conda family (and R with an environment.yml): environments linked by rattler.
+fn is_conda(spec: &crate::detect::EnvSpec) -> bool {
     matches!(
-        buildpack,
+        spec.buildpack,
         Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
-    )
+    ) || (spec.buildpack == Buildpack::R && spec.conda.is_some())
 }
 
 /// How the environment enters the image (see `render::EnvLayer`).
 #[derive(Clone, Copy)]
 enum EnvInside {
+    None,
     Venv,
     Conda { pip: bool },
 }
@@ -185,7 +190,9 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
             request.checkout.root.join(repository_dockerfile(spec)),
         )?);
     }
-    let env = if is_conda(spec.buildpack) {
+    let env = if spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none() {
+        EnvInside::None
+    } else if is_conda(spec) {
         // As the build decides: a pip step when the spec has pip lines or needs ipykernel.
         let has_pip = spec.conda.as_ref().is_some_and(|c| !c.pip.is_empty());
         let adds_ipykernel = request.settings.kernel_package == "pip"
@@ -223,6 +230,7 @@ fn containerfile_text(
         .into());
     }
     let env = match env {
+        EnvInside::None => render::EnvLayer::None,
         EnvInside::Venv => render::EnvLayer::Venv { python: &version },
         EnvInside::Conda { pip } => render::EnvLayer::Conda { pip, variables },
     };
@@ -233,6 +241,7 @@ fn containerfile_text(
             key: &request.key.key,
             source: &request.checkout.identity.describe(),
             env,
+            cran: &key::cran_repository(request.spec, settings),
             index: &index_inside(settings, wheels_into)?,
         },
     ))

@@ -11,6 +11,9 @@ const APT: &str = include_str!("../../../buildpacks/container/apt.Containerfile"
 const VENV: &str = include_str!("../../../buildpacks/container/venv.Containerfile");
 const CONDA: &str = include_str!("../../../buildpacks/container/conda.Containerfile");
 const CONDA_PIP: &str = include_str!("../../../buildpacks/container/conda-pip.Containerfile");
+const R: &str = include_str!("../../../buildpacks/container/r.Containerfile");
+const INSTALL_R: &str = include_str!("../../../buildpacks/container/install-r.Containerfile");
+const DESCRIPTION: &str = include_str!("../../../buildpacks/container/description.Containerfile");
 const PACKAGE: &str = include_str!("../../../buildpacks/container/package.Containerfile");
 const REPO: &str = include_str!("../../../buildpacks/container/repo.Containerfile");
 const POST_BUILD: &str = include_str!("../../../buildpacks/container/post-build.Containerfile");
@@ -27,12 +30,16 @@ pub struct RenderInputs<'a> {
     pub source: &'a str,
     /// How the environment gets into the image.
     pub env: EnvLayer<'a>,
+    /// The CRAN repository (R images).
+    pub cran: &'a str,
     /// uv index flags inside the build (`--find-links /opt/hpcbinder/wheels/0 --no-index`).
     pub index: &'a str,
 }
 
 /// How the environment gets into the image.
 pub enum EnvLayer<'a> {
+    /// No Python environment (an R repository without Python requirements).
+    None,
     /// A venv of the image's Python `X.Y`, made by uv in the build from the hashed lock.
     Venv {
         /// `X.Y`.
@@ -55,7 +62,8 @@ pub fn supported(spec: &EnvSpec) -> Result<(), String> {
         | Buildpack::Default
         | Buildpack::Pipfile
         | Buildpack::UvLock
-        | Buildpack::Pylock => Ok(()),
+        | Buildpack::Pylock
+        | Buildpack::R => Ok(()),
         Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit => Ok(()),
         Buildpack::Docker => Ok(()),
         other => Err(format!("a container for the {} buildpack", other.name())),
@@ -78,13 +86,31 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
         out.push('\n');
         out.push_str(&APT.replace("{{packages}}", &spec.apt.join(" ")));
     }
-    out.push('\n');
+    let r_file = |name: &str| {
+        spec.files
+            .iter()
+            .find(|f| f.rsplit('/').next() == Some(name))
+    };
+    if spec.buildpack == Buildpack::R {
+        let mut packages = vec!["r-base-core", "r-cran-irkernel"];
+        if r_file("DESCRIPTION").is_some() {
+            packages.push("r-cran-remotes");
+        }
+        out.push('\n');
+        out.push_str(
+            &R.replace("{{packages}}", &packages.join(" "))
+                .replace("{{cran}}", &inputs.cran.replace(['"', '\''], "")),
+        );
+    }
     let installs_package = match &inputs.env {
+        EnvLayer::None => false,
         EnvLayer::Venv { python } => {
+            out.push('\n');
             out.push_str(&fill(VENV).replace("{{python}}", python));
             spec.buildpack != Buildpack::UvLock
         }
         EnvLayer::Conda { pip, variables } => {
+            out.push('\n');
             out.push_str(CONDA);
             for (name, value) in variables.iter() {
                 let value = value
@@ -100,8 +126,15 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
             false
         }
     };
+    if let Some(install_r) = r_file("install.R") {
+        out.push('\n');
+        out.push_str(&INSTALL_R.replace("{{install_r}}", install_r));
+    }
     out.push('\n');
     out.push_str(REPO);
+    if spec.buildpack == Buildpack::R && r_file("DESCRIPTION").is_some() {
+        out.push_str(DESCRIPTION);
+    }
     if installs_package
         && spec
             .files
