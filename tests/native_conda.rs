@@ -338,11 +338,42 @@ fn conda_lock_files_and_pixi_manifests_without_locks_build() {
             archive.display()
         ));
     }
-    let repo = sandbox.repo("conda-lock", &[("conda-lock.yml", &lock)]);
+    // Its pip packages: installed from their URL, held to their sha256.
+    let wheel = common::test_deps()
+        .wheelhouse
+        .join("six-1.16.0-py2.py3-none-any.whl");
+    let wheel_sha = hex::encode(Sha256::digest(std::fs::read(&wheel).unwrap()));
+    let pip_entry = |sha: &str| {
+        format!(
+            "- name: six\n  version: 1.16.0\n  manager: pip\n  platform: linux-64\n  dependencies: {{}}\n  url: file://{}\n  hash:\n    sha256: {sha}\n",
+            wheel.display()
+        )
+    };
+    let repo = sandbox.repo(
+        "conda-lock",
+        &[(
+            "conda-lock.yml",
+            &format!("{lock}{}", pip_entry(&wheel_sha)),
+        )],
+    );
     check(
         &sandbox.build_ready(&[&repo]),
-        "import hpcb_hello; print(hpcb_hello.VERSION)",
-        "1.0",
+        "import hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__)",
+        "1.0 1.16.0",
+    );
+    let wrong = "0".repeat(64);
+    let tampered = sandbox.repo(
+        "conda-lock-tampered",
+        &[("conda-lock.yml", &format!("{lock}{}", pip_entry(&wrong)))],
+    );
+    let output = sandbox.run(&["build", &tampered]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains(&format!(
+            "has sha256 {wheel_sha}, but the lock file says {wrong}"
+        )),
+        "{}",
+        stderr(&output)
     );
 
     // pixi.toml without pixi.lock: channels, [dependencies] and [pypi-dependencies] solved.

@@ -27,9 +27,9 @@ use crate::key;
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     runtime()?.block_on(async {
         let linked = link(context, &context.prefix, None).await?;
-        let mut locks = linked.locks;
+        let mut locks = linked.locks.clone();
         let python = context.prefix.join("bin/python");
-        if let Some(lock) = pip_lock(context, &linked.pip_lines, &python)? {
+        if let Some(lock) = pip_lock(context, &linked, &python)? {
             install_pip(context, &python, &lock)?;
             locks.push("hpcbinder/pip.lock".into());
         }
@@ -55,7 +55,7 @@ pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow:
         let linked = link(context, dir, Some(target_prefix)).await?;
         // The staged interpreter runs here too (conda's Python finds its prefix from its
         // own location), so the pip section resolves against the image's Python.
-        let pip_lock = pip_lock(context, &linked.pip_lines, &dir.join("bin/python"))?;
+        let pip_lock = pip_lock(context, &linked, &dir.join("bin/python"))?;
         let mut locks = linked.locks;
         if pip_lock.is_some() {
             locks.push("hpcbinder/pip.lock".into());
@@ -77,6 +77,15 @@ struct Linked {
     /// The pip lines to install after the conda packages (environment.yml `pip:`, pixi
     /// `[pypi-dependencies]`).
     pip_lines: Vec<String>,
+    /// Pip packages a lock file fixes by URL and sha256 (conda-lock's `manager: pip`).
+    pip_pins: Vec<PipPin>,
+}
+
+/// A pip package fixed by a lock file: the resolved pip lock must hold exactly this file.
+struct PipPin {
+    name: String,
+    url: String,
+    sha256: Option<String>,
 }
 
 /// Resolve the conda records (lock, explicit list or solve), link them into `dir`
@@ -101,6 +110,7 @@ async fn link(
         .filter(|l| l.format == "pixi")
         .map(|l| context.repo().join(&l.file));
     let lock_file = request.from_lock.clone().or(repo_lock);
+    let mut pip_pins = Vec::new();
     let mut pip_lines = spec
         .conda
         .as_ref()
@@ -137,11 +147,11 @@ async fn link(
             Phase::Building,
             format!("Fetching the packages listed in {}", lock.display()),
         );
-        (
-            explicit_records(&lock, &package_cache).await?,
-            Vec::new(),
-            Vec::new(),
-        )
+        let (records, pins) = explicit_records(&lock, &package_cache).await?;
+        // conda-lock's pip packages: resolved with the pip section, then held to their hashes.
+        pip_lines.extend(pins.iter().map(|pin| format!("{} @ {}", pin.name, pin.url)));
+        pip_pins = pins;
+        (records, Vec::new(), Vec::new())
     } else {
         let conda = match spec.buildpack {
             Buildpack::Conda | Buildpack::R if spec.conda.is_some() => {
@@ -187,7 +197,11 @@ async fn link(
 
     let locks = write_locks(context, &records, &platform, &channel_urls)?;
     write_variables(context, dir)?;
-    Ok(Linked { locks, pip_lines })
+    Ok(Linked {
+        locks,
+        pip_lines,
+        pip_pins,
+    })
 }
 
 fn install_error(dir: &Path, error: rattler::install::InstallerError) -> anyhow::Error {
@@ -210,16 +224,16 @@ fn install_error(dir: &Path, error: rattler::install::InstallerError) -> anyhow:
 async fn explicit_records(
     path: &Path,
     package_cache: &PackageCache,
-) -> anyhow::Result<Vec<RepoDataRecord>> {
+) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<PipPin>)> {
     use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
     use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
     let package_error = |message: String| BuildError::Package { message };
-    let entries = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+    let (entries, pins) = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
         conda_lock_entries(path)?
     } else {
-        ExplicitEnvironmentSpec::from_path(path)
-            .map_err(|e| package_error(format!("{}: {e}", path.display())))?
-            .packages
+        let explicit = ExplicitEnvironmentSpec::from_path(path)
+            .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
+        (explicit.packages, Vec::new())
     };
     let mut records = Vec::new();
     for entry in entries {
@@ -262,19 +276,22 @@ async fn explicit_records(
             channel: None,
         });
     }
-    Ok(records)
+    Ok((records, pins))
 }
 
-/// The conda packages of a `conda-lock.yml` for linux-64, as `@EXPLICIT` entries (URL with
-/// a `#sha256:` fragment). Its pip packages are reported, not installed.
+/// The packages of a `conda-lock.yml` for this platform: conda ones as `@EXPLICIT`
+/// entries (URL with a `#sha256:` fragment), pip ones as pins (name, URL, sha256).
 fn conda_lock_entries(
     path: &Path,
-) -> anyhow::Result<Vec<rattler_conda_types::ExplicitEnvironmentEntry>> {
+) -> anyhow::Result<(
+    Vec<rattler_conda_types::ExplicitEnvironmentEntry>,
+    Vec<PipPin>,
+)> {
     let text = fs_err::read_to_string(path)?;
     let lock: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
     let platform = crate::settings::host_platform();
     let mut entries = Vec::new();
-    let mut pip = Vec::new();
+    let mut pins = Vec::new();
     for package in lock
         .get("package")
         .and_then(|p| p.as_sequence())
@@ -290,31 +307,27 @@ fn conda_lock_entries(
         if field("platform") != platform {
             continue;
         }
-        if field("manager") == "pip" {
-            pip.push(field("name").to_string());
-            continue;
-        }
-        let mut url = url::Url::parse(field("url"))
-            .map_err(|e| anyhow::anyhow!("{}: bad url `{}`: {e}", path.display(), field("url")))?;
-        if let Some(sha256) = package
+        let sha256 = package
             .get("hash")
             .and_then(|h| h.get("sha256"))
             .and_then(|v| v.as_str())
-        {
+            .map(str::to_string);
+        let mut url = url::Url::parse(field("url"))
+            .map_err(|e| anyhow::anyhow!("{}: bad url `{}`: {e}", path.display(), field("url")))?;
+        if field("manager") == "pip" {
+            pins.push(PipPin {
+                name: field("name").to_string(),
+                url: url.to_string(),
+                sha256,
+            });
+            continue;
+        }
+        if let Some(sha256) = &sha256 {
             url.set_fragment(Some(&format!("sha256:{sha256}")));
         }
         entries.push(url.into());
     }
-    if !pip.is_empty() {
-        return Err(BuildError::Unsupported {
-            what: format!(
-                "installing the pip packages of a conda-lock file ({})",
-                pip.join(", ")
-            ),
-        }
-        .into());
-    }
-    Ok(entries)
+    Ok((entries, pins))
 }
 
 /// A `pixi.toml` without its lock, read as an environment to solve: channels and
@@ -624,9 +637,10 @@ fn write_variables(context: &Context<'_>, prefix: &Path) -> anyhow::Result<()> {
 /// hashed lock (`hpcbinder/pip.lock`) for the environment's Python; `None` when empty.
 fn pip_lock(
     context: &Context<'_>,
-    pip_lines: &[String],
+    linked: &Linked,
     python: &Path,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let pip_lines = &linked.pip_lines;
     let request = context.request;
     let spec = request.spec;
     let base = pip_base(context);
@@ -665,7 +679,72 @@ fn pip_lock(
         &lock,
         &base,
     )?;
+    check_pins(&lock, &linked.pip_pins)?;
     Ok(Some(lock))
+}
+
+/// Every pinned pip package must be in the resolved lock with its recorded sha256 (uv
+/// hashes what it fetched, so a different file at the URL is caught here).
+fn check_pins(lock: &Path, pins: &[PipPin]) -> anyhow::Result<()> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let text = fs_err::read_to_string(lock)?;
+    // Requirement blocks: a requirement line, then its indented `--hash=` lines.
+    let mut blocks: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) {
+            blocks.push((
+                trimmed.trim_end_matches('\\').trim().to_string(),
+                Vec::new(),
+            ));
+        } else if let (Some(hash), Some(block)) = (
+            trimmed
+                .trim_end_matches('\\')
+                .trim()
+                .strip_prefix("--hash=sha256:"),
+            blocks.last_mut(),
+        ) {
+            block.1.push(hash.to_string());
+        }
+    }
+    for pin in pins {
+        let Some(expected) = &pin.sha256 else {
+            continue;
+        };
+        let found = blocks.iter().find(|(requirement, _)| {
+            requirement.ends_with(&pin.url)
+                || requirement.contains(&format!("{} @ {}", pin.name, pin.url))
+        });
+        match found {
+            Some((_, hashes)) if hashes.iter().any(|h| h.eq_ignore_ascii_case(expected)) => {}
+            Some((_, hashes)) => {
+                return Err(BuildError::Package {
+                    message: format!(
+                        "the pip package {} at {} has sha256 {}, but the lock file says {expected}",
+                        pin.name,
+                        pin.url,
+                        hashes.join(", ")
+                    ),
+                }
+                .into())
+            }
+            None => {
+                return Err(BuildError::Package {
+                    message: format!(
+                        "the pip package {} ({}) from the lock file is missing from the resolved pip lock",
+                        pin.name, pin.url
+                    ),
+                }
+                .into())
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Install the pip section's lock into the environment's Python.
