@@ -162,5 +162,23 @@ pub fn man_page() -> Vec<u8> {
         let _ = man.render_synopsis_section(&mut out);
         let _ = man.render_options_section(&mut out);
     }
+    let escape = |text: &str| text.replace('\\', "\\\\").replace('-', "\\-");
+    out.extend_from_slice(
+        b".SH CONFIGURATION\nSettings come from the command line, then environment variables, then the user config file, then the site config file (TOML, written by the centre). Config found inside a repository is never read. Keys:\n",
+    );
+    for (key, what) in crate::settings::CONFIG_KEYS {
+        out.extend_from_slice(
+            format!(".TP\n\\fB{}\\fR\n{}\n", escape(key), escape(what)).as_bytes(),
+        );
+    }
+    out.extend_from_slice(b".SH ENVIRONMENT\n");
+    for (name, what) in crate::variables::DOCUMENTED {
+        out.extend_from_slice(
+            format!(".TP\n\\fB{}\\fR\n{}\n", escape(name), escape(what)).as_bytes(),
+        );
+    }
+    out.extend_from_slice(
+        b".SH FILES\n.TP\n/etc/hpcbinder/config.toml\nThe site config.\n.TP\n$XDG_CONFIG_HOME/hpcbinder/config.toml\nThe user config.\n",
+    );
     out
 }

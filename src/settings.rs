@@ -57,7 +57,14 @@ impl Diagnostic for ConfigError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            Self::Malformed { .. } => Some(format!("the keys are: {}", KEYS.join(", "))),
+            Self::Malformed { .. } => Some(format!(
+                "the keys are: {}",
+                CONFIG_KEYS
+                    .iter()
+                    .map(|(key, _)| *key)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             Self::BadValue { allowed, .. } => Some(format!("use one of: {allowed}")),
             Self::NoHome(_) => Some("pass --store DIR or set HPCBINDER_STORE".into()),
             Self::Io(_) => None,
@@ -96,33 +103,33 @@ impl fmt::Display for Origin {
 /// CRAN for R images when the site names no mirror.
 pub const DEFAULT_CRAN_MIRROR: &str = "https://cloud.r-project.org";
 
-/// The keys a config file may hold.
-const KEYS: &[&str] = &[
-    "store",
-    "target",
-    "python",
-    "platform",
-    "channels",
-    "channel-alias",
-    "mirrors",
-    "base-image",
-    "container-engine",
-    "uv",
-    "pip-index-url",
-    "pip-find-links",
-    "pip-no-index",
-    "modules",
-    "virtual-packages",
-    "kernel-package",
-    "ca-bundle",
-    "containers-conf",
-    "podman-isolation",
-    "podman-run-args",
-    "podman-build-args",
-    "registry",
-    "registry-tls-verify",
-    "squash-dir",
-    "cran-mirror",
+/// The keys a config file may hold, each with what it sets (the man page's CONFIGURATION).
+pub const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("store", "The store directory: environments, images, package and clone caches."),
+    ("target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud."),
+    ("python", "The Python version (X.Y) for venvs and conda environments; beats the repository's, with a warning."),
+    ("platform", "The conda platform to solve for (default: this machine's, e.g. linux-64)."),
+    ("channels", "Conda channels used when a spec names none (or only nodefaults)."),
+    ("channel-alias", "The URL that bare conda channel names resolve under."),
+    ("mirrors", "A table of channel URL prefixes and the mirror URLs that replace them."),
+    ("base-image", "The base image of rendered Containerfiles (never hard-coded)."),
+    ("container-engine", "The container target --target auto picks when a repository needs a container (default podman)."),
+    ("uv", "The uv executable (default: uv on PATH)."),
+    ("pip-index-url", "The Python package index for pip requirements."),
+    ("pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements."),
+    ("pip-no-index", "Install pip requirements from pip-find-links only."),
+    ("modules", "Environment modules the kernel helper loads before starting a kernel."),
+    ("virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's."),
+    ("kernel-package", "Where ipykernel comes from when a conda spec lacks it: conda or pip."),
+    ("ca-bundle", "The CA bundle given to every download, on the host and inside image builds (default: the host's)."),
+    ("containers-conf", "A containers.conf passed to Podman as CONTAINERS_CONF, for builds and kernels."),
+    ("podman-isolation", "podman build --isolation (chroot where OCI isolation cannot run)."),
+    ("podman-run-args", "Extra podman run arguments for kernels."),
+    ("podman-build-args", "Extra podman build arguments."),
+    ("registry", "The registry (host:port/path) images are pushed to for Shifter."),
+    ("registry-tls-verify", "Verify the registry's TLS certificate (default true)."),
+    ("squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to."),
+    ("cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date."),
 ];
 
 /// One config file, as written (all optional).

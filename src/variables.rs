@@ -19,6 +19,28 @@ pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 /// Jupyter's data directory; kernelspecs go in its `kernels/` folder.
 pub const JUPYTER_DATA_DIR: &str = "JUPYTER_DATA_DIR";
 
+/// The variables a user or centre sets, with what they do (the man page's ENVIRONMENT).
+pub const DOCUMENTED: &[(&str, &str)] = &[
+    (HPCBINDER_STORE, "The store directory; beats config files."),
+    (
+        HPCBINDER_TARGET,
+        "The default build target; beats config files.",
+    ),
+    (
+        HPCBINDER_CONFIG,
+        "The user config file (default $XDG_CONFIG_HOME/hpcbinder/config.toml).",
+    ),
+    (
+        HPCBINDER_SITE_CONFIG,
+        "The site config file (default /etc/hpcbinder/config.toml).",
+    ),
+    (
+        JUPYTER_DATA_DIR,
+        "Jupyter's data directory; kernelspecs go in its kernels/ folder.",
+    ),
+    (NO_COLOR, "Disables colour when set to anything non-empty."),
+];
+
 /// Read a variable, treating an empty value as unset.
 pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

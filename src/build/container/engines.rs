@@ -507,14 +507,6 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
             quote(&conf.display().to_string())
         );
     }
-    if matches!(artifact.engine, Target::Podman | Target::PodmanHpc) {
-        // The connection file is the user's (0600): the kernel runs as the user inside the
-        // container, not as the image's NB_USER. Rootless engines map the user's own id in
-        // (`--userns=keep-id`); a rootful engine run by root runs the kernel as root.
-        exports.push_str(
-            "if [ \"$(id -u)\" = 0 ]; then user_args=\"--user 0:0\"; else user_args=\"--userns=keep-id\"; fi\n",
-        );
-    }
     if let (Some(dir), Target::PodmanHpc) = (&settings.squash_dir, artifact.engine) {
         // `podman-hpc run` finds the migrated image through its squash dir.
         exports.push_str(&format!(
@@ -524,9 +516,13 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
     }
     let run_args: Vec<String> = settings.podman_run_args.iter().map(|a| quote(a)).collect();
     let image = quote(&artifact.image);
+    // The connection file is the user's (0600 in a 0700 directory), so the kernel runs as
+    // the container's root, which rootless Podman maps to the user (and which is root for a
+    // rootful engine run by root), not as the image's NB_USER. `--userns=keep-id` would do
+    // the same for rootless Podman but has known trouble with podman-hpc's squashed images.
     let exec = match artifact.engine {
         Target::Podman | Target::PodmanHpc => format!(
-            "exec {} run --rm -i --network host $user_args {}-v \"$runtime_dir:$runtime_dir\" {image} {launch} \"$connection_file\"",
+            "exec {} run --rm -i --network host --user 0:0 {}-v \"$runtime_dir:$runtime_dir\" {image} {launch} \"$connection_file\"",
             if artifact.engine == Target::Podman { "podman" } else { "podman-hpc" },
             run_args.iter().map(|a| format!("{a} ")).collect::<String>()
         ),
