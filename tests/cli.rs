@@ -411,6 +411,13 @@ fn container_builds_need_a_base_image_and_a_supported_buildpack() {
             .contains("a container for the julia buildpack is not implemented yet"),
         "{last}"
     );
+    let output = sandbox.run(&["build", &julia, "--base-image", "debian:12"]);
+    assert!(
+        stderr(&output).contains("hint: add a Dockerfile")
+            && !stderr(&output).contains("Building a"),
+        "refused before anything is built, with a way forward: {}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -107,6 +107,10 @@ impl Context<'_> {
 
 /// Build (or reuse), register and verify.
 pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Result<Outcome> {
+    if request.target.is_container() {
+        // Before any lock or store entry: nothing to clean up after a refusal.
+        container::supported(request.spec)?;
+    }
     let store = Store::open(&request.settings.store)?;
     let key = &request.key.key;
     let key16 = request.key.short();
@@ -458,7 +462,7 @@ impl Diagnostic for BuildError {
             Self::NoPython { version } => Some(format!(
                 "install or `module load` Python {version}, pass --python X.Y for one you have, or use --target conda"
             )),
-            Self::Unsupported { .. } => Some("use --dry-run to see the plan, or --target conda / --target venv".into()),
+            Self::Unsupported { instead, .. } => Some(instead.clone()),
             Self::PostBuild { .. } => Some("fix postBuild (it runs from the repository root inside the environment)".into()),
             Self::Unsolvable { .. } => Some("relax the versions in the environment file or check the channels".into()),
             Self::Verify { .. } => Some("the environment is kept; rerun with --no-verify to register the kernel anyway".into()),

@@ -100,6 +100,8 @@ pub enum BuildError {
     Unsupported {
         /// What.
         what: String,
+        /// What to do instead.
+        instead: String,
     },
     /// Writing the kernelspec failed.
     #[error("could not write the kernelspec into {dir}")]

@@ -45,7 +45,7 @@ pub fn image_reference(slug: &str, key16: &str) -> String {
 /// Build the image for `context`; returns the locks written and the artifact.
 pub fn build(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Artifact)> {
     let request = context.request;
-    supported(request.spec).map_err(|what| BuildError::Unsupported { what })?;
+    supported(request.spec)?;
     let build_dir = context.prefix.join("context");
     let (containerfile, locks) = assemble(context, &build_dir)?;
     let reference = image_reference(&request.checkout.slug, request.key.short());
@@ -184,7 +184,7 @@ fn repository_dockerfile(spec: &crate::detect::EnvSpec) -> String {
 /// buildpack), for `build --dry-run`.
 pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
     let spec = request.spec;
-    supported(spec).map_err(|what| BuildError::Unsupported { what })?;
+    supported(spec)?;
     if spec.buildpack == Buildpack::Docker {
         return Ok(fs_err::read_to_string(
             request.checkout.root.join(repository_dockerfile(spec)),
@@ -226,6 +226,7 @@ fn containerfile_text(
     if let Some((name, _)) = variables.iter().find(|(_, v)| v.contains('\n')) {
         return Err(BuildError::Unsupported {
             what: format!("a multi-line value for the image variable `{name}`"),
+            instead: "put the value on one line in environment.yml `variables:`".into(),
         }
         .into());
     }

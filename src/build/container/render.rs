@@ -4,6 +4,7 @@
 //! repository → postBuild → start. Environment files are copied before the repository so
 //! the environment layer survives notebook-only changes.
 
+use crate::build::BuildError;
 use crate::detect::{Buildpack, EnvSpec};
 
 const BASE: &str = include_str!("../../../buildpacks/container/base.Containerfile");
@@ -56,18 +57,18 @@ pub enum EnvLayer<'a> {
 
 /// Whether hpcbinder can render a Containerfile for this spec (a repository Dockerfile is
 /// built as it is instead).
-pub fn supported(spec: &EnvSpec) -> Result<(), String> {
-    match spec.buildpack {
-        Buildpack::Python
-        | Buildpack::Default
-        | Buildpack::Pipfile
-        | Buildpack::UvLock
-        | Buildpack::Pylock
-        | Buildpack::R => Ok(()),
-        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit => Ok(()),
-        Buildpack::Docker => Ok(()),
-        other => Err(format!("a container for the {} buildpack", other.name())),
-    }
+pub fn supported(spec: &EnvSpec) -> Result<(), BuildError> {
+    let tool = match spec.buildpack {
+        Buildpack::Julia => "Julia",
+        Buildpack::Nix => "Nix",
+        _ => return Ok(()),
+    };
+    Err(BuildError::Unsupported {
+        what: format!("a container for the {} buildpack", spec.buildpack.name()),
+        instead: format!(
+            "add a Dockerfile (in binder/ or the repository root) that installs {tool} and ipykernel or a kernel: hpcbinder builds it as it is"
+        ),
+    })
 }
 
 /// The Containerfile text.
