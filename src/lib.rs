@@ -35,6 +35,14 @@
 //!   rattler for the prefix `/opt/env` (its alternative target prefix) into the build
 //!   context and the Containerfile copies the prefix in; only the pip section's lock is
 //!   installed inside the build (by uv). Nothing conda-specific runs inside the build.
+//! - Podman and podman-hpc kernels run with `--user 0:0` beside the reference's
+//!   `--network host` and runtime-directory bind: the connection file is 0600 in a 0700
+//!   directory, so the image's NB_USER cannot read it; rootless Podman maps the
+//!   container's root to the user. (`--userns=keep-id` would too, but has known trouble
+//!   with podman-hpc's squashed images.)
+//! - R images take R and IRkernel from the base image's distribution, not from a
+//!   version-specific R repository: runtime.txt's date picks the CRAN snapshot (through
+//!   the `cran-mirror` setting), its R version is not enforced.
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 
