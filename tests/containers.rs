@@ -513,6 +513,26 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     )
     .unwrap();
     assert_eq!(verified.output, "/opt/env 1.16.0");
+    // The kernel's container is cleaned up after its shutdown (podman's cleanup runs after
+    // the client exits): wait for it before the sandbox, which holds the storage, goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = podman_hpc(&["ps", "--all", "--quiet"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containers left behind: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for mount in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+        if mount.starts_with(hpc.to_str().unwrap()) {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+    }
 }
 
 struct Registry {
