@@ -16,9 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::channel::{Channel, Package};
-use common::{base_image, Sandbox};
-
-const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");
+use common::{base_image, Sandbox, CONTAINERS_CONF};
 
 fn timed(mut command: Command) -> Duration {
     let start = Instant::now();

@@ -302,6 +302,18 @@ impl Drop for Tmpfs {
 }
 pub mod channel;
 
+/// The containers.conf the container tests give Podman (runc, cgroupfs, ulimits).
+pub const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");
+
+/// `podman` with the tests' containers.conf.
+pub fn podman(args: &[&str]) -> Output {
+    Command::new("podman")
+        .args(args)
+        .env("CONTAINERS_CONF", CONTAINERS_CONF)
+        .output()
+        .unwrap()
+}
+
 /// The container tests' base image, made from Debian's packages by scripts/test-base-image.
 pub fn base_image() -> &'static str {
     static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();

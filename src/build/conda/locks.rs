@@ -1,0 +1,195 @@
+//! Lock files installed without a solve: `@EXPLICIT` lists, `conda-lock.yml` (conda and
+//! pip packages) and `pixi.lock`; and a `pixi.toml` read as a spec to solve.
+
+use std::path::Path;
+
+use rattler_cache::package_cache::PackageCache;
+use rattler_conda_types::{RepoDataRecord, Subdir};
+
+use crate::build::process::BuildError;
+use crate::detect::CondaSpec;
+
+use super::solve::error_chain;
+
+/// A pip package fixed by a lock file: the resolved pip lock must hold exactly this file.
+pub(super) struct PipPin {
+    pub(super) name: String,
+    pub(super) url: String,
+    pub(super) sha256: Option<String>,
+}
+
+/// Records for an `@EXPLICIT` file (no solve): each package is fetched into the package
+/// cache, its `#sha256:` fragment checked, and its record read from its own
+/// `info/index.json`.
+pub(super) async fn explicit_records(
+    path: &Path,
+    package_cache: &PackageCache,
+) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<PipPin>)> {
+    use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
+    use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
+    let package_error = |message: String| BuildError::Package { message };
+    let (entries, pins) = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+        conda_lock_entries(path)?
+    } else {
+        let explicit = ExplicitEnvironmentSpec::from_path(path)
+            .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
+        (explicit.packages, Vec::new())
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let hash = entry
+            .package_archive_hash()
+            .map_err(|e| package_error(format!("{}: {e}", entry.url)))?;
+        let mut url = entry.url.clone();
+        url.set_fragment(None);
+        let archive = CondaArchiveIdentifier::try_from_url(&url)
+            .ok_or_else(|| package_error(format!("{url} is not a conda package URL")))?;
+        let mut key = rattler_cache::package_cache::CacheKey::from(archive.clone());
+        if let Some(PackageArchiveHash::Sha256(sha256)) = &hash {
+            key = key.with_sha256(*sha256);
+        }
+        let metadata = package_cache
+            .get_or_fetch_from_url(
+                key,
+                url.clone(),
+                rattler_networking::LazyClient::default(),
+                None,
+                None,
+            )
+            .await
+            .map_err(|e| package_error(format!("{url}: {}", error_chain(&e))))?;
+        let index = match metadata.index_json() {
+            Some(index) => index.clone(),
+            None => IndexJson::from_package_directory(metadata.path())?,
+        };
+        let (sha256, md5) = match hash {
+            Some(PackageArchiveHash::Sha256(sha256)) => (Some(sha256), None),
+            Some(PackageArchiveHash::Md5(md5)) => (None, Some(md5)),
+            None => (None, None),
+        };
+        let package_record = PackageRecord::from_index_json(index, None, sha256, md5)
+            .map_err(|e| package_error(format!("{url}: {e}")))?;
+        records.push(RepoDataRecord {
+            package_record,
+            identifier: archive.into(),
+            url,
+            channel: None,
+        });
+    }
+    Ok((records, pins))
+}
+
+/// The packages of a `conda-lock.yml` for this platform: conda ones as `@EXPLICIT`
+/// entries (URL with a `#sha256:` fragment), pip ones as pins (name, URL, sha256).
+fn conda_lock_entries(
+    path: &Path,
+) -> anyhow::Result<(
+    Vec<rattler_conda_types::ExplicitEnvironmentEntry>,
+    Vec<PipPin>,
+)> {
+    let text = fs_err::read_to_string(path)?;
+    let lock: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
+    let platform = crate::settings::host_platform();
+    let mut entries = Vec::new();
+    let mut pins = Vec::new();
+    for package in lock
+        .get("package")
+        .and_then(|p| p.as_sequence())
+        .into_iter()
+        .flatten()
+    {
+        let field = |name: &str| {
+            package
+                .get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+        };
+        if field("platform") != platform {
+            continue;
+        }
+        let sha256 = package
+            .get("hash")
+            .and_then(|h| h.get("sha256"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let mut url = url::Url::parse(field("url"))
+            .map_err(|e| anyhow::anyhow!("{}: bad url `{}`: {e}", path.display(), field("url")))?;
+        if field("manager") == "pip" {
+            pins.push(PipPin {
+                name: field("name").to_string(),
+                url: url.to_string(),
+                sha256,
+            });
+            continue;
+        }
+        if let Some(sha256) = &sha256 {
+            url.set_fragment(Some(&format!("sha256:{sha256}")));
+        }
+        entries.push(url.into());
+    }
+    Ok((entries, pins))
+}
+
+/// A `pixi.toml` without its lock, read as an environment to solve: channels and
+/// `[dependencies]` (conda), `[pypi-dependencies]` (pip).
+pub(super) fn pixi_manifest(path: &Path) -> anyhow::Result<CondaSpec> {
+    let manifest: toml::Table = toml::from_str(&fs_err::read_to_string(path)?)?;
+    let workspace = manifest
+        .get("workspace")
+        .or_else(|| manifest.get("project"));
+    let channels = workspace
+        .and_then(|w| w.get("channels"))
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let spec_of = |name: &str, value: &toml::Value| match value {
+        toml::Value::String(s) if s == "*" => name.to_string(),
+        toml::Value::String(s) => format!("{name} {s}"),
+        toml::Value::Table(t) => match t.get("version").and_then(|v| v.as_str()) {
+            Some(v) if v != "*" => format!("{name} {v}"),
+            _ => name.to_string(),
+        },
+        _ => name.to_string(),
+    };
+    let table = |key: &str| {
+        manifest
+            .get(key)
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default()
+    };
+    Ok(CondaSpec {
+        channels,
+        dependencies: table("dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v))
+            .collect(),
+        pip: table("pypi-dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v).replacen(' ', "", 1))
+            .collect(),
+        ..CondaSpec::default()
+    })
+}
+
+/// Records of `platform` from a pixi.lock's default environment.
+pub(super) fn locked_records(
+    path: &Path,
+    platform: &Subdir,
+) -> anyhow::Result<Vec<RepoDataRecord>> {
+    let lock = rattler_lock::LockFile::from_path(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable pixi.lock: {e}", path.display()))?;
+    let environment = lock
+        .default_environment()
+        .ok_or_else(|| anyhow::anyhow!("{}: has no default environment", path.display()))?;
+    let handle = lock.platform(platform.as_str()).ok_or_else(|| {
+        anyhow::anyhow!("{}: does not lock {}", path.display(), platform.as_str())
+    })?;
+    Ok(environment
+        .conda_repodata_records(handle)?
+        .unwrap_or_default())
+}

@@ -1,0 +1,173 @@
+//! The solve: channels through the site's alias and mirrors, repodata, virtual packages,
+//! resolvo.
+
+use std::fmt::Write as _;
+
+use rattler_cache::package_cache::PackageCache;
+use rattler_conda_types::{
+    Channel, ChannelConfig, GenericVirtualPackage, MatchSpec, ParseStrictness, RepoDataRecord,
+    Subdir,
+};
+use rattler_repodata_gateway::Gateway;
+use rattler_solve::{resolvo, SolverImpl, SolverTask};
+
+use crate::build::process::BuildError;
+use crate::build::{spec_has_ipykernel, Context};
+use crate::detect::CondaSpec;
+use crate::events::{Phase, ReporterExt};
+use crate::key;
+
+/// Channels, repodata, virtual packages, resolvo.
+pub(super) async fn solve(
+    context: &Context<'_>,
+    conda: &CondaSpec,
+    platform: &Subdir,
+    package_cache: &PackageCache,
+) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<MatchSpec>, Vec<String>)> {
+    let request = context.request;
+    let settings = request.settings;
+    let config = ChannelConfig {
+        // URL joining drops a last path segment without a trailing slash
+        // (`https://mirror/conda` + `conda-forge` would become `https://mirror/conda-forge`).
+        channel_alias: url::Url::parse(&format!(
+            "{}/",
+            settings.channel_alias.trim_end_matches('/')
+        ))
+        .map_err(|e| anyhow::anyhow!("invalid channel-alias `{}`: {e}", settings.channel_alias))?,
+        root_dir: context.repo().to_path_buf(),
+    };
+    let names: Vec<&String> = if conda.channels.iter().any(|c| c != "nodefaults") {
+        conda
+            .channels
+            .iter()
+            .filter(|c| *c != "nodefaults")
+            .collect()
+    } else {
+        settings.channels.iter().collect()
+    };
+    let mut channels = Vec::new();
+    for name in names {
+        let channel = Channel::from_str(name, &config).map_err(|e| BuildError::Channel {
+            channel: name.clone(),
+            message: e.to_string(),
+        })?;
+        channels.push(mirrored(channel, &settings.mirrors));
+    }
+    let mut specs = Vec::new();
+    for dependency in &conda.dependencies {
+        specs.push(
+            MatchSpec::from_str(dependency, ParseStrictness::Lenient).map_err(|e| {
+                BuildError::Package {
+                    message: format!("`{dependency}` is not a valid conda spec: {e}"),
+                }
+            })?,
+        );
+    }
+    let names_python = |s: &MatchSpec| {
+        s.name
+            .as_exact()
+            .is_some_and(|n| n.as_normalized() == "python")
+    };
+    if !specs.iter().any(names_python) {
+        let (version, _) = key::python_version(request.spec, settings);
+        specs.push(MatchSpec::from_str(
+            &format!("python {version}.*"),
+            ParseStrictness::Lenient,
+        )?);
+    }
+    if settings.kernel_package == "conda" && !spec_has_ipykernel(request.spec, context.repo()) {
+        context.reporter.phase(
+            Phase::Building,
+            "Adding ipykernel: the environment does not list it",
+        );
+        specs.push(MatchSpec::from_str("ipykernel", ParseStrictness::Lenient)?);
+    }
+    context.reporter.phase(
+        Phase::Building,
+        format!(
+            "Reading repodata from {}",
+            channels
+                .iter()
+                .map(|c| c.base_url.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let gateway = Gateway::builder()
+        .with_cache_dir(context.store.root().join("cache").join("repodata"))
+        .with_package_cache(package_cache.clone())
+        .finish();
+    let repodata = gateway
+        .query(channels.clone(), [*platform, Subdir::NoArch], specs.clone())
+        .recursive(true)
+        .await
+        .map_err(|e| BuildError::Channel {
+            channel: channels
+                .iter()
+                .map(|c| c.base_url.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: error_chain(&e),
+        })?;
+    let virtual_packages = virtual_packages(&settings.virtual_packages)?;
+    context
+        .reporter
+        .phase(Phase::Building, format!("Solving {} specs", specs.len()));
+    let task = SolverTask {
+        specs: specs.clone(),
+        virtual_packages,
+        ..SolverTask::from_iter(repodata.iter())
+    };
+    let solution = resolvo::Solver.solve(task).map_err(|e| match e {
+        rattler_solve::SolveError::Unsolvable(reasons) => BuildError::Unsolvable {
+            message: reasons.join("\n"),
+        },
+        other => BuildError::Unsolvable {
+            message: other.to_string(),
+        },
+    })?;
+    let urls = channels.iter().map(|c| c.base_url.to_string()).collect();
+    Ok((solution.records, specs, urls))
+}
+
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+/// Point a channel at the site's mirror when one is configured for its URL prefix.
+fn mirrored(channel: Channel, mirrors: &std::collections::BTreeMap<String, String>) -> Channel {
+    let base = channel.base_url.to_string();
+    for (from, to) in mirrors {
+        if let Some(rest) = base.strip_prefix(from.trim_end_matches('/')) {
+            let url = format!("{}{rest}", to.trim_end_matches('/'));
+            if let Ok(url) = url::Url::parse(&url) {
+                return Channel::from_url(url);
+            }
+        }
+    }
+    channel
+}
+
+/// Configured virtual packages (`__glibc=2.28`), else those of this machine.
+fn virtual_packages(configured: &[String]) -> anyhow::Result<Vec<GenericVirtualPackage>> {
+    if configured.is_empty() {
+        let detected = rattler_virtual_packages::VirtualPackages::detect(
+            &rattler_virtual_packages::VirtualPackageOverrides::from_env(),
+            None,
+        )?;
+        return Ok(detected.into_generic_virtual_packages().collect());
+    }
+    configured
+        .iter()
+        .map(|text| {
+            serde_json::from_value(serde_json::Value::String(text.clone()))
+                .map_err(|e| anyhow::anyhow!("invalid virtual package `{text}`: {e}"))
+        })
+        .collect()
+}
