@@ -57,19 +57,44 @@ impl Diagnostic for ConfigError {
 
     fn hint(&self) -> Option<String> {
         match self {
-            Self::Malformed { .. } => Some(format!(
-                "the keys are: {}",
-                CONFIG_KEYS
+            // An unknown key (the message lists the known ones): the nearest, if close.
+            Self::Malformed { message, .. } if message.starts_with("unknown field") => {
+                let unknown = message.split('`').nth(1).unwrap_or_default();
+                let nearest = CONFIG_KEYS
                     .iter()
-                    .map(|(key, _)| *key)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .map(|(key, _)| (edit_distance(unknown, key), *key))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 2);
+                Some(match nearest {
+                    Some((_, key)) => format!("did you mean `{key}`?"),
+                    None => "see `man hpcbinder`, CONFIGURATION".into(),
+                })
+            }
+            // Bad TOML, a duplicate key, a wrong type: the message says what is wrong.
+            Self::Malformed { .. } => {
+                Some("config files are TOML; see `man hpcbinder`, CONFIGURATION".into())
+            }
             Self::BadValue { allowed, .. } => Some(format!("use one of: {allowed}")),
             Self::NoHome(_) => Some("pass --store DIR or set HPCBINDER_STORE".into()),
             Self::Io(_) => None,
         }
     }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Where a setting's value came from.

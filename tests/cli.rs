@@ -158,7 +158,18 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
         err.contains("site.toml:2") && err.contains("stroe"),
         "{err}"
     );
-    assert!(err.contains("hint: the keys are"), "{err}");
+    assert!(err.contains("hint: did you mean `store`?"), "{err}");
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        "store = \"/s\"\nstore = \"/again\"\n",
+    )
+    .unwrap();
+    let err = stderr(&sandbox.run(&["config", "show"]));
+    assert!(
+        err.contains("site.toml:2: duplicate key `store`")
+            && err.contains("hint: config files are TOML"),
+        "{err}"
+    );
 
     std::fs::write(
         sandbox.path().join("site.toml"),
