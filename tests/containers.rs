@@ -261,6 +261,31 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     assert!(saved.status.success(), "{}", stderr(&saved));
     podman_hpc(&["load", "-i", archive.to_str().unwrap()]);
 
+    // podman-hpc exits 0 when its mksquashfs fails: hpcbinder checks for the squash file.
+    let output = sandbox
+        .command()
+        .args(["build", &repo, "--target", "podman-hpc"])
+        .env("PATH", &path)
+        .env("USER", "root")
+        .env("PODMANHPC_CONFIG_FILE", &conf)
+        .env("PODMANHPC_MKSQUASHFS_BIN", "/bin/false")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("podman-hpc migrate left no squash file")
+            && stderr(&output).contains("hint: podman-hpc needs a static mksquashfs"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        std::fs::read_dir(sandbox.store().join("e"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing is marked ready"
+    );
+
     // Under a private umask (077), as on many login nodes: the group still gets read access.
     let sealed = sandbox.command();
     let mut command = Command::new("sh");

@@ -472,6 +472,7 @@ impl Diagnostic for BuildError {
             Self::NoBaseImage => Some("set `base-image` in the site config, or pass --base-image IMAGE".into()),
             Self::BaseImage { .. } => Some("check the base-image name, or load it with `podman load` / `podman import`".into()),
             Self::NoRegistry => Some("set `registry = \"host:port/path\"` in the site config".into()),
+            Self::Migrate { .. } => Some("podman-hpc needs a static mksquashfs (>= 4.6, its `mksquashfs_bin`) and a writable squash dir (`squash-dir`)".into()),
             Self::Push { .. } => Some("check that the registry is up and accepts pushes (and `registry-tls-verify`)".into()),
             Self::Tool { .. } => Some("install uv (`pip install uv`) or set `uv = \"/path/to/uv\"` in the config".into()),
             _ => None,

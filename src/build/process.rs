@@ -95,6 +95,18 @@ pub enum BuildError {
         /// What went wrong.
         log: String,
     },
+    /// podman-hpc migrate wrote no squash file (it exits 0 when mksquashfs fails).
+    #[error(
+        "podman-hpc migrate left no squash file for {image} in {dir}; the log ends with:\n{log}"
+    )]
+    Migrate {
+        /// The image.
+        image: String,
+        /// The squash dir.
+        dir: PathBuf,
+        /// The end of the build log.
+        log: String,
+    },
     /// Not built by this version.
     #[error("{what} is not implemented yet")]
     Unsupported {

@@ -140,20 +140,18 @@ pub fn build(
                 migrate.env("SQUASH_DIR", squash_dir);
             }
             process::run(context, "podman-hpc migrate", &mut migrate, Fault::Machine)?;
-            if let Some(squash_dir) = squash_dir(settings) {
-                // Other members of the group run the kernel from the same squash dir.
-                share_with_group(&squash_dir);
-                artifact.squashfs = migrated_squashfs(&squash_dir, reference);
-                if artifact.squashfs.is_none() {
-                    context.reporter.phase(
-                        Phase::Pushing,
-                        format!(
-                            "podman-hpc migrate succeeded but no squash file for {reference} was found in {}",
-                            squash_dir.display()
-                        ),
-                    );
-                }
-            }
+            let squash_dir = squash_dir(settings);
+            // Other members of the group run the kernel from the same squash dir.
+            share_with_group(&squash_dir);
+            // podman-hpc exits 0 even when mksquashfs fails: the squash file is the proof.
+            artifact.squashfs =
+                Some(migrated_squashfs(&squash_dir, reference).ok_or_else(|| {
+                    BuildError::Migrate {
+                        image: reference.to_string(),
+                        dir: squash_dir.clone(),
+                        log: process::tail(&context.log(), 8),
+                    }
+                })?);
         }
         Target::Charliecloud => {
             let image = export_rootfs(context, &builder, reference)?;
@@ -210,13 +208,17 @@ fn dockerfile_python(context: &Context<'_>, builder: &Path, reference: &str) -> 
 }
 
 /// podman-hpc's squash dir: the `squash-dir` setting, else podman-hpc's own default
-/// (`$SQUASH_DIR`, else `$SCRATCH/storage`).
-fn squash_dir(settings: &Settings) -> Option<PathBuf> {
+/// (`$SQUASH_DIR`, else `$SCRATCH/storage`, else `/tmp/storage`).
+fn squash_dir(settings: &Settings) -> PathBuf {
     settings
         .squash_dir
         .clone()
         .or_else(|| std::env::var_os("SQUASH_DIR").map(PathBuf::from))
-        .or_else(|| std::env::var_os("SCRATCH").map(|s| PathBuf::from(s).join("storage")))
+        .unwrap_or_else(|| {
+            std::env::var_os("SCRATCH")
+                .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+                .join("storage")
+        })
 }
 
 /// The squash file podman-hpc wrote for `reference`: its image record in the squash dir's
