@@ -167,7 +167,7 @@ fn charliecloud_and_apptainer_images_run_under_ch_run() {
         .unwrap();
     assert!(dump.success());
     let unpack = Command::new("unsquashfs")
-        .args(["-q", "-d"])
+        .args(["-q", "-no-progress", "-d"])
         .arg(work.join("root"))
         .arg(work.join("root.sqfs"))
         .status()
