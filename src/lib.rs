@@ -42,7 +42,8 @@
 //!   with podman-hpc's squashed images.)
 //! - R images take R and IRkernel from the base image's distribution, not from a
 //!   version-specific R repository: runtime.txt's date picks the CRAN snapshot (through
-//!   the `cran-mirror` setting), its R version is not enforced.
+//!   the `cran-mirror` setting); its R version is not enforced, but a build whose image has
+//!   another R says so in a warning (the version is read from the image).
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 

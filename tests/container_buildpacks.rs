@@ -153,6 +153,28 @@ fn r_image_runs_an_irkernel_with_the_site_cran_mirror() {
     )
     .unwrap();
     assert!(verified.output.ends_with("TRUE"));
+    assert!(
+        ready["runtime"].as_str().unwrap().starts_with("4.2."),
+        "bookworm's R, as runtime.txt asks: {}",
+        ready["runtime"]
+    );
+
+    // Another R version than the distribution's: built, with a warning that says so.
+    let older = sandbox.repo(
+        "r-older",
+        &[
+            ("runtime.txt", "r-4.1-2022-01-01\n"),
+            ("analysis.ipynb", "{}"),
+        ],
+    );
+    let output = sandbox.run(&["build", &older, "--target", "podman", "--no-kernel"]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(
+        common::stderr(&output)
+            .contains("warning: runtime.txt asks for R 4.1; the image has R 4.2."),
+        "{}",
+        common::stderr(&output)
+    );
 
     // The mirror is a site input: changing it changes the key.
     sandbox.container_site_config("cran-mirror = \"https://cloud.r-project.org\"\n");

@@ -75,6 +75,8 @@ pub struct Outcome {
     pub image: Option<String>,
     /// The image's squashfs (Charliecloud, podman-hpc's migrated image), when it has one.
     pub squashfs: Option<PathBuf>,
+    /// The kernel language's version found in the image (R images).
+    pub runtime: Option<String>,
     /// Why the kernel was not verified, when it was not.
     pub verification: Option<String>,
 }
@@ -176,6 +178,7 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
         locks: ready.locks.clone(),
         image: ready.artifact.as_ref().map(|a| a.image.clone()),
         squashfs: ready.artifact.as_ref().and_then(|a| a.squashfs.clone()),
+        runtime: ready.artifact.as_ref().and_then(|a| a.runtime.clone()),
         verification: None,
     };
     if request.register_kernel {

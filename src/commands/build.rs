@@ -77,6 +77,15 @@ pub fn build(
     }
     if !args.dry_run {
         let outcome = crate::build::build(&request, reporter)?;
+        let asked_r = spec.r.as_ref().and_then(|r| r.version.as_deref());
+        if let (Some(asked), Some(found)) = (asked_r, &outcome.runtime) {
+            // The image's R comes from the base image's distribution (see lib.rs).
+            if found != asked && !found.starts_with(&format!("{asked}.")) {
+                printer.warning(&format!(
+                    "runtime.txt asks for R {asked}; the image has R {found}, from its base image's distribution"
+                ));
+            }
+        }
         if json {
             reporter.report(Event::new(Phase::Ready, "Environment ready").with_fields(&outcome));
         } else {

@@ -31,6 +31,9 @@ pub struct Artifact {
     /// The kernel's language when it is not Python (`R`: IRkernel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
+    /// That language's version, found in the image (R images: `4.2.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// A program on PATH.
@@ -126,7 +129,13 @@ pub fn build(
         python,
         entrypoint,
         language: (spec.buildpack == Buildpack::R).then(|| "R".to_string()),
+        runtime: None,
     };
+    if spec.buildpack == Buildpack::R {
+        // "R version 4.2.2 (2022-10-31) -- ..." → 4.2.2
+        artifact.runtime = ask_image(context, &builder, reference, "R --version")
+            .and_then(|text| text.split_whitespace().nth(2).map(str::to_string));
+    }
     match request.target {
         Target::Podman => {}
         Target::PodmanHpc => {
@@ -176,6 +185,33 @@ pub fn build(
 /// The absolute path of the Python a repository's Dockerfile left on the image's PATH
 /// (kernel.json names it), asked of the image itself; `python3` when it cannot be run here.
 fn dockerfile_python(context: &Context<'_>, builder: &Path, reference: &str) -> String {
+    match ask_image(
+        context,
+        builder,
+        reference,
+        "command -v python3 || command -v python",
+    )
+    .filter(|path| path.starts_with('/'))
+    {
+        Some(python) => python,
+        None => {
+            context.reporter.phase(
+                Phase::Building,
+                "Could not run the image to find its Python: the kernel runs `python3` from the image's PATH",
+            );
+            "python3".to_string()
+        }
+    }
+}
+
+/// Run `sh -c script` in the image (no network) and return its first line of output;
+/// `None` when the image cannot be run here.
+fn ask_image(
+    context: &Context<'_>,
+    builder: &Path,
+    reference: &str,
+    script: &str,
+) -> Option<String> {
     let settings = context.request.settings;
     let mut run = podman(settings, builder);
     run.args([
@@ -187,24 +223,13 @@ fn dockerfile_python(context: &Context<'_>, builder: &Path, reference: &str) -> 
         "/bin/sh",
     ])
     .args(&settings.podman_run_args)
-    .args([reference, "-c", "command -v python3 || command -v python"]);
-    let found = run
-        .output()
+    .args([reference, "-c", script]);
+    run.output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|p| p.starts_with('/'));
-    match found {
-        Some(python) => python,
-        None => {
-            context.reporter.phase(
-                Phase::Building,
-                "Could not run the image to find its Python: the kernel runs `python3` from the image's PATH",
-            );
-            "python3".to_string()
-        }
-    }
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        .filter(|l| !l.is_empty())
 }
 
 /// podman-hpc's squash dir: the `squash-dir` setting, else podman-hpc's own default
