@@ -361,6 +361,27 @@ fn conda_lock_files_and_pixi_manifests_without_locks_build() {
         "import hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__)",
         "1.0 1.16.0",
     );
+    // The image preview shows the pip step exactly when the lock has pip packages (with
+    // ipykernel from conda, so nothing else asks for pip).
+    let user_config = sandbox.path().join("config/hpcbinder/config.toml");
+    std::fs::create_dir_all(user_config.parent().unwrap()).unwrap();
+    std::fs::write(&user_config, "kernel-package = \"conda\"\n").unwrap();
+    let preview = |repo: &str| {
+        sandbox.ok(&[
+            "build",
+            repo,
+            "--target",
+            "podman",
+            "--dry-run",
+            "--base-image",
+            "debian:12",
+        ])
+    };
+    let conda_only = sandbox.repo("conda-lock-conda-only", &[("conda-lock.yml", &lock)]);
+    assert!(!preview(&conda_only).contains("pip.lock"));
+    assert!(preview(&repo).contains("-r /opt/hpcbinder/pip.lock"));
+    std::fs::remove_file(&user_config).unwrap();
+
     let wrong = "0".repeat(64);
     let tampered = sandbox.repo(
         "conda-lock-tampered",

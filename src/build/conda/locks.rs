@@ -81,7 +81,7 @@ pub(super) async fn explicit_records(
 
 /// The packages of a `conda-lock.yml` for this platform: conda ones as `@EXPLICIT`
 /// entries (URL with a `#sha256:` fragment), pip ones as pins (name, URL, sha256).
-fn conda_lock_entries(
+pub(super) fn conda_lock_entries(
     path: &Path,
 ) -> anyhow::Result<(
     Vec<rattler_conda_types::ExplicitEnvironmentEntry>,

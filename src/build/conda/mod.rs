@@ -66,6 +66,12 @@ pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow:
     })
 }
 
+/// Whether a `conda-lock.yml` has pip packages for this platform (false when unreadable:
+/// the build reports that).
+pub fn lock_has_pip(path: &Path) -> bool {
+    locks::conda_lock_entries(path).is_ok_and(|(_, pins)| !pins.is_empty())
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -194,7 +194,11 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
         EnvInside::None
     } else if is_conda(spec) {
         // As the build decides: a pip step when the spec has pip lines or needs ipykernel.
-        let has_pip = spec.conda.as_ref().is_some_and(|c| !c.pip.is_empty());
+        let locked_pip = spec.buildpack == Buildpack::CondaLock
+            && spec.lock.as_ref().is_some_and(|lock| {
+                super::conda::lock_has_pip(&request.checkout.root.join(&lock.file))
+            });
+        let has_pip = locked_pip || spec.conda.as_ref().is_some_and(|c| !c.pip.is_empty());
         let adds_ipykernel = request.settings.kernel_package == "pip"
             && request.from_lock.is_none()
             && !spec_has_ipykernel(spec, &request.checkout.root);
