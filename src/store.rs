@@ -381,19 +381,25 @@ pub fn harden_permissions_to_depth(path: &Path, depth: usize) -> std::io::Result
         }
         let metadata = entry.metadata().map_err(std::io::Error::other)?;
         let mode = metadata.permissions().mode() & 0o7777;
-        let mut new = mode & !0o002; // no world write
-        new |= 0o040; // group read
-        if mode & 0o100 != 0 {
-            new |= 0o010;
-        }
-        if entry.file_type().is_file() {
-            new &= !0o6000; // no setuid/setgid on files
-        }
+        let new = shared_mode(mode, entry.file_type().is_file());
         if new != mode {
             fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new))?;
         }
     }
     Ok(())
+}
+
+/// `mode` made shareable with the group: group-readable (and group-executable where the
+/// owner may execute or search), never world-writable, no setuid/setgid on files.
+pub fn shared_mode(mode: u32, is_file: bool) -> u32 {
+    let mut new = (mode & !0o002) | 0o040;
+    if mode & 0o100 != 0 {
+        new |= 0o010;
+    }
+    if is_file {
+        new &= !0o6000;
+    }
+    new
 }
 
 /// Whether this process's umask keeps files group-readable and never world-writable

@@ -278,10 +278,7 @@ fn share_with_group(dir: &Path) {
             continue;
         }
         let mode = metadata.permissions().mode() & 0o7777;
-        let mut new = (mode & !0o002) | 0o040;
-        if mode & 0o100 != 0 || metadata.is_dir() {
-            new |= 0o010;
-        }
+        let new = crate::store::shared_mode(mode, metadata.is_file());
         if new != mode {
             // Not ours (EPERM) is fine: its owner decides.
             let _ = fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new));

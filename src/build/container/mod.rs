@@ -76,27 +76,26 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     fs_err::create_dir_all(&env_dir)?;
     fs_err::create_dir_all(&context.meta)?;
 
-    let (env, locks) =
-        if spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none() {
-            // R alone: no Python environment in the image.
-            (EnvInside::None, Vec::new())
-        } else if is_conda(spec) {
-            // Linked here for /opt/env from the lock a native build installs, then copied in.
-            let staged =
-                super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
-            if let Some(pip_lock) = &staged.pip_lock {
-                fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
-                copy_uv(settings, &support)?;
-            }
-            let env = EnvInside::Conda {
-                pip: staged.pip_lock.is_some(),
-            };
-            (env, staged.locks)
-        } else {
-            venv_lock(context, &env_dir)?;
+    let (env, locks) = if r_alone(spec) {
+        // R alone: no Python environment in the image.
+        (EnvInside::None, Vec::new())
+    } else if is_conda(spec) {
+        // Linked here for /opt/env from the lock a native build installs, then copied in.
+        let staged =
+            super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
+        if let Some(pip_lock) = &staged.pip_lock {
+            fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
             copy_uv(settings, &support)?;
-            (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
+        }
+        let env = EnvInside::Conda {
+            pip: staged.pip_lock.is_some(),
         };
+        (env, staged.locks)
+    } else {
+        venv_lock(context, &env_dir)?;
+        copy_uv(settings, &support)?;
+        (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
+    };
     match settings.ca_bundle() {
         Some(bundle) => {
             fs_err::copy(bundle, support.join("ca-bundle.crt"))?;
@@ -108,6 +107,11 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     let containerfile = dir.join("Containerfile");
     fs_err::write(&containerfile, text)?;
     Ok((containerfile, locks))
+}
+
+/// An R repository without Python or conda requirements: no Python environment.
+fn r_alone(spec: &crate::detect::EnvSpec) -> bool {
+    spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none()
 }
 
 /// The conda family (and R with an environment.yml): environments linked by rattler.
@@ -190,7 +194,7 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
             request.checkout.root.join(repository_dockerfile(spec)),
         )?);
     }
-    let env = if spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none() {
+    let env = if r_alone(spec) {
         EnvInside::None
     } else if is_conda(spec) {
         // As the build decides: a pip step when the spec has pip lines or needs ipykernel.
