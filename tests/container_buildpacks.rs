@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::channel::{Channel, Package, PLACEHOLDER};
+use common::channel::{Channel, Package};
 use common::{podman, Sandbox};
 
 /// An environment.yml from a local channel whose `python` is a venv stub of Debian's
@@ -21,18 +21,7 @@ fn conda_repo(sandbox: &Sandbox) -> String {
     );
     let mut channel = Channel::new(&sandbox.path().join("channel"));
     let python = channel.add_python_stub_of(interpreter);
-    let mut hello = Package::noarch_python("hpcb-hello", "1.0");
-    hello.files.push((
-        "site-packages/hpcb_hello/__init__.py".into(),
-        "VERSION = '1.0'\n".into(),
-        false,
-    ));
-    hello.files.push((
-        "share/hpcb-hello/prefix.txt".into(),
-        format!("installed at {PLACEHOLDER}\n"),
-        true,
-    ));
-    channel.add(&hello);
+    channel.add(&Package::hello());
     let env = format!(
         "name: demo\nchannels:\n  - {}\n  - nodefaults\ndependencies:\n  - python={python}\n  - hpcb-hello\n  - pip:\n    - six==1.16.0\nvariables:\n  HPCB_VARIABLE: from-env-file\n",
         channel.url()

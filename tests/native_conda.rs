@@ -7,25 +7,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::channel::{Channel, Package, PLACEHOLDER};
+use common::channel::{Channel, Package};
 use common::{stderr, Sandbox};
 
 /// A channel with the python stub and `hpcb-hello` (noarch python, with a prefix placeholder).
 fn channel(sandbox: &Sandbox) -> (Channel, String) {
     let mut channel = Channel::new(&sandbox.path().join("channel"));
     let python = channel.add_python_stub();
-    let mut hello = Package::noarch_python("hpcb-hello", "1.0");
-    hello.files.push((
-        "site-packages/hpcb_hello/__init__.py".into(),
-        "VERSION = '1.0'\n".into(),
-        false,
-    ));
-    hello.files.push((
-        "share/hpcb-hello/prefix.txt".into(),
-        format!("installed at {PLACEHOLDER}\n"),
-        true,
-    ));
-    channel.add(&hello);
+    channel.add(&Package::hello());
     (channel, python)
 }
 

@@ -23,6 +23,23 @@ pub struct Package {
 }
 
 impl Package {
+    /// `hpcb-hello` 1.0 (noarch python): `hpcb_hello.VERSION`, and
+    /// `share/hpcb-hello/prefix.txt` with a prefix placeholder rewritten at install.
+    pub fn hello() -> Self {
+        let mut hello = Self::noarch_python("hpcb-hello", "1.0");
+        hello.files.push((
+            "site-packages/hpcb_hello/__init__.py".into(),
+            "VERSION = '1.0'\n".into(),
+            false,
+        ));
+        hello.files.push((
+            "share/hpcb-hello/prefix.txt".into(),
+            format!("installed at {PLACEHOLDER}\n"),
+            true,
+        ));
+        hello
+    }
+
     pub fn noarch_python(name: &str, version: &str) -> Self {
         Self {
             name: name.into(),
