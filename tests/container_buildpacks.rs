@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::channel::{Channel, Package};
 use common::{podman, Sandbox};
@@ -47,9 +46,7 @@ fn conda_images_hold_the_native_lock_and_run_their_kernels() {
     let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
     assert_eq!(ready["verified"], "/opt/env", "answered through podman run");
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified =
-        hpcbinder::kernel::verify::verify(kernel_dir, cell, expected, Duration::from_secs(120))
-            .unwrap();
+    let verified = common::run_cell(kernel_dir, cell, expected, 120);
     assert_eq!(
         verified.output, expected,
         "placeholders were rewritten for /opt/env"
@@ -59,9 +56,7 @@ fn conda_images_hold_the_native_lock_and_run_their_kernels() {
     let ch = sandbox.build_ready(&[&repo, "--target", "charliecloud"]);
     assert_eq!(ch["verified"], "/opt/env", "answered through ch-run");
     let kernel_dir = Path::new(ch["kernel_dir"].as_str().unwrap());
-    let verified =
-        hpcbinder::kernel::verify::verify(kernel_dir, cell, expected, Duration::from_secs(120))
-            .unwrap();
+    let verified = common::run_cell(kernel_dir, cell, expected, 120);
     assert_eq!(verified.output, expected);
 
     // The same spec built natively (without apt.txt, which needs a container) holds the
@@ -134,13 +129,12 @@ fn r_image_runs_an_irkernel_with_the_site_cran_mirror() {
         serde_json::from_str(&std::fs::read_to_string(kernel_dir.join("kernel.json")).unwrap())
             .unwrap();
     assert_eq!(kernel["language"], "R");
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "cat(readLines('/opt/install-r-saw-cran.txt'), packageVersion('IRkernel') >= '1.0')",
         "https://packagemanager.example.org/cran/2023-01-15 TRUE",
-        Duration::from_secs(120),
-    )
-    .unwrap();
+        120,
+    );
     assert!(verified.output.ends_with("TRUE"));
     assert!(
         ready["runtime"].as_str().unwrap().starts_with("4.2."),

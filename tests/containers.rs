@@ -67,13 +67,7 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
             && helper.contains("$runtime_dir:$runtime_dir"),
         "{helper}"
     );
-    let verified = hpcbinder::kernel::verify::verify(
-        kernel_dir,
-        "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])",
-        "1.16.0 True built-by-postbuild from-start",
-        Duration::from_secs(120),
-    )
-    .unwrap();
+    let verified = common::run_cell(kernel_dir, "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])", "1.16.0 True built-by-postbuild from-start", 120);
     assert!(verified.output.starts_with("1.16.0"));
     // Stopped as Jupyter stops kernels (shutdown_request): no container is left running.
     let left = podman(&[
@@ -368,13 +362,12 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     std::env::set_var("PATH", &path);
     std::env::set_var("PODMANHPC_CONFIG_FILE", &conf);
     std::env::set_var("USER", "root");
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import six, sys; print(sys.prefix, six.__version__)",
         "/opt/env 1.16.0",
-        Duration::from_secs(120),
-    )
-    .unwrap();
+        120,
+    );
     assert_eq!(verified.output, "/opt/env 1.16.0");
     // The kernel's container is cleaned up after its shutdown (podman's cleanup runs after
     // the client exits): wait for it before the sandbox, which holds the storage, goes.

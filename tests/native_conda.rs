@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::channel::{Channel, Package};
 use common::{stderr, Sandbox};
@@ -49,13 +48,7 @@ fn conda_env_from_a_local_channel_with_a_verified_kernel() {
 
     // Conda packages, the pip section and variables are all there in the kernel.
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified = hpcbinder::kernel::verify::verify(
-        kernel_dir,
-        "import os, hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__, os.environ['HPCB_VARIABLE'], os.environ['CONDA_PREFIX'])",
-        &format!("1.0 1.16.0 from-env-file {prefix}"),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let verified = common::run_cell(kernel_dir, "import os, hpcb_hello, six; print(hpcb_hello.VERSION, six.__version__, os.environ['HPCB_VARIABLE'], os.environ['CONDA_PREFIX'])", &format!("1.0 1.16.0 from-env-file {prefix}"), 60);
     assert!(verified.output.starts_with("1.0"));
 
     // The prefix placeholder was replaced by the real (short) prefix.
@@ -253,13 +246,12 @@ fn an_explicit_file_is_installed_without_a_solve_and_its_hashes_are_checked() {
     let ready = sandbox.build_ready(&[&repo]);
     assert_eq!(ready["target"], "conda");
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import hpcb_hello; print(hpcb_hello.VERSION)",
         "1.0",
-        Duration::from_secs(60),
-    )
-    .unwrap();
+        60,
+    );
     assert_eq!(verified.output, "1.0");
 
     // A hash that does not match the archive is refused; nothing is left ready.
@@ -296,8 +288,7 @@ fn conda_lock_files_and_pixi_manifests_without_locks_build() {
     let check = |ready: &serde_json::Value, code: &str, expected: &str| {
         assert_eq!(ready["target"], "conda");
         let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-        hpcbinder::kernel::verify::verify(kernel_dir, code, expected, Duration::from_secs(60))
-            .unwrap();
+        common::run_cell(kernel_dir, code, expected, 60);
     };
 
     // conda-lock.yml: the locked URLs and sha256, no solve.
@@ -423,12 +414,11 @@ fn a_venv_whose_python_is_not_installed_gets_it_from_conda() {
     let ready: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
     assert_eq!(ready["target"], "venv");
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import six; print(six.__version__)",
         "1.16.0",
-        Duration::from_secs(60),
-    )
-    .unwrap();
+        60,
+    );
     assert_eq!(verified.output, "1.16.0");
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::{stderr, Sandbox};
 
@@ -75,13 +74,12 @@ fn venv_build_registers_a_verified_kernel_and_reuses_it() {
     );
 
     // A package from the requirements is importable in the kernel.
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import six; print(six.__version__)",
         "1.16.0",
-        Duration::from_secs(60),
-    )
-    .unwrap();
+        60,
+    );
     assert_eq!(verified.output, "1.16.0");
 
     // Group-shareable: nothing world-writable anywhere in the env.
@@ -137,13 +135,12 @@ fn post_build_and_start_run_in_the_environment() {
         "postBuild ran inside the env, from the repo root"
     );
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import os; print(os.environ['HPCBINDER_START'])",
         "from-start",
-        Duration::from_secs(60),
-    )
-    .unwrap();
+        60,
+    );
     assert_eq!(verified.output, "from-start");
 }
 
@@ -286,13 +283,12 @@ fn repository_package_is_installed_and_from_lock_rebuilds_without_resolving() {
     );
     let ready = sandbox.build_ready(&[&repo]);
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    let verified = hpcbinder::kernel::verify::verify(
+    let verified = common::run_cell(
         kernel_dir,
         "import hpcb_demo; print(hpcb_demo.ANSWER)",
         "42",
-        Duration::from_secs(60),
-    )
-    .unwrap();
+        60,
+    );
     assert_eq!(
         verified.output, "42",
         "the repository itself is installed, as repo2docker does"
@@ -409,13 +405,12 @@ fn lock_files_the_repository_brings_are_installed_as_they_are() {
             .to_string();
     let check = |ready: &serde_json::Value| {
         let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-        hpcbinder::kernel::verify::verify(
+        common::run_cell(
             kernel_dir,
             "import six; print(six.__version__)",
             "1.16.0",
-            Duration::from_secs(60),
-        )
-        .unwrap();
+            60,
+        );
     };
 
     // uv.lock (+ pyproject.toml): `uv sync --frozen` into the environment.

@@ -254,6 +254,23 @@ impl Sandbox {
     }
 }
 
+/// Start the kernelspec in `kernel_dir` as Jupyter would, run `code` and require
+/// `expected` on stdout (within `seconds`).
+pub fn run_cell(
+    kernel_dir: &Path,
+    code: &str,
+    expected: &str,
+    seconds: u64,
+) -> hpcbinder::kernel::verify::Verified {
+    hpcbinder::kernel::verify::verify(
+        kernel_dir,
+        code,
+        expected,
+        std::time::Duration::from_secs(seconds),
+    )
+    .unwrap_or_else(|e| panic!("kernel in {}: {e:?}", kernel_dir.display()))
+}
+
 /// `X.Y` of the machine's `python3`.
 pub fn python_minor() -> String {
     let output = Command::new("python3")
