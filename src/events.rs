@@ -63,6 +63,20 @@ impl Event {
         }
     }
 
+    /// A warning: a `building` event whose message starts with `warning: ` and whose
+    /// `level` field is `warning`, so JSON and SSE clients see it and terminals show it
+    /// as a warning whatever the verbosity.
+    pub fn warning(message: impl Into<String>) -> Self {
+        let mut event = Self::new(Phase::Building, format!("warning: {}", message.into()));
+        event.fields.insert("level".into(), "warning".into());
+        event
+    }
+
+    /// Whether this is a [`Event::warning`].
+    pub fn is_warning(&self) -> bool {
+        self.fields.get("level").and_then(|l| l.as_str()) == Some("warning")
+    }
+
     /// Add the fields of a serialisable struct (must serialise to an object).
     pub fn with_fields(mut self, value: &impl Serialize) -> Self {
         if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(value) {
@@ -83,6 +97,11 @@ pub trait ReporterExt: Reporter {
     /// Report a phase with a message.
     fn phase(&self, phase: Phase, message: impl Into<String>) {
         self.report(Event::new(phase, message));
+    }
+
+    /// Report a warning ([`Event::warning`]).
+    fn warning(&self, message: impl Into<String>) {
+        self.report(Event::warning(message));
     }
 }
 
@@ -136,6 +155,14 @@ impl Reporter for TerminalReporter {
         let Ok(mut spinner) = self.spinner.lock() else {
             return;
         };
+        if event.is_warning() {
+            let text = text.strip_prefix("warning: ").unwrap_or(&text);
+            match spinner.as_ref() {
+                Some(bar) => bar.suspend(|| self.printer.warning(text)),
+                None => self.printer.warning(text),
+            }
+            return;
+        }
         if self.printer.can_animate() {
             if finished {
                 if let Some(bar) = spinner.take() {

@@ -136,16 +136,12 @@ pub fn compute(
     Ok(EnvKey { key, inputs })
 }
 
-/// The Python version to build with and whether it came from the repository.
-///
-/// `--python` or a configured `python` beats the repository (a centre may offer one
-/// Python only); the built-in default only fills in when the repository says nothing.
+/// The Python version to build with ([`crate::python::choose`]) and whether it came from
+/// the repository.
 pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
-    let configured = settings.origin("python") != crate::settings::Origin::Default;
-    match &spec.python {
-        Some(version) if !configured => (version.clone(), true),
-        _ => (settings.python.clone(), false),
-    }
+    let choice = crate::python::choose(spec, settings);
+    let from_repo = choice.source == crate::python::Source::Repository;
+    (choice.version, from_repo)
 }
 
 /// A file's role: its path with the binder dir stripped, so moving config into `binder/`

@@ -53,13 +53,16 @@ mod commands;
 pub mod detect;
 pub mod error;
 pub mod events;
+mod http;
 pub mod kernel;
 pub mod key;
 pub mod plan;
 pub mod printer;
+pub mod python;
 pub mod settings;
 pub mod source;
 pub mod store;
+pub mod tools;
 pub mod variables;
 
 use std::process::ExitCode;

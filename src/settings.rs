@@ -132,20 +132,21 @@ pub const DEFAULT_CRAN_MIRROR: &str = "https://cloud.r-project.org";
 pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("store", "The store directory: environments, images, package and clone caches."),
     ("target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud."),
-    ("python", "The Python version (X.Y) for venvs and conda environments; beats the repository's, with a warning."),
+    ("python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH."),
     ("platform", "The conda platform to solve for (default: this machine's, e.g. linux-64)."),
     ("channels", "Conda channels used when a spec names none (or only nodefaults)."),
     ("channel-alias", "The URL that bare conda channel names resolve under."),
     ("mirrors", "A table of channel URL prefixes and the mirror URLs that replace them."),
     ("base-image", "The base image of rendered Containerfiles (never hard-coded)."),
     ("container-engine", "The container target --target auto picks when a repository needs a container (default podman)."),
-    ("uv", "The uv executable (default: uv on PATH)."),
+    ("uv", "The uv executable (default: uv on PATH, else the one bootstrapped into the store)."),
+    ("uv-bootstrap", "Install a pinned uv into the store from the Python index when none is configured or on PATH (default true); false falls back to pip."),
     ("pip-index-url", "The Python package index for pip requirements."),
     ("pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements."),
     ("pip-no-index", "Install pip requirements from pip-find-links only."),
     ("modules", "Environment modules the kernel helper loads before starting a kernel."),
     ("virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's."),
-    ("kernel-package", "Where ipykernel comes from when a conda spec lacks it: conda or pip."),
+    ("kernel-package", "Where ipykernel comes from when a conda spec lacks it: auto (the channels when they have it, else the Python index; the default), conda or pip."),
     ("ca-bundle", "The CA bundle given to every download, on the host and inside image builds (default: the host's)."),
     ("containers-conf", "A containers.conf passed to Podman as CONTAINERS_CONF, for builds and kernels."),
     ("podman-isolation", "podman build --isolation (chroot where OCI isolation cannot run)."),
@@ -171,6 +172,7 @@ struct ConfigFile {
     base_image: Option<String>,
     container_engine: Option<String>,
     uv: Option<PathBuf>,
+    uv_bootstrap: Option<bool>,
     pip_index_url: Option<String>,
     pip_find_links: Option<Vec<String>>,
     pip_no_index: Option<bool>,
@@ -208,8 +210,9 @@ pub struct Settings {
     pub store: PathBuf,
     /// The build target (`auto` is resolved per repository by the planner).
     pub target: Target,
-    /// The Python version used when a repository does not ask for one.
-    pub python: String,
+    /// The Python to build with, as configured (`X.Y`, `X.Y.Z` or an interpreter path);
+    /// `None` lets the repository choose, else the `python3` on PATH ([`crate::python::choose`]).
+    pub python: Option<String>,
     /// The conda platform environments are built for (the compute nodes').
     pub platform: String,
     /// Default conda channels, used when an environment file names none.
@@ -222,8 +225,10 @@ pub struct Settings {
     pub base_image: Option<String>,
     /// The engine `--target auto` uses when a repository needs a container.
     pub container_engine: Target,
-    /// The uv executable (else `uv` on PATH; else `python -m pip`).
+    /// The uv executable (else `uv` on PATH, else bootstrapped into the store).
     pub uv: Option<PathBuf>,
+    /// Install a pinned uv into the store when there is none ([`crate::tools`]).
+    pub uv_bootstrap: bool,
     /// The Python package index (a site mirror).
     pub pip_index_url: Option<String>,
     /// Extra wheel directories or pages.
@@ -234,7 +239,7 @@ pub struct Settings {
     pub modules: Vec<String>,
     /// Conda virtual packages of the compute nodes (`__glibc=2.28`); detected when empty.
     pub virtual_packages: Vec<String>,
-    /// Where ipykernel comes from when a conda spec lacks it: `conda` or `pip`.
+    /// Where ipykernel comes from when a conda spec lacks it: `auto`, `conda` or `pip`.
     pub kernel_package: String,
     /// CA bundle given to container builds (default: the host's).
     pub ca_bundle: Option<PathBuf>,
@@ -360,14 +365,17 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         None,
         cli.python.clone().map(|p| ("--python", p)),
         &mut origins,
-    )
-    .unwrap_or_else(|| "3.12".into());
-    if crate::detect::first_major_minor(&python).as_deref() != Some(python.as_str()) {
+    );
+    if let Some(text) = python
+        .as_deref()
+        .filter(|t| crate::python::Request::parse(t).is_none())
+    {
         return Err(ConfigError::BadValue {
             name: "python",
-            value: python,
+            value: text.to_string(),
             origin: origins.get("python").cloned().unwrap_or(Origin::Default),
-            allowed: "a major.minor version such as 3.12".into(),
+            allowed: "X.Y (3.12), X.Y.Z (3.12.4), an interpreter's path (/usr/bin/python3.11)"
+                .into(),
         });
     }
     let platform = pick_value(
@@ -446,6 +454,15 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         None => Target::Podman,
     };
     let uv = pick_value("uv", &layers, &|f| f.uv.clone(), None, None, &mut origins);
+    let uv_bootstrap = pick_value(
+        "uv-bootstrap",
+        &layers,
+        &|f| f.uv_bootstrap,
+        None,
+        None,
+        &mut origins,
+    )
+    .unwrap_or(true);
     let pip_index_url = pick_value(
         "pip-index-url",
         &layers,
@@ -498,8 +515,8 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         None,
         &mut origins,
     )
-    .unwrap_or_else(|| "conda".into());
-    if kernel_package != "conda" && kernel_package != "pip" {
+    .unwrap_or_else(|| "auto".into());
+    if !["auto", "conda", "pip"].contains(&kernel_package.as_str()) {
         return Err(ConfigError::BadValue {
             name: "kernel-package",
             value: kernel_package,
@@ -507,7 +524,7 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
                 .get("kernel-package")
                 .cloned()
                 .unwrap_or(Origin::Default),
-            allowed: "conda, pip".into(),
+            allowed: "auto, conda, pip".into(),
         });
     }
     let ca_bundle = pick_value(
@@ -597,6 +614,7 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         registry_tls_verify,
         squash_dir,
         uv,
+        uv_bootstrap,
         pip_index_url,
         pip_find_links,
         pip_no_index,

@@ -16,6 +16,10 @@ pub const HOME: &str = "HOME";
 pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 /// XDG base directory for configuration (user config file).
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// XDG base directory for per-user caches (the interpreter probe cache).
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+/// pyenv's selected version: part of the interpreter probe cache's key.
+pub const PYENV_VERSION: &str = "PYENV_VERSION";
 /// Jupyter's data directory; kernelspecs go in its `kernels/` folder.
 pub const JUPYTER_DATA_DIR: &str = "JUPYTER_DATA_DIR";
 

@@ -93,9 +93,19 @@ pub struct Context<'a> {
     pub store: &'a Store,
     /// Progress.
     pub reporter: &'a dyn Reporter,
+    /// uv, found or bootstrapped on first use ([`Context::uv`]).
+    pub uv: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl Context<'_> {
+    /// uv for this build: configured, on PATH, or installed into the store once
+    /// ([`crate::tools::uv`]); `None` when there is none (the caller falls back or fails).
+    pub fn uv(&self) -> Option<&Path> {
+        self.uv
+            .get_or_init(|| crate::tools::uv(self.request.settings, self.store, self.reporter))
+            .as_deref()
+    }
+
     /// The build log (appended to by every step).
     pub fn log(&self) -> PathBuf {
         self.meta.join("build.log")
@@ -142,6 +152,7 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
                         prefix,
                         store: &store,
                         reporter,
+                        uv: std::sync::OnceLock::new(),
                     };
                     match build_new(&context) {
                         Ok((locks, artifact)) => {
@@ -229,7 +240,7 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artif
     // group-read and drops world-write only the top of a venv needs checking (uv's own
     // `.lock` there is 0666 on purpose); walking every file of site-packages would be
     // the slowest step of a warm build. Conda packages carry their own modes: all checked.
-    let uv_made = request.target == Target::Venv && python::uv(request.settings).is_some();
+    let uv_made = request.target == Target::Venv && context.uv().is_some();
     let depth = if uv_made && store::umask_is_shareable() {
         2
     } else {
@@ -463,7 +474,7 @@ impl Diagnostic for BuildError {
     fn hint(&self) -> Option<String> {
         match self {
             Self::NoPython { version } => Some(format!(
-                "install or `module load` Python {version}, pass --python X.Y for one you have, or use --target conda"
+                "install or `module load` Python {version}, pass --python with a version or an interpreter path you have, or use --target conda"
             )),
             Self::Unsupported { instead, .. } => Some(instead.clone()),
             Self::PostBuild { .. } => Some("fix postBuild (it runs from the repository root inside the environment)".into()),
@@ -477,7 +488,7 @@ impl Diagnostic for BuildError {
             Self::NoRegistry => Some("set `registry = \"host:port/path\"` in the site config".into()),
             Self::Migrate { .. } => Some("podman-hpc needs a static mksquashfs (>= 4.6, its `mksquashfs_bin`) and a writable squash dir (`squash-dir`)".into()),
             Self::Push { .. } => Some("check that the registry is up and accepts pushes (and `registry-tls-verify`)".into()),
-            Self::Tool { .. } => Some("install uv (`pip install uv`) or set `uv = \"/path/to/uv\"` in the config".into()),
+            Self::Tool { .. } => Some("set `uv = \"/path/to/uv\"` in the config, put uv on PATH, or let hpcbinder install it (`uv-bootstrap = true` and a reachable pip-index-url); `hpcbinder doctor` shows which".into()),
             _ => None,
         }
     }

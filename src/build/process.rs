@@ -12,7 +12,7 @@ use crate::store;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// No interpreter of the wanted version.
-    #[error("no Python {version} interpreter found on PATH")]
+    #[error("no Python {version} interpreter found")]
     NoPython {
         /// `X.Y`.
         version: String,

@@ -20,7 +20,7 @@ use crate::key;
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     let request = context.request;
     let (version, _) = key::python_version(request.spec, request.settings);
-    let interpreter = match python::find(&version, &context.store.root().join("cache")) {
+    let interpreter = match python::interpreter(request.spec, request.settings) {
         Ok(interpreter) => interpreter,
         // No such interpreter here: Python X.Y from the site's conda channels instead.
         Err(error @ super::BuildError::NoPython { .. }) => {
@@ -33,12 +33,11 @@ pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
         }
         Err(error) => return Err(error.into()),
     };
-    match python::uv(request.settings) {
-        Some(uv) => with_uv(context, &uv, &interpreter.path),
+    match context.uv() {
+        Some(uv) => with_uv(context, uv, &interpreter.path),
         None => {
-            context.reporter.phase(
-                Phase::Building,
-                "warning: uv not found; falling back to `python -m pip` (slower, lock without hashes)",
+            context.reporter.warning(
+                "uv not found; falling back to `python -m pip` (slower, lock without hashes)",
             );
             with_pip(context, &interpreter.path)
         }

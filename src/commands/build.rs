@@ -3,11 +3,13 @@
 
 use super::checkout_and_detect;
 use crate::cli::BuildArgs;
+use crate::detect::Buildpack;
 use crate::error::ExitStatus;
-use crate::events::{Event, Phase, Reporter};
+use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::key;
 use crate::plan::{self, KernelOptions};
 use crate::printer::{sanitize, Printer};
+use crate::python::Source;
 use crate::settings::Settings;
 
 /// Plan (and, later, run) a build.
@@ -18,21 +20,24 @@ pub fn build(
     reporter: &dyn Reporter,
     json: bool,
 ) -> anyhow::Result<ExitStatus> {
-    let (checkout, spec) = checkout_and_detect(&args.repo, settings, printer, reporter)?;
+    let (checkout, spec) = checkout_and_detect(&args.repo, settings, reporter)?;
     let target = plan::choose_target(&spec, settings)?;
-    let (python, from_repo) = key::python_version(&spec, settings);
-    if let (Some(asked), false) = (&spec.python, from_repo) {
-        if *asked != python {
-            let file = spec
-                .files
-                .iter()
-                .find(|f| f.ends_with("runtime.txt"))
-                .map(String::as_str)
-                .unwrap_or("the repository");
-            printer.warning(&format!(
-                "{file} asks for Python {asked}; building with Python {python} from {}",
-                settings.origin("python")
-            ));
+    if !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix) {
+        let choice = crate::python::choose(&spec, settings);
+        reporter.phase(Phase::Building, format!("Using {}", choice.describe()));
+        if let (Some(asked), Source::Configured(origin)) = (&spec.python, &choice.source) {
+            if *asked != choice.version {
+                let file = spec
+                    .files
+                    .iter()
+                    .find(|f| f.ends_with("runtime.txt"))
+                    .map(String::as_str)
+                    .unwrap_or("the repository");
+                reporter.warning(format!(
+                    "{file} asks for Python {asked}; building with Python {} from {origin}",
+                    choice.version
+                ));
+            }
         }
     }
     let from_lock = match &args.from_lock {
@@ -81,7 +86,7 @@ pub fn build(
         if let (Some(asked), Some(found)) = (asked_r, &outcome.runtime) {
             // The image's R comes from the base image's distribution (see lib.rs).
             if found != asked && !found.starts_with(&format!("{asked}.")) {
-                printer.warning(&format!(
+                reporter.warning(format!(
                     "runtime.txt asks for R {asked}; the image has R {found}, from its base image's distribution"
                 ));
             }

@@ -26,7 +26,7 @@ pub fn detect(
     reporter: &dyn Reporter,
     json: bool,
 ) -> anyhow::Result<ExitStatus> {
-    let (checkout, spec) = checkout_and_detect(args, settings, printer, reporter)?;
+    let (checkout, spec) = checkout_and_detect(args, settings, reporter)?;
     if json {
         let output = DetectOutput {
             spec: &spec,

@@ -27,7 +27,7 @@ pub fn key(
     reporter: &dyn Reporter,
     json: bool,
 ) -> anyhow::Result<ExitStatus> {
-    let (checkout, spec) = checkout_and_detect(&args.repo, settings, printer, reporter)?;
+    let (checkout, spec) = checkout_and_detect(&args.repo, settings, reporter)?;
     let target = plan::choose_target(&spec, settings)?;
     let env_key = key::compute(&checkout.root, &spec, target, settings, None)?;
     if json {

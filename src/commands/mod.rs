@@ -15,7 +15,6 @@ use anyhow::Context as _;
 use crate::cli::RepoArgs;
 use crate::detect::EnvSpec;
 use crate::events::{Phase, Reporter, ReporterExt};
-use crate::printer::Printer;
 use crate::settings::Settings;
 use crate::source::{self, Checkout};
 
@@ -23,7 +22,6 @@ use crate::source::{self, Checkout};
 fn checkout_and_detect(
     repo: &RepoArgs,
     settings: &Settings,
-    printer: &Printer,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<(Checkout, EnvSpec)> {
     let spec = source::spec::parse(&repo.repo, repo.reference.as_deref())?;
@@ -32,7 +30,7 @@ fn checkout_and_detect(
     reporter.phase(Phase::Building, "Detecting the environment");
     let env = crate::detect::detect(&checkout.root).context("detection failed")?;
     for warning in &env.warnings {
-        printer.warning(warning);
+        reporter.warning(warning.clone());
     }
     Ok((checkout, env))
 }

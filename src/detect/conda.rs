@@ -273,7 +273,18 @@ pub fn python_version(
             .trim_start_matches('[')
             .trim_start_matches("version=")
             .trim_matches(|c| c == '\'' || c == '"' || c == ']');
-        let version = first_major_minor(constraint)?;
+        let version = match first_major_minor(constraint) {
+            Some(version) => version,
+            // repo2docker's `major_pythons`: `python=2` (or `python 2`) means 2.7.
+            None if constraint
+                .trim_start_matches('=')
+                .trim_end_matches(['.', '*'])
+                == "2" =>
+            {
+                "2.7".to_string()
+            }
+            None => return None,
+        };
         let repo2docker_reads_it =
             rest.trim_start().starts_with('=') && !constraint.starts_with(">");
         if constraint.starts_with('<') {
@@ -326,6 +337,9 @@ mod tests {
         );
         assert_eq!(version("python"), None);
         assert_eq!(version("python=3"), None);
+        assert_eq!(version("python=2").as_deref(), Some("2.7"));
+        assert_eq!(version("python 2").as_deref(), Some("2.7"));
+        assert_eq!(version("python=2.*").as_deref(), Some("2.7"));
         assert_eq!(version("python-dateutil=2.8"), None);
         assert_eq!(version("python<3.13"), None);
     }

@@ -176,7 +176,11 @@ async fn link(
             // A pip-only spec built as a conda env: Python from conda, packages from pip.
             _ => CondaSpec::default(),
         };
-        solve(context, &conda, &platform, &package_cache).await?
+        let solved = solve(context, &conda, &platform, &package_cache).await?;
+        if solved.kernel_from_pip {
+            pip_lines.push("ipykernel".into());
+        }
+        (solved.records, solved.specs, solved.channels)
     };
 
     context.reporter.phase(

@@ -41,7 +41,7 @@ pub(super) fn pip_lock(
     if lines.is_empty() {
         return Ok(None);
     }
-    let uv = pip_uv(request.settings)?;
+    let uv = pip_uv(context)?;
     let input = context.meta.join("pip-requirements.in");
     fs_err::write(&input, lines.join("\n") + "\n")?;
     let lock = context.meta.join("pip.lock");
@@ -127,7 +127,7 @@ fn check_pins(lock: &Path, pins: &[PipPin]) -> anyhow::Result<()> {
 /// Install the pip section's lock into the environment's Python.
 pub(super) fn install_pip(context: &Context<'_>, python: &Path, lock: &Path) -> anyhow::Result<()> {
     let settings = context.request.settings;
-    let uv = pip_uv(settings)?;
+    let uv = pip_uv(context)?;
     let (python, lock) = (python.display().to_string(), lock.display().to_string());
     context
         .reporter
@@ -147,10 +147,13 @@ pub(super) fn install_pip(context: &Context<'_>, python: &Path, lock: &Path) -> 
     )
 }
 
-fn pip_uv(settings: &crate::settings::Settings) -> Result<std::path::PathBuf, BuildError> {
-    python::uv(settings).ok_or_else(|| BuildError::Tool {
-        tool: "uv (for the pip: section)".into(),
-    })
+fn pip_uv(context: &Context<'_>) -> Result<std::path::PathBuf, BuildError> {
+    context
+        .uv()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| BuildError::Tool {
+            tool: "uv (for the pip: section)".into(),
+        })
 }
 
 /// The directory the pip section's relative paths are relative to (environment.yml's).

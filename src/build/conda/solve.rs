@@ -17,13 +17,25 @@ use crate::detect::CondaSpec;
 use crate::events::{Phase, ReporterExt};
 use crate::key;
 
+/// What a solve gives the installer.
+pub(super) struct Solved {
+    /// The records to link.
+    pub records: Vec<RepoDataRecord>,
+    /// The specs solved for.
+    pub specs: Vec<MatchSpec>,
+    /// The channels' URLs.
+    pub channels: Vec<String>,
+    /// ipykernel is to come from the Python index (the channels lack it).
+    pub kernel_from_pip: bool,
+}
+
 /// Channels, repodata, virtual packages, resolvo.
 pub(super) async fn solve(
     context: &Context<'_>,
     conda: &CondaSpec,
     platform: &Subdir,
     package_cache: &PackageCache,
-) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<MatchSpec>, Vec<String>)> {
+) -> anyhow::Result<Solved> {
     let request = context.request;
     let settings = request.settings;
     let config = ChannelConfig {
@@ -75,12 +87,14 @@ pub(super) async fn solve(
             ParseStrictness::Lenient,
         )?);
     }
-    if settings.kernel_package == "conda" && !spec_has_ipykernel(request.spec, context.repo()) {
-        context.reporter.phase(
-            Phase::Building,
-            "Adding ipykernel: the environment does not list it",
-        );
-        specs.push(MatchSpec::from_str("ipykernel", ParseStrictness::Lenient)?);
+    // ipykernel when the spec lacks it: from the channels (`kernel-package = "conda"`),
+    // from the Python index (`"pip"`), or from the channels when they have it, else the
+    // index (`"auto"`, the default).
+    let needs_kernel = !spec_has_ipykernel(request.spec, context.repo());
+    let kernel_spec = MatchSpec::from_str("ipykernel", ParseStrictness::Lenient)?;
+    let mut query_specs = specs.clone();
+    if needs_kernel && settings.kernel_package != "pip" {
+        query_specs.push(kernel_spec.clone());
     }
     context.reporter.phase(
         Phase::Building,
@@ -98,7 +112,7 @@ pub(super) async fn solve(
         .with_package_cache(package_cache.clone())
         .finish();
     let repodata = gateway
-        .query(channels.clone(), [*platform, Subdir::NoArch], specs.clone())
+        .query(channels.clone(), [*platform, Subdir::NoArch], query_specs)
         .recursive(true)
         .await
         .map_err(|e| BuildError::Channel {
@@ -109,6 +123,25 @@ pub(super) async fn solve(
                 .join(", "),
             message: error_chain(&e),
         })?;
+    let mut kernel_from_pip = false;
+    if needs_kernel && settings.kernel_package != "pip" {
+        let channels_have_it = repodata
+            .iter()
+            .flat_map(|r| r.iter())
+            .any(|record| record.package_record.name.as_normalized() == "ipykernel");
+        if channels_have_it || settings.kernel_package == "conda" {
+            context.reporter.phase(
+                Phase::Building,
+                "Adding ipykernel: the environment does not list it",
+            );
+            specs.push(kernel_spec);
+        } else {
+            context.reporter.warning(
+                "the environment does not list ipykernel and its channels do not have it; installing ipykernel from the Python index instead (set kernel-package to choose one source)",
+            );
+            kernel_from_pip = true;
+        }
+    }
     let virtual_packages = virtual_packages(&settings.virtual_packages)?;
     context
         .reporter
@@ -127,7 +160,12 @@ pub(super) async fn solve(
         },
     })?;
     let urls = channels.iter().map(|c| c.base_url.to_string()).collect();
-    Ok((solution.records, specs, urls))
+    Ok(Solved {
+        records: solution.records,
+        specs,
+        channels: urls,
+        kernel_from_pip,
+    })
 }
 
 pub(super) fn error_chain(error: &dyn std::error::Error) -> String {

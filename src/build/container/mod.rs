@@ -85,7 +85,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
             super::conda::stage(context, &support.join("prefix"), Path::new(IMAGE_PREFIX))?;
         if let Some(pip_lock) = &staged.pip_lock {
             fs_err::copy(pip_lock, env_dir.join("pip.lock"))?;
-            copy_uv(settings, &support)?;
+            copy_uv(context, &support)?;
         }
         let env = EnvInside::Conda {
             pip: staged.pip_lock.is_some(),
@@ -93,7 +93,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
         (env, staged.locks)
     } else {
         venv_lock(context, &env_dir)?;
-        copy_uv(settings, &support)?;
+        copy_uv(context, &support)?;
         (EnvInside::Venv, vec!["hpcbinder/requirements.lock".into()])
     };
     match settings.ca_bundle() {
@@ -130,9 +130,11 @@ enum EnvInside {
     Conda { pip: bool },
 }
 
-fn copy_uv(settings: &Settings, support: &Path) -> anyhow::Result<()> {
-    let uv = python::uv(settings).ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
-    fs_err::copy(&uv, support.join("uv"))?;
+fn copy_uv(context: &Context<'_>, support: &Path) -> anyhow::Result<()> {
+    let uv = context
+        .uv()
+        .ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
+    fs_err::copy(uv, support.join("uv"))?;
     Ok(())
 }
 
@@ -142,15 +144,17 @@ fn venv_lock(context: &Context<'_>, env_dir: &Path) -> anyhow::Result<()> {
     let request = context.request;
     let spec = request.spec;
     let settings = request.settings;
-    let (version, _) = key::python_version(spec, settings);
-    let uv = python::uv(settings).ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
+    let uv = context
+        .uv()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| BuildError::Tool { tool: "uv".into() })?;
     let lock = context.meta.join("requirements.lock");
     match &request.from_lock {
         Some(from) => {
             fs_err::copy(from, &lock)?;
         }
         None => {
-            let interpreter = python::find(&version, &context.store.root().join("cache"))?;
+            let interpreter = python::interpreter(spec, settings)?;
             let needs_ipykernel = !spec_has_ipykernel(spec, context.repo());
             let input = if spec.buildpack == Buildpack::UvLock {
                 uv_export(context, &uv, needs_ipykernel)?
@@ -271,6 +275,7 @@ pub fn write_context(
         prefix: dir.clone(),
         store: &store,
         reporter,
+        uv: std::sync::OnceLock::new(),
     };
     let (containerfile, _) = assemble(&context, &dir)?;
     Ok(containerfile)

@@ -1,0 +1,124 @@
+//! hpcbinder's own HTTP requests (the uv bootstrap, `doctor`'s reachability checks):
+//! reqwest with rustls, the site's CA bundle (sites behind TLS-intercepting proxies), the
+//! usual proxy variables, and timeouts.
+//!
+//! Callers are blocking code; each request runs on a short-lived current-thread runtime
+//! on its own thread, so a caller inside an async context (the conda build) cannot
+//! nest runtimes.
+
+use std::time::Duration;
+
+use crate::settings::Settings;
+
+/// A request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No answer (DNS, connection, TLS, timeout).
+    #[error("{url} could not be reached: {message}")]
+    Unreachable {
+        /// The URL, credentials redacted.
+        url: String,
+        /// reqwest's error chain.
+        message: String,
+    },
+    /// An answer other than 2xx.
+    #[error("{url} answered HTTP {status}")]
+    Status {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Response {
+    /// The URL after redirects.
+    pub url: url::Url,
+    /// `Content-Type`, when given.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// GET `url` (with `accept` as the `Accept` header), following redirects, within `timeout`.
+pub fn get(
+    settings: &Settings,
+    url: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    let redacted = crate::source::redact(url);
+    let unreachable = |message: String| HttpError::Unreachable {
+        url: redacted.clone(),
+        message,
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("hpcbinder/", env!("CARGO_PKG_VERSION")));
+    if let Some(bundle) = settings.ca_bundle() {
+        let pem = fs_err::read(&bundle).map_err(|e| unreachable(e.to_string()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| unreachable(format!("the CA bundle {}: {e}", bundle.display())))?;
+        builder = builder.tls_certs_only(certificates);
+    }
+    let client = builder.build().map_err(|e| unreachable(chain(&e)))?;
+    let url = url.to_string();
+    let accept = accept.map(str::to_string);
+    let work = async move {
+        let mut request = client.get(&url);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let final_url = response.url().clone();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, final_url, content_type, body.to_vec()))
+    };
+    let outcome = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|runtime| runtime.block_on(work).map_err(|e| chain(&e)))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the request thread panicked".into()))
+    });
+    let (status, url, content_type, body) = outcome.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(HttpError::Status {
+            url: redacted,
+            status: status.as_u16(),
+        });
+    }
+    Ok(Response {
+        url,
+        content_type,
+        body,
+    })
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    crate::source::redact(&message)
+}
