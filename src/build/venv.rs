@@ -262,69 +262,131 @@ fn hashed_pipfile_lock(context: &Context<'_>) -> anyhow::Result<Option<PathBuf>>
     Ok(Some(path))
 }
 
-/// Pipfile.lock (pins only) or Pipfile, as requirement lines; dev packages included,
-/// as repo2docker's `pipenv install --dev` does.
+/// Pipfile.lock (its pins) or Pipfile, as requirement lines; dev packages included, as
+/// repo2docker's `pipenv install --dev` does.
 fn pipfile_requirements(context: &Context<'_>) -> anyhow::Result<String> {
     let spec = context.request.spec;
+    let (file, sections, document) =
+        if let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) {
+            let value: serde_json::Value =
+                serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
+            (lock, ["default", "develop"], value)
+        } else if let Some(pipfile) = spec.files.iter().find(|f| f.ends_with("Pipfile")) {
+            let table: toml::Table =
+                toml::from_str(&fs_err::read_to_string(context.repo().join(pipfile))?)?;
+            (pipfile, ["packages", "dev-packages"], serde_json::to_value(table)?)
+        } else {
+            return Ok(String::new());
+        };
+    // Paths in a Pipfile are relative to the Pipfile (`{path = ".."}` in `binder/`).
+    let base = context
+        .repo()
+        .join(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| context.repo().to_path_buf());
     let mut out = String::new();
-    if let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) {
-        let value: serde_json::Value =
-            serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
-        for section in ["default", "develop"] {
-            for (name, entry) in value[section].as_object().into_iter().flatten() {
-                let Some(version) = entry["version"].as_str() else {
-                    continue;
-                };
-                let _ = write!(out, "{name}{version}");
-                if let Some(markers) = entry["markers"].as_str() {
-                    let _ = write!(out, " ; {markers}");
+    for section in sections {
+        for (name, entry) in document[section].as_object().into_iter().flatten() {
+            let line = pipfile_line(name, entry, &base, context.repo()).map_err(|message| {
+                crate::detect::DetectError::Malformed {
+                    file: file.clone(),
+                    line: None,
+                    message: format!("[{section}] {name}: {message}"),
                 }
-                out.push('\n');
-            }
-        }
-        return Ok(out);
-    }
-    if let Some(pipfile) = spec.files.iter().find(|f| f.ends_with("Pipfile")) {
-        let table: toml::Table =
-            toml::from_str(&fs_err::read_to_string(context.repo().join(pipfile))?)?;
-        for section in ["packages", "dev-packages"] {
-            for (name, value) in table
-                .get(section)
-                .and_then(|v| v.as_table())
-                .into_iter()
-                .flatten()
-            {
-                let line = match value {
-                    toml::Value::String(s) if s == "*" => name.clone(),
-                    toml::Value::String(s) => format!("{name}{s}"),
-                    toml::Value::Table(t) => {
-                        let extras = t
-                            .get("extras")
-                            .and_then(|e| e.as_array())
-                            .map(|a| {
-                                format!(
-                                    "[{}]",
-                                    a.iter()
-                                        .filter_map(|x| x.as_str())
-                                        .collect::<Vec<_>>()
-                                        .join(",")
-                                )
-                            })
-                            .unwrap_or_default();
-                        let version = t
-                            .get("version")
-                            .and_then(|v| v.as_str())
-                            .filter(|v| *v != "*")
-                            .unwrap_or("");
-                        format!("{name}{extras}{version}")
-                    }
-                    _ => name.clone(),
-                };
+            })?;
+            if let Some(line) = line {
                 let _ = writeln!(out, "{line}");
             }
         }
     }
     Ok(out)
+}
+
+/// One Pipfile or Pipfile.lock entry as a requirement line, as pipenv installs it: a
+/// version (`"*"`, `"==1.0"`, `{version = ...}`), a local path (`{path = "."}`, relative
+/// to the Pipfile and inside the repository), a file or URL (`{file = ...}`), or a VCS
+/// checkout (`{git = ..., ref = ...}`). `editable = true` installs a regular copy: the
+/// environment must not follow a checkout that moves on. `None` for a lock entry that
+/// names nothing installable.
+fn pipfile_line(
+    name: &str,
+    entry: &serde_json::Value,
+    base: &Path,
+    repo: &Path,
+) -> Result<Option<String>, String> {
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid_name {
+        return Err("not a package name".into());
+    }
+    let text = |key: &str| -> Result<Option<&str>, String> {
+        match entry.get(key).and_then(|v| v.as_str()) {
+            Some(value) if value.contains(['\n', '\r']) => {
+                Err(format!("`{key}` holds a line break"))
+            }
+            other => Ok(other),
+        }
+    };
+    let version_of = |version: &str| {
+        if version == "*" {
+            String::new()
+        } else {
+            version.to_string()
+        }
+    };
+    if let Some(version) = entry.as_str() {
+        if version.contains(['\n', '\r']) {
+            return Err("the version holds a line break".into());
+        }
+        return Ok(Some(format!("{name}{}", version_of(version))));
+    }
+    let extras = entry
+        .get("extras")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            let names: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
+            format!("[{}]", names.join(","))
+        })
+        .filter(|e| e != "[]" && !e.contains(['\n', '\r']))
+        .unwrap_or_default();
+    let markers = text("markers")?
+        .map(|m| format!(" ; {m}"))
+        .unwrap_or_default();
+    let local = |path: &str| -> Result<String, String> {
+        let resolved = fs_err::canonicalize(base.join(path)).map_err(|e| e.to_string())?;
+        let root = fs_err::canonicalize(repo).map_err(|e| e.to_string())?;
+        if !resolved.starts_with(&root) {
+            return Err(format!("`{path}` is outside the repository"));
+        }
+        Ok(format!("{name}{extras} @ file://{}{markers}", resolved.display()))
+    };
+    if let Some(path) = text("path")? {
+        return local(path).map(Some);
+    }
+    if let Some(file) = text("file")? {
+        if !file.contains("://") {
+            return local(file).map(Some);
+        }
+        return Ok(Some(format!("{name}{extras} @ {file}{markers}")));
+    }
+    if let Some(git) = text("git")? {
+        let url = if git.starts_with("git+") {
+            git.to_string()
+        } else {
+            format!("git+{git}")
+        };
+        let reference = text("ref")?.map(|r| format!("@{r}")).unwrap_or_default();
+        let subdirectory = text("subdirectory")?
+            .map(|d| format!("#subdirectory={d}"))
+            .unwrap_or_default();
+        return Ok(Some(format!(
+            "{name}{extras} @ {url}{reference}{subdirectory}{markers}"
+        )));
+    }
+    Ok(text("version")?.map(|version| format!("{name}{extras}{}{markers}", version_of(version))))
 }
 
 fn with_pip(context: &Context<'_>, interpreter: &Path) -> anyhow::Result<Vec<String>> {

@@ -197,6 +197,9 @@ pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result
             .iter()
             .filter_map(|section| lock[section].as_object().map(|o| o.len()))
             .sum();
+        spec.installs_repo |= ["default", "develop"]
+            .iter()
+            .any(|section| pipfile_installs_local(&lock[section]));
         spec.lock = Some(super::LockSpec {
             format: "pipfile",
             file: path.clone(),
@@ -219,14 +222,30 @@ pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result
                 .and_then(|v| v.as_str())
                 .and_then(first_major_minor);
         }
+        let document = serde_json::to_value(&document).unwrap_or_default();
+        spec.installs_repo |= ["packages", "dev-packages"]
+            .iter()
+            .any(|section| pipfile_installs_local(&document[section]));
         used.add_path(&path);
     }
-    if files.binder_dir().is_none() && files.exists_root("setup.py") {
+    if files.binder_dir().is_none() && files.exists_root("setup.py") && !spec.installs_repo {
         spec.warnings.push(
             "setup.py is not installed automatically with a Pipfile; reference it there (`pkg = {path = \".\"}`)".into(),
         );
     }
     Ok(())
+}
+
+/// Whether a Pipfile section installs a local path (`{path = "."}`, a local `file`): then
+/// the repository's tree is part of the environment, and of its key.
+fn pipfile_installs_local(section: &serde_json::Value) -> bool {
+    section.as_object().into_iter().flatten().any(|(_, entry)| {
+        entry.get("path").is_some()
+            || entry
+                .get("file")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| !f.contains("://"))
+    })
 }
 
 /// `apt.txt`: one Debian package per line, `#` comments.

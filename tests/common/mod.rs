@@ -184,6 +184,8 @@ impl GitRepo {
 pub struct TestDeps {
     pub uv: PathBuf,
     pub wheelhouse: PathBuf,
+    /// uv's own wheel (the one hpcbinder's bootstrap pins), alone in a directory.
+    pub uv_wheel: PathBuf,
 }
 
 pub fn test_deps() -> &'static TestDeps {
@@ -202,6 +204,7 @@ pub fn test_deps() -> &'static TestDeps {
         TestDeps {
             uv: dir.join("tools/bin/uv"),
             wheelhouse: dir.join("wheelhouse"),
+            uv_wheel: dir.join("uv-wheel"),
         }
     })
 }
