@@ -422,3 +422,57 @@ fn a_venv_whose_python_is_not_installed_gets_it_from_conda() {
     );
     assert_eq!(verified.output, "1.16.0");
 }
+
+#[test]
+fn ipykernel_comes_from_the_python_index_when_the_channels_lack_it() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    // The default kernel-package (auto): the test channel has no ipykernel.
+    let site = sandbox.path().join("site.toml");
+    let config: String = std::fs::read_to_string(&site)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("kernel-package"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&site, &config).unwrap();
+    let (channel, python) = channel(&sandbox);
+    let repo = sandbox.repo(
+        "no-kernel-in-channel",
+        &[("environment.yml", &environment(&channel, &python, ""))],
+    );
+    let output = sandbox.run(&["build", "--json", &repo]);
+    let events = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}{events}", stderr(&output));
+    assert!(
+        events.contains("its channels do not have it; installing ipykernel from the Python index"),
+        "{events}"
+    );
+    let last: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    let prefix = last["prefix"].as_str().unwrap();
+    let pip = std::fs::read_to_string(format!("{prefix}/hpcbinder/pip.lock")).unwrap();
+    assert!(
+        pip.contains("ipykernel==") && pip.contains("--hash=sha256:"),
+        "{pip}"
+    );
+    let kernel_dir = Path::new(last["kernel_dir"].as_str().unwrap());
+    common::run_cell(
+        kernel_dir,
+        "import ipykernel, hpcb_hello, sys; print(sys.prefix)",
+        &std::fs::canonicalize(prefix).unwrap().display().to_string(),
+        60,
+    );
+
+    // kernel-package = "conda" still forces the channels: a clear, solver-level error.
+    std::fs::write(&site, format!("{config}kernel-package = \"conda\"\n")).unwrap();
+    let forced = sandbox.repo(
+        "forced-conda",
+        &[(
+            "environment.yml",
+            &environment(&channel, &python, "  - hpcb-hello>=1.0\n"),
+        )],
+    );
+    let output = sandbox.run(&["build", &forced]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("ipykernel"), "{}", stderr(&output));
+}

@@ -483,3 +483,78 @@ fn lock_files_the_repository_brings_are_installed_as_they_are() {
         stderr(&output)
     );
 }
+
+/// repo2docker's own `pipfile/setup-py-explicit` and `setup-py-explicit-in-binder-dir`
+/// cases (a Pipfile entry `{path = ..., editable = true}` naming the repository), and the
+/// same forms in a requirements file.
+#[test]
+fn pipfile_and_requirements_path_entries_install_what_they_name() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let setup_py = "from setuptools import find_packages, setup\nsetup(name=\"Dummy\", version=\"1.0.0\", packages=find_packages(), install_requires=[\"six==1.16.0\"])\n";
+    for (name, pipfile, path) in [
+        ("setup-py-explicit", "Pipfile", "."),
+        ("setup-py-explicit-in-binder-dir", ".binder/Pipfile", ".."),
+    ] {
+        let repo = sandbox.repo(
+            name,
+            &[
+                (
+                    pipfile,
+                    &format!(
+                        "[packages]\nsix = \"*\"\ndummy = {{path=\"{path}\", editable=true}}\n"
+                    ),
+                ),
+                ("setup.py", setup_py),
+                ("dummy/__init__.py", "X = 1\n"),
+            ],
+        );
+        let ready = sandbox.build_ready(&[&repo]);
+        let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+        common::run_cell(
+            kernel_dir,
+            "import dummy, six; print(dummy.X, six.__version__)",
+            "1 1.16.0",
+            60,
+        );
+    }
+
+    // requirements.txt: `-e .` and a local directory.
+    let repo = sandbox.repo(
+        "requirements-paths",
+        &[
+            ("requirements.txt", "-e .\n./vendored\n"),
+            ("setup.py", setup_py),
+            ("dummy/__init__.py", "X = 2\n"),
+            (
+                "vendored/pyproject.toml",
+                "[project]\nname = \"vendored\"\nversion = \"0.1\"\n[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n",
+            ),
+            ("vendored/vendored/__init__.py", "Y = 3\n"),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&repo]);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    common::run_cell(
+        kernel_dir,
+        "import dummy, vendored, six; print(dummy.X, vendored.Y, six.__version__)",
+        "2 3 1.16.0",
+        60,
+    );
+
+    // A Pipfile path that leaves the repository is refused, naming the Pipfile.
+    let outside = sandbox.repo(
+        "outside",
+        &[(
+            "Pipfile",
+            "[packages]\nescape = {path=\"../setup-py-explicit\"}\n",
+        )],
+    );
+    let output = sandbox.run(&["build", &outside]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Pipfile") && stderr(&output).contains("outside the repository"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -274,7 +274,11 @@ fn pipfile_requirements(context: &Context<'_>) -> anyhow::Result<String> {
         } else if let Some(pipfile) = spec.files.iter().find(|f| f.ends_with("Pipfile")) {
             let table: toml::Table =
                 toml::from_str(&fs_err::read_to_string(context.repo().join(pipfile))?)?;
-            (pipfile, ["packages", "dev-packages"], serde_json::to_value(table)?)
+            (
+                pipfile,
+                ["packages", "dev-packages"],
+                serde_json::to_value(table)?,
+            )
         } else {
             return Ok(String::new());
         };
@@ -361,7 +365,10 @@ fn pipfile_line(
         if !resolved.starts_with(&root) {
             return Err(format!("`{path}` is outside the repository"));
         }
-        Ok(format!("{name}{extras} @ file://{}{markers}", resolved.display()))
+        Ok(format!(
+            "{name}{extras} @ file://{}{markers}",
+            resolved.display()
+        ))
     };
     if let Some(path) = text("path")? {
         return local(path).map(Some);

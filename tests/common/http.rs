@@ -116,7 +116,9 @@ fn answer(path: &str, routes: &Routes) -> (&'static str, &'static str, Vec<u8>) 
         for dir in &routes.wheels {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                let Some(dist) = file.split('-').next() else { continue };
+                let Some(dist) = file.split('-').next() else {
+                    continue;
+                };
                 if normalize(dist) != normalize(project) {
                     continue;
                 }
