@@ -50,6 +50,10 @@ pub enum Command {
     Key(KeyArgs),
     /// Build a repository's environment and register it as a Jupyter kernel.
     Build(BuildArgs),
+    /// Check this machine and configuration: the store, Python, uv, channels, the Python
+    /// index, container engines, the kernel directory. Exit 0 when the default target can
+    /// build, 1 otherwise (each failing line has a hint).
+    Doctor,
     /// Inspect the resolved configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -90,8 +94,9 @@ pub struct TargetArgs {
     /// What to build [env: HPCBINDER_TARGET] [default: auto].
     #[arg(long, value_enum)]
     pub target: Option<Target>,
-    /// Python version when the repository does not name one (e.g. 3.12).
-    #[arg(long, value_name = "X.Y")]
+    /// The Python to build with: X.Y, X.Y.Z or an interpreter's path (beats the
+    /// repository's; default: the repository's, else the python3 on PATH).
+    #[arg(long, value_name = "VERSION|PATH")]
     pub python: Option<String>,
     /// Base image for container targets.
     #[arg(long, value_name = "IMAGE")]

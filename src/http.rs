@@ -49,6 +49,21 @@ pub fn get(
     accept: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
+    request(settings, reqwest::Method::GET, url, accept, timeout)
+}
+
+/// HEAD `url`: whether it answers 2xx within `timeout` (the body is not fetched).
+pub fn head(settings: &Settings, url: &str, timeout: Duration) -> Result<(), HttpError> {
+    request(settings, reqwest::Method::HEAD, url, None, timeout).map(|_| ())
+}
+
+fn request(
+    settings: &Settings,
+    method: reqwest::Method,
+    url: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
     let redacted = crate::source::redact(url);
     let unreachable = |message: String| HttpError::Unreachable {
         url: redacted.clone(),
@@ -68,7 +83,7 @@ pub fn get(
     let url = url.to_string();
     let accept = accept.map(str::to_string);
     let work = async move {
-        let mut request = client.get(&url);
+        let mut request = client.request(method, &url);
         if let Some(accept) = accept {
             request = request.header(reqwest::header::ACCEPT, accept);
         }

@@ -144,6 +144,7 @@ fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Command::Key(args) => commands::key(args, &settings, printer, reporter.as_ref(), json),
         Command::Build(args) => commands::build(args, &settings, printer, reporter.as_ref(), json),
         Command::Config(ConfigCommand::Show) => commands::config_show(&settings, printer, json),
+        Command::Doctor => commands::doctor(&settings, printer, json),
         Command::Completions { .. } => unreachable!("handled above"),
     };
     if let (Err(error), true) = (&result, streams_events) {

@@ -120,6 +120,11 @@ impl Choice {
 /// may offer one Python only), else the repository's, else the `python3` on PATH, else
 /// [`FALLBACK_VERSION`].
 pub fn choose(spec: &EnvSpec, settings: &Settings) -> Choice {
+    choose_for(spec.python.as_deref(), settings)
+}
+
+/// [`choose`] for a repository that asks for `repository` (or nothing).
+pub fn choose_for(repository: Option<&str>, settings: &Settings) -> Choice {
     if let Some(request) = settings.python.as_deref().and_then(Request::parse) {
         let source = Source::Configured(settings.origin("python"));
         return match request {
@@ -143,9 +148,9 @@ pub fn choose(spec: &EnvSpec, settings: &Settings) -> Choice {
             },
         };
     }
-    if let Some(version) = &spec.python {
+    if let Some(version) = repository {
         return Choice {
-            version: version.clone(),
+            version: version.to_string(),
             source: Source::Repository,
             interpreter: None,
         };

@@ -27,6 +27,7 @@ use crate::plan::{KernelOptions, Target};
 use crate::settings::Settings;
 use crate::source::Checkout;
 use crate::store::{self, Ready, Store};
+pub use conda::site_channels;
 pub use container::Artifact;
 pub use process::BuildError;
 

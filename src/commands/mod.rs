@@ -3,11 +3,13 @@
 mod build;
 mod config;
 mod detect;
+mod doctor;
 mod key;
 
 pub use build::build;
 pub use config::show as config_show;
 pub use detect::detect;
+pub use doctor::doctor;
 pub use key::key;
 
 use anyhow::Context as _;

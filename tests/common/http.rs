@@ -99,7 +99,9 @@ fn handle(stream: TcpStream, routes: &Routes, hits: &Mutex<BTreeMap<String, usiz
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(&body);
+    if !request_line.starts_with("HEAD ") {
+        let _ = stream.write_all(&body);
+    }
 }
 
 fn normalize(name: &str) -> String {

@@ -23,6 +23,7 @@ use crate::events::{Phase, ReporterExt};
 
 use locks::{explicit_records, locked_records, pixi_manifest, PipPin};
 use pip::{install_pip, pip_lock};
+pub use solve::site_channels;
 use solve::solve;
 
 /// Build the conda environment; returns the lock files written (relative to the prefix).

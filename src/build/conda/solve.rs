@@ -178,6 +178,43 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// The site's default channels as the solver would read them (through `channel-alias`
+/// and `mirrors`): `(name, base URL)`, for `doctor`.
+pub fn site_channels(
+    settings: &crate::settings::Settings,
+) -> Vec<(String, Result<url::Url, String>)> {
+    let alias = url::Url::parse(&format!(
+        "{}/",
+        settings.channel_alias.trim_end_matches('/')
+    ));
+    let root_dir = std::env::current_dir().unwrap_or_default();
+    settings
+        .channels
+        .iter()
+        .map(|name| {
+            let url = match &alias {
+                Err(e) => Err(format!(
+                    "invalid channel-alias `{}`: {e}",
+                    settings.channel_alias
+                )),
+                Ok(alias) => Channel::from_str(
+                    name,
+                    &ChannelConfig {
+                        channel_alias: alias.clone(),
+                        root_dir: root_dir.clone(),
+                    },
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|channel| {
+                    url::Url::parse(&mirrored(channel, &settings.mirrors).base_url.to_string())
+                        .map_err(|e| e.to_string())
+                }),
+            };
+            (name.clone(), url)
+        })
+        .collect()
+}
+
 /// Point a channel at the site's mirror when one is configured for its URL prefix.
 fn mirrored(channel: Channel, mirrors: &std::collections::BTreeMap<String, String>) -> Channel {
     let base = channel.base_url.to_string();
