@@ -1,6 +1,7 @@
 //! Native build benchmarks (issue 3), printed as a table. `cargo bench --bench native`.
 //!
-//! 1. Cache hit: `build` of a ready key from a local repository, vs `python3 -c pass`.
+//! 1. Cache hit: `build` of a ready key from a local git clone (a work tree, as users
+//!    have), vs `python3 -c pass`. Target ≤ 15 ms.
 //! 2. venv from a warm cache: hpcbinder vs `uv venv && uv pip install -r` vs
 //!    `python -m venv && pip install -r`, same requirements (ipykernel + six, 30 wheels,
 //!    from the test wheelhouse, offline).
@@ -10,7 +11,8 @@
 //!
 //! Every hpcbinder build here is a new key (a comment line changes the requirements), so
 //! it really builds; `--no-kernel` keeps kernel start-up out of the comparison with tools
-//! that do not register kernels.
+//! that do not register kernels. The venv repositories are git work trees, as users have
+//! them (issue 8's measurement; target ≤ 1.10× uv).
 
 #![allow(clippy::print_stdout)] // the table is this program's output
 
@@ -72,6 +74,7 @@ fn main() {
             ("notebook.ipynb", "{}"),
         ],
     );
+    git_commit(&repo);
     sandbox.ok(&["build", &repo, "--no-verify"]);
     let hit = median(
         (0..30)
@@ -96,9 +99,9 @@ fn main() {
             .collect(),
     );
     rows.push((
-        "cache hit: `build` of a ready key (registers the kernel)".into(),
+        "cache hit: `build` of a ready key, local git clone (registers the kernel)".into(),
         ms(hit),
-        "≤ 50 ms".into(),
+        "≤ 15 ms".into(),
     ));
     rows.push((
         format!("`{python} -c pass`"),
@@ -123,6 +126,7 @@ fn main() {
             &format!("venv-{run}"),
             &[("requirements.txt", &format!("{requirements}# run {run}\n"))],
         );
+        git_commit(&repo);
         let elapsed = time({
             let mut c = sandbox.command();
             c.args(["build", &repo, "--no-kernel"]);
@@ -183,10 +187,10 @@ fn main() {
     }
     let (ours, uv, pip) = (median(ours), median(uv), median(pip));
     rows.push((
-        "venv, warm cache: hpcbinder build --no-kernel".into(),
+        "venv, warm cache, new key, git work tree: hpcbinder build --no-kernel".into(),
         ms(ours),
         format!(
-            "{:.2}× uv (≤ 1.15×), {:.1}× faster than pip (≥ 5×)",
+            "{:.2}× uv (≤ 1.10×), {:.1}× faster than pip (≥ 5×)",
             ours.as_secs_f64() / uv.as_secs_f64(),
             pip.as_secs_f64() / ours.as_secs_f64()
         ),
@@ -338,4 +342,18 @@ fn main() {
     for (what, value, note) in rows {
         println!("| {what} | {value} | {note} |");
     }
+}
+
+/// Make `path` a git work tree with everything committed.
+fn git_commit(path: &str) {
+    let repo = git2::Repository::init(path).unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let signature = git2::Signature::now("bench", "bench@example.org").unwrap();
+    repo.commit(Some("HEAD"), &signature, &signature, "bench", &tree, &[])
+        .unwrap();
 }

@@ -107,6 +107,13 @@ pub fn build(
             if let Some(reason) = &outcome.verification {
                 printer.warning(&format!("the kernel was not verified ({reason})"));
             }
+            if let (Some(name), Some(dir)) = (&outcome.kernel, &outcome.kernel_dir) {
+                printer.info(&format!(
+                    "Use it: pick \"{}\" in JupyterLab's launcher or Kernel menu, or run `jupyter console --kernel {name}` (kernelspec in {})",
+                    sanitize(&build_plan.kernel.display_name),
+                    dir.display()
+                ));
+            }
             printer.data(&built);
         }
         return Ok(ExitStatus::Success);

@@ -1,13 +1,20 @@
 //! Remote git repositories: a cached clone per origin, fetched on reuse, checked out at the
 //! resolved commit with submodules.
 //!
+//! Network steps (ls-remote, fetch, submodules) run the `git` command, so the user's own
+//! credential helpers, proxies and ssh configuration apply and no credential is ever
+//! written by us; everything local (opening, resolving, checking out) is libgit2,
+//! built without TLS: initialising OpenSSL parses the CA bundle, ~30 ms that every
+//! command on a local work tree would otherwise pay.
+//!
 //! The cache lives at `<cache>/git/<first 16 hex of sha256(url)>/` and is locked (an OS file
 //! lock next to it) for as long as the checkout is in use, so two hpcbinder processes never
 //! move the same work tree under each other.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use git2::{build::CheckoutBuilder, FetchOptions, Oid, RemoteCallbacks, Repository};
+use git2::{build::CheckoutBuilder, Oid, Repository};
 use sha2::{Digest, Sha256};
 
 use super::{redact, Checkout, Identity, SourceError};
@@ -50,12 +57,15 @@ pub fn checkout(
     let commit = match known {
         Some(oid) => oid,
         None => {
-            let default_branch = fetch(&repo, &origin)?;
-            resolve(&repo, wanted, default_branch.as_deref(), &origin)?
+            let default_branch = fetch(&path, &origin)?;
+            resolve(&repo, &path, wanted, default_branch.as_deref(), &origin)?
         }
     };
     reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
     check_out(&repo, commit, &path)?;
+    // Submodules from `file://` only when the repository itself is local: a remote
+    // repository must not make us read this machine's files.
+    update_submodules(&path, url.starts_with("file://"), &origin)?;
     Ok(Checkout {
         root: path,
         identity: Identity {
@@ -102,51 +112,66 @@ fn open_cached(path: &Path, url: &str) -> Result<Repository, SourceError> {
     Ok(repo)
 }
 
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
-    let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|url, username, allowed| {
-        if allowed.contains(git2::CredentialType::SSH_KEY) {
-            return git2::Cred::ssh_key_from_agent(username.unwrap_or("git"));
-        }
-        let config = git2::Config::open_default()?;
-        git2::Cred::credential_helper(&config, url, username)
-    });
-    callbacks
+/// `git -C <path> <args>` for a network step: no prompts (batch jobs have no terminal),
+/// none of the caller's `GIT_DIR`-style variables; stdout on success, else a `Fetch`
+/// error with git's own message (credentials redacted).
+fn run_git(path: &Path, args: &[&str], origin: &str) -> Result<String, SourceError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| SourceError::Fetch {
+            origin: origin.to_string(),
+            message: format!("git could not be run: {e}"),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(SourceError::Fetch {
+            origin: origin.to_string(),
+            message: redact(&message),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Fetch branches and tags; returns the remote's default branch (its HEAD), if it has one.
-fn fetch(repo: &Repository, origin: &str) -> Result<Option<String>, SourceError> {
-    let fetch_error = |source| SourceError::Fetch {
-        origin: origin.to_string(),
-        source,
-    };
-    let mut remote = repo.find_remote("origin").map_err(fetch_error)?;
-    let mut proxy = git2::ProxyOptions::new();
-    proxy.auto();
-    let connection = remote
-        .connect_auth(git2::Direction::Fetch, Some(callbacks()), Some(proxy))
-        .map_err(fetch_error)?;
-    let default_branch = connection
-        .default_branch()
-        .ok()
-        .and_then(|b| b.as_str().map(str::to_string));
-    drop(connection);
-    let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks());
-    let mut proxy = git2::ProxyOptions::new();
-    proxy.auto();
-    options.proxy_options(proxy);
-    options.download_tags(git2::AutotagOption::All);
-    options.prune(git2::FetchPrune::On);
-    remote
-        .fetch(REFSPECS, Some(&mut options), None)
-        .map_err(fetch_error)?;
+fn fetch(path: &Path, origin: &str) -> Result<Option<String>, SourceError> {
+    let heads = run_git(path, &["ls-remote", "--symref", "origin", "HEAD"], origin)?;
+    let default_branch = heads.lines().find_map(|line| {
+        line.strip_prefix("ref: ")
+            .and_then(|rest| rest.split('\t').next())
+            .map(str::to_string)
+    });
+    let mut args = vec![
+        "fetch",
+        "--quiet",
+        "--prune",
+        "--force",
+        "--no-write-fetch-head",
+        "origin",
+    ];
+    args.extend_from_slice(REFSPECS);
+    run_git(path, &args, origin)?;
     Ok(default_branch)
 }
 
 /// Resolve a ref to a commit: remote HEAD, a branch, a tag, or a (short) commit id.
 fn resolve(
     repo: &Repository,
+    path: &Path,
     reference: Option<&str>,
     default_branch: Option<&str>,
     origin: &str,
@@ -175,15 +200,17 @@ fn resolve(
     if reference.len() >= 4 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
         if is_full_sha(reference) {
             // A commit that no branch or tag advertises; servers that allow it send it by id.
-            let mut remote = repo
-                .find_remote("origin")
-                .map_err(|source| SourceError::Fetch {
-                    origin: origin.to_string(),
-                    source,
-                })?;
-            let mut options = FetchOptions::new();
-            options.remote_callbacks(callbacks());
-            let _ = remote.fetch(&[reference], Some(&mut options), None);
+            let _ = run_git(
+                path,
+                &[
+                    "fetch",
+                    "--quiet",
+                    "--no-write-fetch-head",
+                    "origin",
+                    reference,
+                ],
+                origin,
+            );
         }
         return match repo.revparse_single(reference) {
             Ok(object) => object
@@ -200,7 +227,7 @@ fn resolve(
     Err(missing())
 }
 
-/// Force the work tree to `commit` (detached), removing stray files, then submodules.
+/// Force the work tree to `commit` (detached), removing stray files.
 fn check_out(repo: &Repository, commit: Oid, path: &Path) -> Result<(), SourceError> {
     let git_error = |source| SourceError::Git {
         path: path.to_path_buf(),
@@ -211,20 +238,32 @@ fn check_out(repo: &Repository, commit: Oid, path: &Path) -> Result<(), SourceEr
     builder.force().remove_untracked(true).remove_ignored(true);
     repo.checkout_tree(&object, Some(&mut builder))
         .map_err(git_error)?;
-    repo.set_head_detached(commit).map_err(git_error)?;
-    update_submodules(repo).map_err(git_error)
+    repo.set_head_detached(commit).map_err(git_error)
 }
 
-fn update_submodules(repo: &Repository) -> Result<(), git2::Error> {
-    for mut submodule in repo.submodules()? {
-        let mut options = git2::SubmoduleUpdateOptions::new();
-        let mut fetch = FetchOptions::new();
-        fetch.remote_callbacks(callbacks());
-        options.fetch(fetch);
-        submodule.update(true, Some(&mut options))?;
-        if let Ok(sub_repo) = submodule.open() {
-            update_submodules(&sub_repo)?;
-        }
+/// Check out every submodule (recursively) at the commit the tree records.
+fn update_submodules(path: &Path, allow_file: bool, origin: &str) -> Result<(), SourceError> {
+    if !path.join(".gitmodules").is_file() {
+        return Ok(());
     }
-    Ok(())
+    let protocol = if allow_file {
+        "protocol.file.allow=always"
+    } else {
+        "protocol.file.allow=never"
+    };
+    run_git(
+        path,
+        &[
+            "-c",
+            protocol,
+            "submodule",
+            "update",
+            "--init",
+            "--recursive",
+            "--force",
+            "--quiet",
+        ],
+        origin,
+    )
+    .map(|_| ())
 }

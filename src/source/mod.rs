@@ -72,13 +72,12 @@ pub enum SourceError {
         origin: String,
     },
     /// Fetching or cloning failed.
-    #[error("could not fetch {origin}")]
+    #[error("could not fetch {origin}: {message}")]
     Fetch {
         /// The repository (redacted).
         origin: String,
-        /// libgit2's error.
-        #[source]
-        source: ::git2::Error,
+        /// git's message (redacted).
+        message: String,
     },
     /// Another git operation failed.
     #[error("git failed on {path}")]
@@ -97,9 +96,16 @@ pub enum SourceError {
 impl Diagnostic for SourceError {
     fn blame(&self) -> Blame {
         match self {
-            Self::Fetch { source, .. }
-                if source.class() == ::git2::ErrorClass::Http
-                    && source.message().contains("404") =>
+            // The repository is not there (or not visible to this user): the spec's fault.
+            Self::Fetch { message, .. }
+                if [
+                    "not found",
+                    "404",
+                    "does not exist",
+                    "does not appear to be a git repository",
+                ]
+                .iter()
+                .any(|m| message.contains(m)) =>
             {
                 Blame::User
             }
