@@ -55,19 +55,22 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         command.current_dir(cwd);
         process::run(context, step, &mut command, fault)
     };
-    uv_run(
-        "uv venv",
-        &[
-            "venv",
-            "--allow-existing",
-            "--no-python-downloads",
-            "--python",
-            &interpreter.display().to_string(),
-            &prefix,
-        ],
-        &context.meta,
-        Fault::Machine,
-    )?;
+    let interpreter_arg = interpreter.display().to_string();
+    let make_venv = || {
+        uv_run(
+            "uv venv",
+            &[
+                "venv",
+                "--allow-existing",
+                "--no-python-downloads",
+                "--python",
+                &interpreter_arg,
+                &prefix,
+            ],
+            &context.meta,
+            Fault::Machine,
+        )
+    };
     let needs_ipykernel = !spec_has_ipykernel(spec, context.repo());
     let mut locks = Vec::new();
     let lock_path = context.meta.join("requirements.lock");
@@ -80,6 +83,14 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         None if spec.buildpack == Buildpack::Pipfile => hashed_pipfile_lock(context)?,
         None => None,
     };
+    let pylock = spec.lock.as_ref().filter(|l| l.format == "pylock");
+    let loose = request.from_lock.is_none()
+        && spec.buildpack != Buildpack::UvLock
+        && pylock.is_none()
+        && hashed_input.is_none();
+    if !loose {
+        make_venv()?;
+    }
     if let Some(from_lock) = &request.from_lock {
         fs_err::copy(from_lock, &lock_path)?;
         uv_run(
@@ -99,7 +110,7 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         process::run(context, "uv sync --frozen", &mut command, Fault::Spec)?;
         fs_err::copy(&lock, context.meta.join("uv.lock"))?;
         locks.push("hpcbinder/uv.lock".into());
-    } else if let Some(lock) = spec.lock.as_ref().filter(|l| l.format == "pylock") {
+    } else if let Some(lock) = pylock {
         let file = context.repo().join(&lock.file).display().to_string();
         uv_run(
             "uv pip sync pylock.toml",
@@ -133,11 +144,42 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         locks.push("hpcbinder/requirements.lock".into());
     } else {
         let input = requirements_input(context, needs_ipykernel)?;
+        let input_arg = input.display().to_string();
         context.reporter.phase(
             Phase::Building,
-            "Resolving the requirements into a hashed lock",
+            "Resolving the requirements into a hashed lock while installing them",
         );
-        python::compile_lock(context, uv, &python, &input, &lock_path, context.repo())?;
+        // The lock is resolved (for the same interpreter) while the environment is made
+        // and filled from the same requirements; the sync below then makes the
+        // environment exactly the lock, a no-op when both resolved alike.
+        let (venv, compiled) = std::thread::scope(|scope| {
+            let compile = scope.spawn(|| {
+                python::compile_lock(
+                    context,
+                    uv,
+                    &interpreter_arg,
+                    &input,
+                    &lock_path,
+                    context.repo(),
+                )
+            });
+            let venv = make_venv();
+            if venv.is_ok() {
+                // Its failure is not fatal: the sync from the lock installs what is missing.
+                let _ = uv_run(
+                    "uv pip install (while resolving)",
+                    &["pip", "install", "--python", &python, "-r", &input_arg],
+                    context.repo(),
+                    Fault::Spec,
+                );
+            }
+            let compiled = compile
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the resolver thread panicked")));
+            (venv, compiled)
+        });
+        venv?;
+        compiled?;
         context
             .reporter
             .phase(Phase::Building, "Installing from the lock");
