@@ -2,9 +2,7 @@
 //! reqwest with rustls, the site's CA bundle (sites behind TLS-intercepting proxies), the
 //! usual proxy variables, and timeouts.
 //!
-//! Callers are blocking code; each request runs on a short-lived current-thread runtime
-//! on its own thread, so a caller inside an async context (the conda build) cannot
-//! nest runtimes.
+//! Callers are blocking code; each request runs through [`crate::blocking::block_on`].
 
 use std::time::Duration;
 
@@ -98,18 +96,9 @@ fn request(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, final_url, content_type, body.to_vec()))
     };
-    let outcome = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())
-                    .and_then(|runtime| runtime.block_on(work).map_err(|e| chain(&e)))
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the request thread panicked".into()))
-    });
+    let outcome = crate::blocking::block_on(work)
+        .map_err(|e| e.to_string())
+        .and_then(|result| result.map_err(|e| chain(&e)));
     let (status, url, content_type, body) = outcome.map_err(unreachable)?;
     if !status.is_success() {
         return Err(HttpError::Status {

@@ -47,6 +47,7 @@
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 
+mod blocking;
 pub mod build;
 pub mod cli;
 mod commands;

@@ -321,6 +321,12 @@ impl BuildLock {
     }
 }
 
+/// A hidden temporary name beside `name`, random so that two threads of one process
+/// (the service) never collide, as pids would.
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Write a file atomically: a temp file beside it, fsync, rename over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -328,7 +334,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let temp = dir.join(temp_name(&name));
     let result = (|| {
         let mut file = fs_err::File::create(&temp)?;
         file.write_all(bytes)?;
@@ -447,6 +453,30 @@ mod tests {
         write_atomic(&path, b"b").unwrap();
         assert_eq!(fs_err::read_to_string(&path).unwrap(), "b");
         assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn threads_of_one_process_write_the_same_file_without_colliding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.toml");
+        std::thread::scope(|scope| {
+            for i in 0..16 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(path, format!("writer {i}\n").as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(fs_err::read_to_string(&path)
+            .unwrap()
+            .starts_with("writer "));
+        assert_eq!(
+            fs_err::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 }
 

@@ -95,10 +95,7 @@ impl KernelSpec {
         use std::os::unix::fs::PermissionsExt;
         fs_err::create_dir_all(kernels_dir)?;
         let target = kernels_dir.join(&self.name);
-        let staging = kernels_dir.join(format!(".{}.tmp-{}", self.name, std::process::id()));
-        if staging.exists() {
-            fs_err::remove_dir_all(&staging)?;
-        }
+        let staging = kernels_dir.join(crate::store::temp_name(&self.name));
         fs_err::create_dir_all(&staging)?;
         let helper_final = target.join("kernel-helper.sh");
         let helper = staging.join("kernel-helper.sh");

@@ -81,11 +81,8 @@ pub fn verify(
     expected: &str,
     timeout: Duration,
 ) -> Result<Verified, VerifyError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| VerifyError::Protocol(e.to_string()))?;
-    runtime.block_on(run(kernel_dir, code, expected, timeout))
+    crate::blocking::block_on(run(kernel_dir, code, expected, timeout))
+        .map_err(|e| VerifyError::Protocol(e.to_string()))?
 }
 
 struct Connection {

@@ -28,7 +28,7 @@ use solve::solve;
 
 /// Build the conda environment; returns the lock files written (relative to the prefix).
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
-    runtime()?.block_on(async {
+    crate::blocking::block_on(async {
         let linked = link(context, &context.prefix, None).await?;
         let mut locks = linked.locks.clone();
         let python = context.prefix.join("bin/python");
@@ -37,7 +37,7 @@ pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
             locks.push("hpcbinder/pip.lock".into());
         }
         Ok(locks)
-    })
+    })?
 }
 
 /// A conda environment staged in a build context for an image: linked into `dir` for the
@@ -54,7 +54,7 @@ pub struct Staged {
 /// Resolve (or read the lock) and link the environment into `dir` as if it lived at
 /// `target_prefix`. The same records a native build links, from the same package cache.
 pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow::Result<Staged> {
-    runtime()?.block_on(async {
+    crate::blocking::block_on(async {
         let linked = link(context, dir, Some(target_prefix)).await?;
         // The staged interpreter runs here too (conda's Python finds its prefix from its
         // own location), so the pip section resolves against the image's Python.
@@ -64,20 +64,13 @@ pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow:
             locks.push("hpcbinder/pip.lock".into());
         }
         Ok(Staged { locks, pip_lock })
-    })
+    })?
 }
 
 /// Whether a `conda-lock.yml` has pip packages for this platform (false when unreadable:
 /// the build reports that).
 pub fn lock_has_pip(path: &Path) -> bool {
     locks::conda_lock_entries(path).is_ok_and(|(_, pins)| !pins.is_empty())
-}
-
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
 }
 
 /// What linking left for the pip step.
