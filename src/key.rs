@@ -53,6 +53,20 @@ pub fn compute(
         let (python, _) = python_version(spec, settings);
         inputs.insert("python".to_string(), python);
     }
+    if target == Target::Venv {
+        // A venv whose Python is not installed here is built as a conda environment with
+        // that Python from the site's channels: another environment, so another key.
+        let source = if venv_python_from_conda(spec, settings) {
+            "conda"
+        } else {
+            "interpreter"
+        };
+        inputs.insert("python-source".to_string(), source.to_string());
+    }
+    inputs.insert(
+        "recipe".to_string(),
+        crate::build::recipe_digest(spec, target),
+    );
     for file in &spec.files {
         let bytes = fs_err::read(root.join(file))?;
         inputs.insert(
@@ -110,6 +124,30 @@ pub fn compute(
         );
     }
     if target.is_container() {
+        if !settings.podman_build_args.is_empty() {
+            inputs.insert(
+                "site:podman-build-args".to_string(),
+                settings.podman_build_args.join(" "),
+            );
+        }
+        // The CA bundle is copied into the image.
+        if let Some(bundle) = settings.ca_bundle() {
+            let bytes = fs_err::read(&bundle)?;
+            inputs.insert(
+                "site:ca-bundle".to_string(),
+                format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+            );
+        }
+        if target == Target::Shifter {
+            if let Some(registry) = &settings.registry {
+                inputs.insert("site:registry".to_string(), registry.clone());
+            }
+        }
+        if target == Target::PodmanHpc {
+            if let Some(dir) = &settings.squash_dir {
+                inputs.insert("site:squash-dir".to_string(), dir.display().to_string());
+            }
+        }
         inputs.insert(
             "site:base-image".to_string(),
             settings
@@ -142,6 +180,12 @@ pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
     let choice = crate::python::choose(spec, settings);
     let from_repo = choice.source == crate::python::Source::Repository;
     (choice.version, from_repo)
+}
+
+/// Whether a venv build takes its Python from the conda channels because no interpreter
+/// of the chosen version is installed here (decided once, in the plan; it enters the key).
+pub fn venv_python_from_conda(spec: &EnvSpec, settings: &Settings) -> bool {
+    crate::build::find_interpreter(spec, settings).is_err()
 }
 
 /// A file's role: its path with the binder dir stripped, so moving config into `binder/`

@@ -224,11 +224,8 @@ pub fn plan(
     kernel: &KernelOptions,
 ) -> BuildPlan {
     let prefix = settings.store.join("e").join(env_key.short());
-    let ready = settings
-        .store
-        .join("e")
-        .join(format!("{}.toml", env_key.short()))
-        .is_file();
+    // Ready only if the store itself would reuse it (a valid marker for this very key).
+    let ready = crate::store::lookup_at(&settings.store, &env_key.key).is_some();
     let python = (!matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix))
         .then(|| key::python_version(spec, settings).0);
     let identity = &checkout.identity;

@@ -228,9 +228,7 @@ impl Store {
 
     /// The ready environment for `key`, if a valid marker says so.
     pub fn lookup(&self, key: &str) -> Option<Ready> {
-        let text = fs_err::read_to_string(self.marker(&key[..16])).ok()?;
-        let ready: Ready = toml::from_str(&text).ok()?;
-        (ready.format == 1 && ready.key == key && ready.prefix.is_dir()).then_some(ready)
+        lookup_at(&self.root, key)
     }
 
     /// Take the build lock of `key16`, waiting (and saying so) while another process holds it.
@@ -287,6 +285,14 @@ fn hostname() -> String {
     fs_err::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown host".into())
+}
+
+/// [`Store::lookup`] without opening (or creating) the store: for plans and dry runs.
+pub fn lookup_at(root: &Path, key: &str) -> Option<Ready> {
+    let marker = root.join("e").join(format!("{}.toml", &key[..16]));
+    let text = fs_err::read_to_string(marker).ok()?;
+    let ready: Ready = toml::from_str(&text).ok()?;
+    (ready.format == 1 && ready.key == key && ready.prefix.is_dir()).then_some(ready)
 }
 
 /// Holds a key's build lock until dropped (including on error paths).

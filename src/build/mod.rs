@@ -28,8 +28,10 @@ use crate::settings::Settings;
 use crate::source::Checkout;
 use crate::store::{self, Ready, Store};
 pub use conda::site_channels;
+pub use container::recipe_digest;
 pub use container::Artifact;
 pub use process::BuildError;
+pub use python::interpreter as find_interpreter;
 
 /// Everything a build needs.
 pub struct BuildRequest<'a> {

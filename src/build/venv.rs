@@ -20,10 +20,10 @@ use crate::key;
 pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
     let request = context.request;
     let (version, _) = key::python_version(request.spec, request.settings);
+    // The plan decided (and keyed) where Python comes from: see key::venv_python_from_conda.
     let interpreter = match python::interpreter(request.spec, request.settings) {
         Ok(interpreter) => interpreter,
-        // No such interpreter here: Python X.Y from the site's conda channels instead.
-        Err(error @ super::BuildError::NoPython { .. }) => {
+        Err(error) => {
             context.reporter.phase(
                 Phase::Building,
                 format!("{error}; building a conda environment with Python {version} from the site's channels instead"),
@@ -31,7 +31,6 @@ pub fn build(context: &Context<'_>) -> anyhow::Result<Vec<String>> {
             // If conda cannot provide it either, the missing Python is the error to show.
             return super::conda::build(context).map_err(|cause| cause.context(error));
         }
-        Err(error) => return Err(error.into()),
     };
     match context.uv() {
         Some(uv) => with_uv(context, uv, &interpreter.path),

@@ -30,7 +30,8 @@ fn checkout_and_detect(
     let checkout = source::checkout(&spec, &settings.cache_dir(), reporter)
         .with_context(|| format!("could not get {}", source::redact(&repo.repo)))?;
     reporter.phase(Phase::Building, "Detecting the environment");
-    let env = crate::detect::detect(&checkout.root).context("detection failed")?;
+    let env =
+        crate::detect::detect(&checkout.root, &settings.platform).context("detection failed")?;
     for warning in &env.warnings {
         reporter.warning(warning.clone());
     }

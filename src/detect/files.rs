@@ -19,12 +19,14 @@ pub struct RepoFiles {
     root: PathBuf,
     canonical_root: PathBuf,
     binder_dir: Option<&'static str>,
+    platform: String,
     refused: RefCell<BTreeSet<String>>,
 }
 
 impl RepoFiles {
-    /// Look at `root`; fails when both binder directories exist.
-    pub fn open(root: &Path) -> Result<Self, DetectError> {
+    /// Look at `root` for an environment built for the conda `platform` (the configured
+    /// one, which picks the lock entries); fails when both binder directories exist.
+    pub fn open(root: &Path, platform: &str) -> Result<Self, DetectError> {
         let canonical_root = fs_err::canonicalize(root).map_err(|source| DetectError::Io {
             file: ".".into(),
             source,
@@ -41,8 +43,14 @@ impl RepoFiles {
             root: root.to_path_buf(),
             canonical_root,
             binder_dir,
+            platform: platform.to_string(),
             refused: RefCell::default(),
         })
+    }
+
+    /// The conda platform the environment is built for (`linux-64`, ...).
+    pub fn platform(&self) -> &str {
+        &self.platform
     }
 
     /// `binder` or `.binder`, when configuration lives there.

@@ -6,7 +6,6 @@ use serde_yaml_ng::Value;
 use super::conda::first_major_minor;
 use super::files::{line_of, toml_error, yaml_error};
 use super::{Buildpack, DetectError, EnvSpec, LockSpec, RepoFiles, Used};
-use crate::settings::host_platform;
 
 /// Find the lock-file buildpack that applies, if any, and fill `spec`.
 pub fn detect(
@@ -93,10 +92,10 @@ fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), De
         })
         .filter(|c| !c.trim_start().starts_with('<'))
         .and_then(|c| first_major_minor(&c));
-    if !platforms.is_empty() && !platforms.iter().any(|p| p == host_platform()) {
+    if !platforms.is_empty() && !platforms.iter().any(|p| p == files.platform()) {
         spec.warnings.push(format!(
             "{manifest_path}: platforms {platforms:?} do not include {}; the build will fail on this machine",
-            host_platform()
+            files.platform()
         ));
     }
     let Some((_, lock)) = read_yaml(files, "pixi.lock", spec)? else {
@@ -162,16 +161,16 @@ fn conda_lock(
                 .collect()
         })
         .unwrap_or_default();
-    if !platforms.iter().any(|p| p == host_platform()) {
+    if !platforms.iter().any(|p| p == files.platform()) {
         spec.warnings.push(format!(
             "{path} does not lock {}: the build will fail on this machine",
-            host_platform()
+            files.platform()
         ));
     }
     spec.python = packages
         .iter()
         .filter(|p| p.get("name").and_then(Value::as_str) == Some("python"))
-        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(host_platform()))
+        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(files.platform()))
         .find_map(|p| {
             p.get("version")
                 .and_then(Value::as_str)
@@ -179,7 +178,7 @@ fn conda_lock(
         });
     let count = packages
         .iter()
-        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(host_platform()))
+        .filter(|p| p.get("platform").and_then(Value::as_str) == Some(files.platform()))
         .count();
     spec.lock = Some(LockSpec {
         format: "conda-lock",
@@ -231,14 +230,14 @@ fn explicit_files(
     }
     let chosen = candidates
         .iter()
-        .position(|(_, _, p)| p.as_deref() == Some(host_platform()))
+        .position(|(_, _, p)| p.as_deref() == Some(files.platform()))
         .or_else(|| candidates.iter().position(|(_, _, p)| p.is_none()));
     for (index, (path, _, platform)) in candidates.iter().enumerate() {
         if Some(index) != chosen {
             spec.warnings.push(format!(
                 "{path} is an @EXPLICIT file for {}; not used on {}",
                 platform.as_deref().unwrap_or("an unknown platform"),
-                host_platform()
+                files.platform()
             ));
         }
     }

@@ -230,6 +230,15 @@ impl EnvSpec {
         }
     }
 
+    /// An empty spec of `buildpack`, for unit tests elsewhere in the crate.
+    #[cfg(test)]
+    pub(crate) fn for_tests(buildpack: Buildpack) -> Self {
+        Self {
+            buildpack,
+            ..Self::new(None)
+        }
+    }
+
     /// Whether only a container can give this environment (system packages, a Dockerfile,
     /// Nix, or a language runtime we do not install natively).
     pub fn needs_container(&self) -> bool {
@@ -269,9 +278,10 @@ const KNOWN_FILES: &[&str] = &[
 /// Root-only files (ignored when a binder dir exists).
 const ROOT_ONLY: &[&str] = &["setup.py", "pyproject.toml", "DESCRIPTION"];
 
-/// Detect the environment described by the tree at `root`.
-pub fn detect(root: &std::path::Path) -> Result<EnvSpec, DetectError> {
-    let files = RepoFiles::open(root)?;
+/// Detect the environment described by the tree at `root`, for the conda `platform` the
+/// build targets (lock files are read for that platform).
+pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectError> {
+    let files = RepoFiles::open(root, platform)?;
     let mut spec = EnvSpec::new(files.binder_dir().map(str::to_string));
     let mut used = Used::default();
 

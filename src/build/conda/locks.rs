@@ -23,13 +23,14 @@ pub(super) struct PipPin {
 /// `info/index.json`.
 pub(super) async fn explicit_records(
     path: &Path,
+    platform: &str,
     package_cache: &PackageCache,
 ) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<PipPin>)> {
     use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
     use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
     let package_error = |message: String| BuildError::Package { message };
     let (entries, pins) = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-        conda_lock_entries(path)?
+        conda_lock_entries(path, platform)?
     } else {
         let explicit = ExplicitEnvironmentSpec::from_path(path)
             .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
@@ -83,13 +84,13 @@ pub(super) async fn explicit_records(
 /// entries (URL with a `#sha256:` fragment), pip ones as pins (name, URL, sha256).
 pub(super) fn conda_lock_entries(
     path: &Path,
+    platform: &str,
 ) -> anyhow::Result<(
     Vec<rattler_conda_types::ExplicitEnvironmentEntry>,
     Vec<PipPin>,
 )> {
     let text = fs_err::read_to_string(path)?;
     let lock: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
-    let platform = crate::settings::host_platform();
     let mut entries = Vec::new();
     let mut pins = Vec::new();
     for package in lock

@@ -69,8 +69,8 @@ pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow:
 
 /// Whether a `conda-lock.yml` has pip packages for this platform (false when unreadable:
 /// the build reports that).
-pub fn lock_has_pip(path: &Path) -> bool {
-    locks::conda_lock_entries(path).is_ok_and(|(_, pins)| !pins.is_empty())
+pub fn lock_has_pip(path: &Path, platform: &str) -> bool {
+    locks::conda_lock_entries(path, platform).is_ok_and(|(_, pins)| !pins.is_empty())
 }
 
 /// What linking left for the pip step.
@@ -142,7 +142,7 @@ async fn link(
             Phase::Building,
             format!("Fetching the packages listed in {}", lock.display()),
         );
-        let (records, pins) = explicit_records(&lock, &package_cache).await?;
+        let (records, pins) = explicit_records(&lock, platform.as_str(), &package_cache).await?;
         // conda-lock's pip packages: resolved with the pip section, then held to their hashes.
         pip_lines.extend(pins.iter().map(|pin| format!("{} @ {}", pin.name, pin.url)));
         pip_pins = pins;

@@ -71,6 +71,63 @@ pub fn supported(spec: &EnvSpec) -> Result<(), BuildError> {
     })
 }
 
+/// How the environment enters the image, as far as the recipe goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// No Python environment.
+    None,
+    /// A venv made by uv in the build.
+    Venv,
+    /// A conda prefix copied in (and maybe a pip step).
+    Conda,
+}
+
+/// The fragments [`containerfile`] renders for `spec`, in order. A conda environment
+/// counts its pip fragment too: whether a pip step follows is known only after the solve.
+pub fn fragments(spec: &EnvSpec, env: EnvKind) -> Vec<&'static str> {
+    let r_file = |name: &str| {
+        spec.files
+            .iter()
+            .any(|f| f.rsplit('/').next() == Some(name))
+    };
+    let mut used = vec![BASE];
+    if !spec.apt.is_empty() {
+        used.push(APT);
+    }
+    if spec.buildpack == Buildpack::R {
+        used.push(R);
+    }
+    match env {
+        EnvKind::None => {}
+        EnvKind::Venv => used.push(VENV),
+        EnvKind::Conda => used.extend([CONDA, CONDA_PIP]),
+    }
+    if r_file("install.R") {
+        used.push(INSTALL_R);
+    }
+    used.push(REPO);
+    if spec.buildpack == Buildpack::R && r_file("DESCRIPTION") {
+        used.push(DESCRIPTION);
+    }
+    if env == EnvKind::Venv
+        && spec.buildpack != Buildpack::UvLock
+        && spec
+            .files
+            .iter()
+            .any(|f| f == "setup.py" || f == "pyproject.toml")
+    {
+        used.push(PACKAGE);
+    }
+    if spec.post_build.is_some() {
+        used.push(POST_BUILD);
+    }
+    if spec.start.is_some() {
+        used.push(START);
+    }
+    used.push(LABELS);
+    used
+}
+
 /// The Containerfile text.
 pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
     let fill = |template: &str| {
