@@ -58,6 +58,7 @@ mod http;
 pub mod kernel;
 pub mod key;
 pub mod plan;
+pub mod pipeline;
 pub mod printer;
 pub mod python;
 pub mod settings;

@@ -372,13 +372,15 @@ fn build_dry_run_json_events() {
     );
     assert_eq!(last["ready"], false);
 
-    // A ready marker makes the plan a reuse.
-    std::fs::create_dir_all(store.join("e")).unwrap();
+    // A marker the store accepts (see `store_accepts`) makes the plan a reuse.
+    let prefix = store.join("e").join(&key[..16]);
+    std::fs::create_dir_all(&prefix).unwrap();
     std::fs::write(
         store.join(format!("e/{}.toml", &key[..16])),
-        format!("key = \"{key}\"\n"),
+        ready_marker(&key, &prefix, 1),
     )
     .unwrap();
+    assert!(store_accepts(&store, &key), "the marker is a valid one");
     let out = sandbox.ok(&["build", &repo, "--dry-run", "--json"]);
     let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["ready"], true);
@@ -386,6 +388,63 @@ fn build_dry_run_json_events() {
         last["steps"][0].as_str().unwrap().starts_with("reuse"),
         "{last}"
     );
+}
+
+/// A ready marker as the store writes it, for a venv built from `key` in `prefix`.
+fn ready_marker(key: &str, prefix: &std::path::Path, format: u32) -> String {
+    format!(
+        "format = {format}\nkey = \"{key}\"\ntarget = \"venv\"\nbuildpack = \"python\"\nprefix = \"{}\"\npython = \"3.12\"\ncreated = 1700000000\nhpcbinder = \"{}\"\nlocks = []\nsource = \"test\"\n\n[inputs]\n",
+        prefix.display(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Whether a build would reuse what the store holds for `key` (`Store::lookup`: the
+/// marker parses, has format 1, the full key and an existing prefix).
+fn store_accepts(store: &std::path::Path, key: &str) -> bool {
+    hpcbinder::store::Store::open(store)
+        .unwrap()
+        .lookup(key)
+        .is_some()
+}
+
+/// A dry run must not promise a reuse that the build would not make: for each marker the
+/// store rejects, the plan says the environment is not ready and builds it.
+#[test]
+fn dry_run_does_not_reuse_a_marker_the_store_rejects() {
+    let sandbox = Sandbox::new();
+    let repo = fixture(&sandbox, "python-requirements");
+    let store = sandbox.store();
+    let key = sandbox.key(&[&repo]);
+    let prefix = store.join("e").join(&key[..16]);
+    let other = "0".repeat(key.len());
+    let rejected = [
+        ("only a key", format!("key = \"{key}\"\n")),
+        ("not TOML", "ready\n".to_string()),
+        ("another format", ready_marker(&key, &prefix, 2)),
+        (
+            "another key with the same first 16 characters",
+            ready_marker(&format!("{}{}", &key[..16], &other[16..]), &prefix, 1),
+        ),
+        ("a missing prefix", ready_marker(&key, &prefix, 1)),
+    ];
+    std::fs::create_dir_all(store.join("e")).unwrap();
+    for (what, marker) in rejected {
+        if what == "a missing prefix" {
+            let _ = std::fs::remove_dir(&prefix);
+        } else {
+            std::fs::create_dir_all(&prefix).unwrap();
+        }
+        std::fs::write(store.join(format!("e/{}.toml", &key[..16])), marker).unwrap();
+        assert!(!store_accepts(&store, &key), "{what}: the store rejects it");
+        let out = sandbox.ok(&["build", &repo, "--dry-run", "--json"]);
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(last["ready"], false, "{what}: {last}");
+        assert!(
+            !last["steps"][0].as_str().unwrap().starts_with("reuse"),
+            "{what}: {last}"
+        );
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{podman, stderr, Sandbox, CONTAINERS_CONF};
@@ -67,8 +67,11 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
             && helper.contains("$runtime_dir:$runtime_dir"),
         "{helper}"
     );
-    let verified = common::run_cell(kernel_dir, "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])", "1.16.0 True built-by-postbuild from-start", 120);
-    assert!(verified.output.starts_with("1.16.0"));
+    let cell = "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])";
+    let expected = "1.16.0 True built-by-postbuild from-start";
+    common::run_cell(kernel_dir, cell, expected, 120);
+    // The same through jupyter_client, independently of hpcbinder's verifier.
+    common::jupyter::run_cell(kernel_dir, cell, expected, 120);
     // Stopped as Jupyter stops kernels (shutdown_request): no container is left running.
     let left = podman(&[
         "ps",
@@ -123,17 +126,40 @@ fn charliecloud_and_apptainer_images_run_under_ch_run() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&listing.stdout).contains("opt/env/bin/python"));
+    // The kernel through jupyter_client, independently of hpcbinder's verifier.
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    common::jupyter::run_cell(
+        kernel_dir,
+        "import os, six, sys; print(sys.prefix, six.__version__, os.environ['HPCBINDER_START'])",
+        "/opt/env 1.16.0 from-start",
+        120,
+    );
 
-    // Apptainer: no apptainer here, so the SIF is written with siftool; verification is
-    // skipped (never claimed), and the SIF's squashfs root is run with ch-run instead.
+    // Apptainer: where it is installed, the kernel is verified through `apptainer exec`.
+    // Without it, the SIF is written with siftool and verification is skipped (never
+    // claimed); either way the SIF's squashfs root is run with ch-run below.
     let ready = sandbox.build_ready(&[&repo, "--target", "apptainer"]);
     let sif = ready["image"].as_str().unwrap();
     assert!(sif.ends_with("image.sif"));
-    assert!(ready["verification"]
-        .as_str()
-        .unwrap()
-        .starts_with("skipped: `apptainer` is not installed"));
-    assert!(ready["verified"].is_null());
+    if on_path("apptainer") {
+        assert_eq!(ready["verified"], "/opt/env", "{ready}");
+        assert!(ready["verification"].is_null(), "{ready}");
+        common::jupyter::run_cell(
+            Path::new(ready["kernel_dir"].as_str().unwrap()),
+            "import six, sys; print(sys.prefix, six.__version__)",
+            "/opt/env 1.16.0",
+            120,
+        );
+    } else {
+        assert!(
+            ready["verification"]
+                .as_str()
+                .unwrap()
+                .starts_with("skipped: `apptainer` is not installed"),
+            "{ready}"
+        );
+        assert!(ready["verified"].is_null(), "{ready}");
+    }
     let list = Command::new("siftool")
         .args(["list", sif])
         .output()
@@ -184,6 +210,16 @@ fn charliecloud_and_apptainer_images_run_under_ch_run() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// Whether `tool` is an executable on this process's PATH, which the sandboxed hpcbinder
+/// inherits.
+fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|dir| {
+        std::fs::metadata(dir.join(tool))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// podman-hpc from PyPI with a static mksquashfs built from Debian's source
@@ -359,16 +395,20 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
             && helper.contains(&format!("SQUASH_DIR='{}'", squash.display())),
         "{helper}"
     );
-    std::env::set_var("PATH", &path);
-    std::env::set_var("PODMANHPC_CONFIG_FILE", &conf);
-    std::env::set_var("USER", "root");
-    let verified = common::run_cell(
+    // The kernel needs podman-hpc on PATH and its config, as on a login node: a copy of
+    // the kernelspec that sets them (this process's environment is shared by other tests).
+    let wrapped = common::kernel_with_env(
         kernel_dir,
-        "import six, sys; print(sys.prefix, six.__version__)",
-        "/opt/env 1.16.0",
-        120,
+        &sandbox.path().join("wrapped-kernels"),
+        &[
+            ("PATH", &path),
+            ("PODMANHPC_CONFIG_FILE", conf.to_str().unwrap()),
+            ("USER", "root"),
+        ],
     );
-    assert_eq!(verified.output, "/opt/env 1.16.0");
+    let cell = "import six, sys; print(sys.prefix, six.__version__)";
+    common::run_cell(&wrapped, cell, "/opt/env 1.16.0", 120);
+    common::jupyter::run_cell(&wrapped, cell, "/opt/env 1.16.0", 120);
     // The kernel's container is cleaned up after its shutdown (podman's cleanup runs after
     // the client exits): wait for it before the sandbox, which holds the storage, goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -397,37 +437,82 @@ struct Registry {
 }
 
 impl Registry {
+    /// `docker-registry` on a free loopback port. The port is free when picked, but another
+    /// process (a kernel of a parallel test, say) may bind it before the registry does:
+    /// then the registry exits with "address already in use" and starts again on a fresh
+    /// port, a bounded number of times. Any other failure ends the test with its log.
     fn start(sandbox: &Sandbox) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
         let config = sandbox.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                sandbox.path().join("registry-data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let log = sandbox.path().join("registry.log");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let address = format!("127.0.0.1:{port}");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                    sandbox.path().join("registry-data").display()
+                ),
+            )
             .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&address).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            let output = std::fs::File::create(&log).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(output.try_clone().unwrap())
+                .stderr(output)
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if answers_as_registry(&address) {
+                    return Self { child, address };
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "docker-registry did not answer on {address} within 30 s:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                text.contains("address already in use"),
+                "docker-registry exited ({status}):\n{text}"
+            );
         }
-        Self { child, address }
+        panic!(
+            "docker-registry found its port taken five times:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
+}
+
+/// Whether what listens on `address` is a registry (not whatever took the port first).
+fn answers_as_registry(address: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .to_ascii_lowercase()
+        .contains("docker-distribution-api-version: registry/2.0")
 }
 
 impl Drop for Registry {

@@ -23,7 +23,7 @@ use crate::error::{Blame, Diagnostic};
 use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::kernel::{self, KernelSpec};
 use crate::key::{self, EnvKey};
-use crate::plan::{KernelOptions, Target};
+use crate::plan::Target;
 use crate::settings::Settings;
 use crate::source::Checkout;
 use crate::store::{self, Ready, Store};
@@ -45,8 +45,8 @@ pub struct BuildRequest<'a> {
     pub key: &'a EnvKey,
     /// Settings.
     pub settings: &'a Settings,
-    /// Kernel naming.
-    pub kernel: &'a KernelOptions,
+    /// The plan this build carries out (the kernel it registers, among others).
+    pub plan: &'a crate::plan::BuildPlan,
     /// `--no-kernel`.
     pub register_kernel: bool,
     /// `--no-verify`.
@@ -286,21 +286,14 @@ fn register_kernel(
     outcome: &mut Outcome,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<()> {
-    let plan = crate::plan::plan(
-        request.checkout,
-        request.spec,
-        request.target,
-        request.key,
-        request.settings,
-        request.kernel,
-    );
+    let plan = request.plan;
     let kernels_dir = plan
         .kernel
         .dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let (spec, check) = kernel_spec(request, ready, &plan)?;
+    let (spec, check) = kernel_spec(request, ready, plan)?;
     let dir = spec.install(&kernels_dir).map_err(|e| BuildError::Kernel {
         dir: kernels_dir.clone(),
         source: e,

@@ -274,6 +274,28 @@ pub fn run_cell(
     .unwrap_or_else(|e| panic!("kernel in {}: {e:?}", kernel_dir.display()))
 }
 
+/// A copy of the kernelspec in `kernel_dir`, written as `<into>/<its name>`, that starts the
+/// same kernel with `variables` set (through `env`), so a test can give one kernel what it
+/// needs without changing its own process environment.
+pub fn kernel_with_env(kernel_dir: &Path, into: &Path, variables: &[(&str, &str)]) -> PathBuf {
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kernel_dir.join("kernel.json")).unwrap())
+            .unwrap();
+    let argv = spec["argv"].as_array().expect("argv").clone();
+    let mut wrapped = vec![serde_json::Value::from("/usr/bin/env")];
+    wrapped.extend(
+        variables
+            .iter()
+            .map(|(name, value)| serde_json::Value::from(format!("{name}={value}"))),
+    );
+    wrapped.extend(argv);
+    spec["argv"] = serde_json::Value::from(wrapped);
+    let dir = into.join(kernel_dir.file_name().unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kernel.json"), spec.to_string()).unwrap();
+    dir
+}
+
 /// `X.Y` of the machine's `python3`.
 pub fn python_minor() -> String {
     let output = Command::new("python3")
@@ -322,6 +344,7 @@ impl Drop for Tmpfs {
 }
 pub mod channel;
 pub mod http;
+pub mod jupyter;
 
 /// The containers.conf the container tests give Podman (runc, cgroupfs, ulimits).
 pub const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");

@@ -1,0 +1,242 @@
+//! The one pipeline every caller goes through (the CLI's commands, pins, the launch
+//! service, a batch job): a repository spec → checkout → detect → target → key → plan,
+//! then, as asked, nothing more (a dry run), a build context (`--containerfile-only`),
+//! or the build, kernel registration and verification. Every step and warning is an
+//! [`Event`] through the caller's [`Reporter`]; nothing here prints.
+//!
+//! The plan drives the build: the kernel the build registers is the one the plan names,
+//! and a dry run's Containerfile is rendered from the same request the build would use.
+//! The pipeline is blocking; a server calls it from a blocking thread (or runs
+//! `hpcbinder build --json` as a child, as the service does).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::build::{self, BuildRequest};
+use crate::detect::{Buildpack, EnvSpec};
+use crate::events::{Event, Phase, Reporter, ReporterExt};
+use crate::key::{self, EnvKey};
+use crate::plan::{self, BuildPlan, KernelOptions, Target};
+use crate::python::Source;
+use crate::settings::Settings;
+use crate::source::{self, Checkout};
+
+/// Which repository, as the user or a launch URL named it.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// A directory, git URL, `gh:`/`gl:` spec, BinderHub spec or launch URL.
+    pub spec: String,
+    /// `--ref`.
+    pub reference: Option<String>,
+}
+
+/// What to do once the plan exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Stop at the plan (`--dry-run`).
+    Plan,
+    /// Write the container build context into the directory and stop.
+    Context(PathBuf),
+    /// Build (or reuse), then register and verify the kernel as the options say.
+    Build,
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Kernel naming and location.
+    pub kernel: KernelOptions,
+    /// Register a kernelspec (`--no-kernel` turns it off).
+    pub register_kernel: bool,
+    /// Run a cell in the new kernel (`--no-verify` turns it off).
+    pub verify: bool,
+    /// Install from this lock instead of resolving.
+    pub from_lock: Option<PathBuf>,
+    /// What to do.
+    pub action: Action,
+}
+
+/// A repository taken as far as its plan.
+pub struct Prepared {
+    /// The checkout (holding its clone lock while alive).
+    pub checkout: Checkout,
+    /// What it describes.
+    pub spec: EnvSpec,
+    /// The concrete target.
+    pub target: Target,
+    /// The key.
+    pub key: EnvKey,
+    /// The plan.
+    pub plan: BuildPlan,
+    /// `--from-lock`, absolute.
+    pub from_lock: Option<PathBuf>,
+}
+
+/// What the pipeline produced.
+pub enum Outcome {
+    /// A dry run: the plan, and the Containerfile for container targets.
+    Planned {
+        /// The plan.
+        plan: Box<BuildPlan>,
+        /// The Containerfile a container build would use.
+        containerfile: Option<String>,
+    },
+    /// A build context was written.
+    Context {
+        /// The plan.
+        plan: Box<BuildPlan>,
+        /// The Containerfile inside the context.
+        containerfile: PathBuf,
+    },
+    /// Built (or reused), registered, verified.
+    Built {
+        /// The plan.
+        plan: Box<BuildPlan>,
+        /// The result.
+        outcome: Box<build::Outcome>,
+    },
+}
+
+/// Fetch the repository and detect its environment; detection warnings become events.
+pub fn checkout_and_detect(
+    repository: &Repository,
+    settings: &Settings,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(Checkout, EnvSpec)> {
+    let spec = source::spec::parse(&repository.spec, repository.reference.as_deref())?;
+    let checkout = source::checkout(&spec, &settings.cache_dir(), reporter)
+        .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
+    reporter.phase(Phase::Building, "Detecting the environment");
+    let env =
+        crate::detect::detect(&checkout.root, &settings.platform).context("detection failed")?;
+    for warning in &env.warnings {
+        reporter.warning(warning.clone());
+    }
+    Ok((checkout, env))
+}
+
+/// Checkout, detection, target, key and plan.
+pub fn prepare(
+    repository: &Repository,
+    settings: &Settings,
+    options: &Options,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Prepared> {
+    let (checkout, spec) = checkout_and_detect(repository, settings, reporter)?;
+    let target = plan::choose_target(&spec, settings)?;
+    if !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix) {
+        let choice = crate::python::choose(&spec, settings);
+        reporter.phase(Phase::Building, format!("Using {}", choice.describe()));
+        if let (Some(asked), Source::Configured(origin)) = (&spec.python, &choice.source) {
+            if *asked != choice.version {
+                let file = spec
+                    .files
+                    .iter()
+                    .find(|f| f.ends_with("runtime.txt"))
+                    .map(String::as_str)
+                    .unwrap_or("the repository");
+                reporter.warning(format!(
+                    "{file} asks for Python {asked}; building with Python {} from {origin}",
+                    choice.version
+                ));
+            }
+        }
+    }
+    let from_lock = match &options.from_lock {
+        Some(path) => Some(fs_err::canonicalize(path)?),
+        None => None,
+    };
+    let key = key::compute(
+        &checkout.root,
+        &spec,
+        target,
+        settings,
+        from_lock.as_deref(),
+    )?;
+    let plan = plan::plan(&checkout, &spec, target, &key, settings, &options.kernel);
+    Ok(Prepared {
+        checkout,
+        spec,
+        target,
+        key,
+        plan,
+        from_lock,
+    })
+}
+
+/// Run the whole pipeline for `repository`.
+pub fn run(
+    repository: &Repository,
+    settings: &Settings,
+    options: &Options,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Outcome> {
+    let prepared = prepare(repository, settings, options, reporter)?;
+    let request = BuildRequest {
+        checkout: &prepared.checkout,
+        spec: &prepared.spec,
+        target: prepared.target,
+        key: &prepared.key,
+        settings,
+        plan: &prepared.plan,
+        register_kernel: options.register_kernel,
+        verify: options.verify,
+        from_lock: prepared.from_lock.clone(),
+    };
+    match &options.action {
+        Action::Plan => {
+            let containerfile = if prepared.target.is_container() {
+                Some(build::container::preview(&request)?)
+            } else {
+                None
+            };
+            #[derive(serde::Serialize)]
+            struct Preview<'a> {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                containerfile: Option<&'a str>,
+            }
+            reporter.report(
+                Event::new(Phase::Ready, "Plan ready (dry run); nothing was built")
+                    .with_fields(&prepared.plan)
+                    .with_fields(&Preview {
+                        containerfile: containerfile.as_deref(),
+                    }),
+            );
+            Ok(Outcome::Planned {
+                plan: Box::new(prepared.plan.clone()),
+                containerfile,
+            })
+        }
+        Action::Context(dir) => {
+            if !prepared.target.is_container() {
+                anyhow::bail!(
+                    "--containerfile-only needs a container target, and this build's target is {}",
+                    prepared.target.name()
+                );
+            }
+            let containerfile = build::container::write_context(&request, dir, reporter)?;
+            Ok(Outcome::Context {
+                plan: Box::new(prepared.plan.clone()),
+                containerfile,
+            })
+        }
+        Action::Build => {
+            let outcome = build::build(&request, reporter)?;
+            let asked_r = prepared.spec.r.as_ref().and_then(|r| r.version.as_deref());
+            if let (Some(asked), Some(found)) = (asked_r, &outcome.runtime) {
+                // The image's R comes from the base image's distribution (see lib.rs).
+                if found != asked && !found.starts_with(&format!("{asked}.")) {
+                    reporter.warning(format!(
+                        "runtime.txt asks for R {asked}; the image has R {found}, from its base image's distribution"
+                    ));
+                }
+            }
+            reporter.report(Event::new(Phase::Ready, "Environment ready").with_fields(&outcome));
+            Ok(Outcome::Built {
+                plan: Box::new(prepared.plan.clone()),
+                outcome: Box::new(outcome),
+            })
+        }
+    }
+}
