@@ -52,37 +52,52 @@ pub trait Diagnostic: std::error::Error {
     }
 }
 
-/// A cause as one of our domain errors, if it is one.
-fn as_diagnostic<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn Diagnostic> {
-    if let Some(d) = cause.downcast_ref::<crate::source::SourceError>() {
-        return Some(d);
-    }
-    if let Some(d) = cause.downcast_ref::<crate::detect::DetectError>() {
-        return Some(d);
-    }
-    if let Some(d) = cause.downcast_ref::<crate::settings::ConfigError>() {
-        return Some(d);
-    }
-    if let Some(d) = cause.downcast_ref::<crate::plan::PlanError>() {
-        return Some(d);
-    }
-    if let Some(d) = cause.downcast_ref::<crate::store::StoreError>() {
-        return Some(d);
-    }
-    if let Some(d) = cause.downcast_ref::<crate::build::BuildError>() {
-        return Some(d);
-    }
-    None
+/// Every domain error type, in one list: the renderer finds a [`Diagnostic`] among an
+/// error chain's causes by these types. A test fails when a type implements
+/// `Diagnostic` and is missing here (it would exit 2 without its hint).
+macro_rules! domain_errors {
+    ($($name:ident => $path:path),* $(,)?) => {
+        /// A cause as one of our domain errors, if it is one.
+        fn as_diagnostic<'a>(
+            cause: &'a (dyn std::error::Error + 'static),
+        ) -> Option<&'a dyn Diagnostic> {
+            $(
+                if let Some(d) = cause.downcast_ref::<$path>() {
+                    return Some(d);
+                }
+            )*
+            None
+        }
+
+        /// A domain error at the top of an `anyhow` chain (one attached with
+        /// `.context(...)` is only visible through `anyhow::Error::downcast_ref`).
+        fn top_diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
+            $(
+                if let Some(d) = error.downcast_ref::<$path>() {
+                    return Some(d);
+                }
+            )*
+            None
+        }
+
+        /// The names of the listed types, for the completeness test.
+        #[cfg(test)]
+        const DOMAIN_ERRORS: &[&str] = &[$(stringify!($name)),*];
+    };
 }
 
-/// Find the first [`Diagnostic`] in an error chain. A domain error attached with
-/// `.context(...)` is only visible through `anyhow::Error::downcast_ref`, so the top of
-/// the chain is checked that way first.
+domain_errors! {
+    SourceError => crate::source::SourceError,
+    DetectError => crate::detect::DetectError,
+    ConfigError => crate::settings::ConfigError,
+    PlanError => crate::plan::PlanError,
+    StoreError => crate::store::StoreError,
+    BuildError => crate::build::BuildError,
+}
+
+/// Find the first [`Diagnostic`] in an error chain.
 fn diagnostic(error: &anyhow::Error) -> Option<&dyn Diagnostic> {
-    if let Some(d) = error.downcast_ref::<crate::build::BuildError>() {
-        return Some(d);
-    }
-    error.chain().find_map(as_diagnostic)
+    top_diagnostic(error).or_else(|| error.chain().find_map(as_diagnostic))
 }
 
 /// The exit status an error maps to.
@@ -124,4 +139,29 @@ pub fn one_line(error: &anyhow::Error) -> String {
 pub fn report(printer: &Printer, error: &anyhow::Error) -> ExitStatus {
     printer.error_block(&render(error));
     exit_status(error)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `impl Diagnostic for X` in the crate is in `domain_errors!`.
+    #[test]
+    fn every_domain_error_is_known_to_the_renderer() {
+        let mut missing = Vec::new();
+        for entry in walkdir::WalkDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")) {
+            let entry = entry.unwrap();
+            if entry.path().extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            for line in text.lines() {
+                if let Some(rest) = line.trim().strip_prefix("impl Diagnostic for ") {
+                    let name = rest.trim_end_matches(['{', ' ']);
+                    if !super::DOMAIN_ERRORS.contains(&name) {
+                        missing.push(format!("{name} ({})", entry.path().display()));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "add to domain_errors!: {missing:?}");
+    }
 }

@@ -15,6 +15,14 @@
 //!   Jupyter protocol.
 //! - [`events`] carries progress with BinderHub's phases to a terminal, JSON lines or SSE.
 //! - [`settings`] resolves CLI > environment > user config > site config.
+//! - [`pipeline`] is the one entry point for all of it (CLI, pins, the service, a batch
+//!   job); the plan it makes drives the build.
+//! - [`python`] chooses the interpreter (configured, the repository's, else the
+//!   `python3` on PATH); [`tools`] finds or bootstraps uv into the store.
+//!
+//! Adding a container engine: a file in `build/container/engine/` implementing its
+//! `Engine` trait, a line in its `ENGINES` table, and the engine's `Target` variant in
+//! `plan.rs` (the value users type; a test fails when a container target has no engine).
 //!
 //! Departures from DESIGN.md, and why:
 //! - `detect --json`, `key --json` and `config show --json` print one result object, not
@@ -24,8 +32,15 @@
 //!   loose spec they lock in the detection order, after R, so R and Julia repositories keep
 //!   inheriting the Python layers as in repo2docker.
 //! - A configured (`--python`, site or user config) Python version beats the repository's
-//!   for venvs, with a warning: a centre may offer one Python only. The built-in default
-//!   (3.12) fills in only when the repository says nothing.
+//!   for venvs, with a warning: a centre may offer one Python only. When nothing names a
+//!   version, the `python3` on PATH decides (its `X.Y` enters the key); the built-in 3.12
+//!   is left for machines without `python3`.
+//! - Network git steps run the `git` command (users' credential helpers, proxies and ssh
+//!   config apply); libgit2, built without TLS, only reads local repositories, which
+//!   keeps commands on a git work tree as fast as on a plain folder.
+//! - The engine table still needs each engine's `Target` variant beside it: the command
+//!   line's values are a clap `ValueEnum`, kept as a plain enum for `--help` and config
+//!   parsing.
 //! - A reused environment is not verified again: `build` of a ready key only registers the
 //!   kernel (the verification ran when it was built), which keeps cache hits fast.
 //! - Images hold the same packages as a native env of the same spec. Python family: uv
@@ -57,11 +72,12 @@ pub mod events;
 mod http;
 pub mod kernel;
 pub mod key;
-pub mod plan;
 pub mod pipeline;
+pub mod plan;
 pub mod printer;
 pub mod python;
 pub mod settings;
+mod shell;
 pub mod source;
 pub mod store;
 pub mod tools;

@@ -210,10 +210,10 @@ pub fn run(
         }
         Action::Context(dir) => {
             if !prepared.target.is_container() {
-                anyhow::bail!(
-                    "--containerfile-only needs a container target, and this build's target is {}",
-                    prepared.target.name()
-                );
+                return Err(plan::PlanError::ContextNeedsContainer {
+                    target: prepared.target.name(),
+                }
+                .into());
             }
             let containerfile = build::container::write_context(&request, dir, reporter)?;
             Ok(Outcome::Context {

@@ -93,6 +93,12 @@ pub enum PlanError {
         /// The target asked for.
         target: &'static str,
     },
+    /// `--containerfile-only` for a native target.
+    #[error("--containerfile-only needs a container target, and this build's target is {target}")]
+    ContextNeedsContainer {
+        /// The target.
+        target: &'static str,
+    },
     /// A venv for a conda spec.
     #[error(
         "a {buildpack} repository describes a conda environment, which --target venv cannot build"
@@ -114,6 +120,9 @@ impl Diagnostic for PlanError {
                 "use --target podman (or another container engine)".into()
             }
             Self::NeedsConda { .. } => "use --target conda, or --target auto".into(),
+            Self::ContextNeedsContainer { .. } => {
+                "add --target podman (or another container engine)".into()
+            }
         })
     }
 }

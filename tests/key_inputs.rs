@@ -22,10 +22,7 @@ fn the_recipe_and_image_settings_enter_the_key() {
     )
     .unwrap();
     let plain = sandbox.repo("plain", &[("requirements.txt", "six\n")]);
-    let with_apt = sandbox.repo(
-        "apt",
-        &[("requirements.txt", "six\n"), ("apt.txt", "jq\n")],
-    );
+    let with_apt = sandbox.repo("apt", &[("requirements.txt", "six\n"), ("apt.txt", "jq\n")]);
     let podman = inputs(&sandbox, &[&plain, "--target", "podman"]);
     let recipe = podman["recipe"].as_str().unwrap();
     assert!(recipe.starts_with("sha256:"), "{podman:#}");
@@ -67,7 +64,10 @@ fn where_a_venv_python_comes_from_is_planned_and_keyed() {
     // A Python this machine does not have comes from the conda channels.
     let elsewhere = sandbox.repo(
         "elsewhere",
-        &[("requirements.txt", "six\n"), ("runtime.txt", "python-3.4\n")],
+        &[
+            ("requirements.txt", "six\n"),
+            ("runtime.txt", "python-3.4\n"),
+        ],
     );
     let planned = inputs(&sandbox, &[&elsewhere]);
     assert_eq!(planned["python-source"], "conda", "{planned:#}");

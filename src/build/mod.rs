@@ -462,7 +462,10 @@ impl Diagnostic for BuildError {
             | Self::Channel { .. }
             | Self::Package { .. }
             | Self::NoBaseImage
-            | Self::NoRegistry => Blame::User,
+            | Self::NoRegistry
+            | Self::Lock { .. }
+            | Self::Setting { .. }
+            | Self::Unsupported { .. } => Blame::User,
             _ => Blame::Environment,
         }
     }
@@ -473,6 +476,8 @@ impl Diagnostic for BuildError {
                 "install or `module load` Python {version}, pass --python with a version or an interpreter path you have, or use --target conda"
             )),
             Self::Unsupported { instead, .. } => Some(instead.clone()),
+            Self::Lock { .. } => Some("give a lock written by an earlier build (`<prefix>/hpcbinder/pixi.lock`) for this platform".into()),
+            Self::Setting { setting, .. } => Some(format!("fix `{setting}` in the config (`hpcbinder config show` says where it is set)")),
             Self::PostBuild { .. } => Some("fix postBuild (it runs from the repository root inside the environment)".into()),
             Self::Unsolvable { .. } => Some("relax the versions in the environment file or check the channels".into()),
             Self::Verify { .. } => Some("the environment is kept; rerun with --no-verify to register the kernel anyway".into()),

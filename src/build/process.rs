@@ -107,6 +107,24 @@ pub enum BuildError {
         /// The end of the build log.
         log: String,
     },
+    /// A lock file (`--from-lock`, or the repository's) that cannot be installed.
+    #[error("{file}: {message}")]
+    Lock {
+        /// The lock file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A site setting that the build cannot use.
+    #[error("invalid {setting} `{value}`: {message}")]
+    Setting {
+        /// The config key.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Not built by this version.
     #[error("{what} is not implemented yet")]
     Unsupported {

@@ -47,7 +47,7 @@ fn module_line(modules: &[String]) -> String {
     if modules.is_empty() {
         return String::new();
     }
-    let names: Vec<String> = modules.iter().map(|m| shell_word(m)).collect();
+    let names: Vec<String> = modules.iter().map(|m| crate::shell::quote(m)).collect();
     format!(
         "if command -v module >/dev/null 2>&1; then module load {}; fi",
         names.join(" ")
@@ -57,12 +57,14 @@ fn module_line(modules: &[String]) -> String {
 /// The helper for a native environment: modules, activation (`activation_variable` is
 /// `CONDA_PREFIX` or `VIRTUAL_ENV`), activate.d scripts, `start`, exec.
 pub fn native_helper(prefix: &Path, activation_variable: &str, modules: &[String]) -> String {
-    let prefix = shell_escape_in_quotes(&prefix.display().to_string());
-    let activate = format!("{activation_variable}=\"{prefix}\"\nexport {activation_variable}");
+    let prefix = prefix.display().to_string();
+    let activate =
+        format!("{activation_variable}=\"$hpcbinder_prefix\"\nexport {activation_variable}");
     HELPER_TEMPLATE
         .replace("{{modules}}", &module_line(modules))
         .replace("{{activate}}", &activate)
-        .replace("{{prefix}}", &prefix)
+        .replace("{{prefix_comment}}", &crate::shell::comment(&prefix))
+        .replace("{{prefix}}", &crate::shell::quote(&prefix))
 }
 
 /// The helper for an image: modules, engine variables, then the engine's exec line.
@@ -75,7 +77,7 @@ pub fn container_helper(
 ) -> String {
     CONTAINER_HELPER_TEMPLATE
         .replace("{{engine}}", engine)
-        .replace("{{image}}", &image.replace('\n', " "))
+        .replace("{{image}}", &crate::shell::comment(image))
         .replace("{{modules}}", &module_line(modules))
         .replace("{{exports}}", exports)
         .replace("{{exec}}", exec)
@@ -118,19 +120,6 @@ impl KernelSpec {
     }
 }
 
-/// Escape for inside double quotes in sh.
-fn shell_escape_in_quotes(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('$', "\\$")
-        .replace('`', "\\`")
-}
-
-/// One sh word, single-quoted.
-fn shell_word(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
-}
-
 /// Read a kernelspec's argv (for verification exactly as Jupyter would run it).
 pub fn read_argv(kernel_dir: &Path) -> std::io::Result<Vec<String>> {
     let text = fs_err::read_to_string(kernel_dir.join("kernel.json"))?;
@@ -151,19 +140,26 @@ mod tests {
 
     #[test]
     fn helper_quotes_the_prefix_and_modules() {
+        let prefix = "/store/e/ab$c `id` 'q'";
         let helper = native_helper(
-            Path::new("/store/e/ab$c"),
+            Path::new(prefix),
             "CONDA_PREFIX",
             &["gcc/12".into(), "x'y".into()],
-        );
-        assert!(
-            helper.contains("CONDA_PREFIX=\"/store/e/ab\\$c\""),
-            "{helper}"
         );
         assert!(
             helper.contains("module load 'gcc/12' 'x'\\''y'"),
             "{helper}"
         );
         assert!(helper.ends_with("exec \"$@\"\n"));
+        // Run it: the environment variable holds the prefix literally.
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("kernel-helper.sh");
+        fs_err::write(&script, &helper).unwrap();
+        let output = std::process::Command::new("sh")
+            .arg(&script)
+            .args(["sh", "-c", "printf %s \"$CONDA_PREFIX\""])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), prefix);
     }
 }

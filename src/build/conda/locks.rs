@@ -113,8 +113,10 @@ pub(super) fn conda_lock_entries(
             .and_then(|h| h.get("sha256"))
             .and_then(|v| v.as_str())
             .map(str::to_string);
-        let mut url = url::Url::parse(field("url"))
-            .map_err(|e| anyhow::anyhow!("{}: bad url `{}`: {e}", path.display(), field("url")))?;
+        let mut url = url::Url::parse(field("url")).map_err(|e| BuildError::Lock {
+            file: path.to_path_buf(),
+            message: format!("bad url `{}`: {e}", field("url")),
+        })?;
         if field("manager") == "pip" {
             pins.push(PipPin {
                 name: field("name").to_string(),
@@ -182,14 +184,18 @@ pub(super) fn locked_records(
     path: &Path,
     platform: &Subdir,
 ) -> anyhow::Result<Vec<RepoDataRecord>> {
+    let lock_error = |message: String| BuildError::Lock {
+        file: path.to_path_buf(),
+        message,
+    };
     let lock = rattler_lock::LockFile::from_path(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable pixi.lock: {e}", path.display()))?;
+        .map_err(|e| lock_error(format!("not a readable pixi.lock: {e}")))?;
     let environment = lock
         .default_environment()
-        .ok_or_else(|| anyhow::anyhow!("{}: has no default environment", path.display()))?;
-    let handle = lock.platform(platform.as_str()).ok_or_else(|| {
-        anyhow::anyhow!("{}: does not lock {}", path.display(), platform.as_str())
-    })?;
+        .ok_or_else(|| lock_error("has no default environment".into()))?;
+    let handle = lock
+        .platform(platform.as_str())
+        .ok_or_else(|| lock_error(format!("does not lock {}", platform.as_str())))?;
     Ok(environment
         .conda_repodata_records(handle)?
         .unwrap_or_default())

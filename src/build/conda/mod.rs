@@ -94,10 +94,17 @@ async fn link(
     let request = context.request;
     let settings = request.settings;
     let spec = request.spec;
-    let platform: Subdir = settings
-        .platform
-        .parse()
-        .map_err(|e| anyhow::anyhow!("invalid platform `{}`: {e}", settings.platform))?;
+    let platform: Subdir =
+        settings
+            .platform
+            .parse()
+            .map_err(
+                |e: <Subdir as std::str::FromStr>::Err| BuildError::Setting {
+                    setting: "platform",
+                    value: settings.platform.clone(),
+                    message: e.to_string(),
+                },
+            )?;
     let package_cache = PackageCache::new(context.store.package_cache("conda"));
     let repo_lock = spec
         .lock
@@ -298,7 +305,7 @@ fn write_variables(context: &Context<'_>, prefix: &Path) -> anyhow::Result<()> {
             }
             .into());
         }
-        let _ = writeln!(script, "export {name}='{}'", value.replace('\'', "'\\''"));
+        let _ = writeln!(script, "export {name}={}", crate::shell::quote(value));
     }
     fs_err::write(dir.join("hpcbinder-variables.sh"), script)?;
     Ok(())

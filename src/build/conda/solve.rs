@@ -45,7 +45,11 @@ pub(super) async fn solve(
             "{}/",
             settings.channel_alias.trim_end_matches('/')
         ))
-        .map_err(|e| anyhow::anyhow!("invalid channel-alias `{}`: {e}", settings.channel_alias))?,
+        .map_err(|e| BuildError::Setting {
+            setting: "channel-alias",
+            value: settings.channel_alias.clone(),
+            message: e.to_string(),
+        })?,
         root_dir: context.repo().to_path_buf(),
     };
     let names: Vec<&String> = if conda.channels.iter().any(|c| c != "nodefaults") {
@@ -241,8 +245,14 @@ fn virtual_packages(configured: &[String]) -> anyhow::Result<Vec<GenericVirtualP
     configured
         .iter()
         .map(|text| {
-            serde_json::from_value(serde_json::Value::String(text.clone()))
-                .map_err(|e| anyhow::anyhow!("invalid virtual package `{text}`: {e}"))
+            serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|e| {
+                BuildError::Setting {
+                    setting: "virtual-packages",
+                    value: text.clone(),
+                    message: e.to_string(),
+                }
+                .into()
+            })
         })
         .collect()
 }

@@ -15,7 +15,7 @@
 //!   that prefix in. The pip section's hashed `pip.lock` is installed by uv in the build.
 //!   No conda, mamba or network access to conda channels is needed inside the build.
 
-mod engines;
+mod engine;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use crate::events::{Phase, ReporterExt};
 use crate::key;
 use crate::plan::Target;
 use crate::settings::Settings;
-pub use engines::{kernel_exec, Artifact};
+pub use engine::{kernel_exec, Artifact};
 pub use render::supported;
 
 /// Where the environment lives inside images hpcbinder renders.
@@ -49,7 +49,7 @@ pub fn build(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Artifact)> {
     let build_dir = context.prefix.join("context");
     let (containerfile, locks) = assemble(context, &build_dir)?;
     let reference = image_reference(&request.checkout.slug, request.key.short());
-    let artifact = engines::build(context, &build_dir, &containerfile, &reference)?;
+    let artifact = engine::build(context, &build_dir, &containerfile, &reference)?;
     // Keep the recipe and the lock for provenance; the copied repository and wheels can go.
     fs_err::copy(&containerfile, context.meta.join("Containerfile"))?;
     let _ = fs_err::remove_dir_all(&build_dir);
@@ -438,15 +438,11 @@ fn copy_repository(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// Whether a target's engine can run a kernel on this machine, and if not, why.
 pub fn runnable(target: Target) -> Result<(), String> {
-    let tool = match target {
-        Target::Podman => "podman",
-        Target::PodmanHpc => "podman-hpc",
-        Target::Charliecloud => "ch-run",
-        Target::Apptainer => "apptainer",
-        Target::Shifter => "shifter",
-        _ => return Ok(()),
-    };
-    engines::on_path(tool)
+    if !target.is_container() {
+        return Ok(());
+    }
+    let tool = engine::engine(target).runner();
+    engine::on_path(tool)
         .map(|_| ())
         .ok_or_else(|| format!("`{tool}` is not installed on this machine"))
 }

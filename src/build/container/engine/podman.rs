@@ -1,0 +1,69 @@
+//! Podman: the image stays in the user's Podman storage; kernels run with `podman run`.
+
+use std::path::Path;
+
+use super::super::super::Context;
+use super::{Artifact, Engine};
+use crate::plan::Target;
+use crate::settings::Settings;
+use crate::shell::quote;
+
+/// Podman.
+pub struct Podman;
+
+impl Engine for Podman {
+    fn target(&self) -> Target {
+        Target::Podman
+    }
+
+    fn runner(&self) -> &'static str {
+        "podman"
+    }
+
+    fn convert(&self, _: &Context<'_>, _: &Path, _: &str, _: &mut Artifact) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn kernel(&self, artifact: &Artifact, settings: &Settings, launch: &str) -> (String, String) {
+        (
+            containers_conf(settings),
+            run_line("podman", artifact, settings, launch),
+        )
+    }
+}
+
+/// `CONTAINERS_CONF` for the kernel, when the site configures one.
+pub(super) fn containers_conf(settings: &Settings) -> String {
+    settings
+        .containers_conf
+        .as_ref()
+        .map(|conf| {
+            format!(
+                "CONTAINERS_CONF={}\nexport CONTAINERS_CONF\n",
+                quote(&conf.display().to_string())
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// `exec podman run ...` (or podman-hpc). The connection file is the user's (0600 in a
+/// 0700 directory), so the kernel runs as the container's root, which rootless Podman
+/// maps to the user (and which is root for a rootful engine run by root), not as the
+/// image's NB_USER. `--userns=keep-id` would do the same for rootless Podman but has known
+/// trouble with podman-hpc's squashed images.
+pub(super) fn run_line(
+    program: &str,
+    artifact: &Artifact,
+    settings: &Settings,
+    launch: &str,
+) -> String {
+    let run_args: String = settings
+        .podman_run_args
+        .iter()
+        .map(|a| format!("{} ", quote(a)))
+        .collect();
+    format!(
+        "exec {program} run --rm -i --network host --user 0:0 {run_args}-v \"$runtime_dir:$runtime_dir\" {} {launch} \"$connection_file\"",
+        quote(&artifact.image)
+    )
+}
