@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::plan::Target;
 use crate::printer::ColorChoice;
+use crate::target::Target;
 
 /// Turn a repository into a Jupyter kernel on an HPC system: a conda or Python
 /// environment on a shared filesystem, or a Podman, podman-hpc, Apptainer, Shifter or

@@ -33,24 +33,7 @@ impl From<ExitStatus> for ExitCode {
     }
 }
 
-/// Which side of the line an error falls on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
-    /// Bad input from the user or the repository.
-    User,
-    /// The machine, the network, or us.
-    Environment,
-}
-
-/// Implemented by every domain error so the renderer can classify it and add a hint.
-pub trait Diagnostic: std::error::Error {
-    /// Whose fault it is; decides the exit status.
-    fn blame(&self) -> Blame;
-    /// One line telling the user what to do next, if there is something useful to say.
-    fn hint(&self) -> Option<String> {
-        None
-    }
-}
+pub use crate::diagnostic::{Blame, Diagnostic};
 
 /// Every domain error type, in one list: the renderer finds a [`Diagnostic`] among an
 /// error chain's causes by these types. A test fails when a type implements

@@ -9,9 +9,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::detect::{Buildpack, EnvSpec};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::source::SourceError;
+use crate::target::Target;
 
 /// Bumped whenever the meaning of the inputs changes, so old keys are never reused wrongly.
 pub const KEY_FORMAT: &str = "1";
@@ -65,7 +65,7 @@ pub fn compute(
     }
     inputs.insert(
         "recipe".to_string(),
-        crate::build::recipe_digest(spec, target),
+        crate::recipe::recipe_digest(spec, target),
     );
     for file in &spec.files {
         let bytes = fs_err::read(root.join(file))?;
@@ -74,11 +74,7 @@ pub fn compute(
             format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
         );
     }
-    let uses_conda = target == Target::Conda
-        || matches!(
-            spec.buildpack,
-            Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
-        );
+    let uses_conda = target == Target::Conda || spec.buildpack.is_conda_family();
     if uses_conda {
         inputs.insert("site:channels".to_string(), settings.channels.join(","));
         inputs.insert(
@@ -185,7 +181,7 @@ pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
 /// Whether a venv build takes its Python from the conda channels because no interpreter
 /// of the chosen version is installed here (decided once, in the plan; it enters the key).
 pub fn venv_python_from_conda(spec: &EnvSpec, settings: &Settings) -> bool {
-    crate::build::find_interpreter(spec, settings).is_err()
+    crate::python::interpreter_for(spec, settings).is_err()
 }
 
 /// A file's role: its path with the binder dir stripped, so moving config into `binder/`

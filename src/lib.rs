@@ -67,6 +67,7 @@ pub mod build;
 pub mod cli;
 mod commands;
 pub mod detect;
+pub mod diagnostic;
 pub mod error;
 pub mod events;
 mod http;
@@ -76,12 +77,15 @@ pub mod pipeline;
 pub mod plan;
 pub mod printer;
 pub mod python;
+mod recipe;
 pub mod settings;
 mod shell;
 pub mod source;
 pub mod store;
+pub mod target;
 pub mod tools;
 pub mod variables;
+pub mod version;
 
 use std::process::ExitCode;
 

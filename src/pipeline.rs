@@ -17,10 +17,11 @@ use crate::build::{self, BuildRequest};
 use crate::detect::{Buildpack, EnvSpec};
 use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::key::{self, EnvKey};
-use crate::plan::{self, BuildPlan, KernelOptions, Target};
+use crate::plan::{self, BuildPlan, KernelOptions};
 use crate::python::Source;
 use crate::settings::Settings;
 use crate::source::{self, Checkout};
+use crate::target::Target;
 
 /// Which repository, as the user or a launch URL named it.
 #[derive(Debug, Clone)]

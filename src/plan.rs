@@ -6,79 +6,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::detect::{Buildpack, EnvSpec};
-use crate::error::{Blame, Diagnostic};
+use crate::diagnostic::{Blame, Diagnostic};
 use crate::key::{self, EnvKey};
 use crate::settings::Settings;
 use crate::source::Checkout;
+pub use crate::target::Target;
 use crate::variables;
-
-/// Where an environment is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Target {
-    /// Pick from the spec and site config.
-    Auto,
-    /// A conda environment (rattler).
-    Conda,
-    /// A Python venv (uv or pip).
-    Venv,
-    /// A Podman image.
-    Podman,
-    /// A podman-hpc image, migrated to squashfs.
-    PodmanHpc,
-    /// An Apptainer SIF.
-    Apptainer,
-    /// A Shifter image (pushed to a registry, then pulled by shifterimg).
-    Shifter,
-    /// A Charliecloud image (directory and squashfs).
-    Charliecloud,
-}
-
-impl Target {
-    /// Every target, in help order.
-    pub const ALL: &'static [Target] = &[
-        Self::Auto,
-        Self::Conda,
-        Self::Venv,
-        Self::Podman,
-        Self::PodmanHpc,
-        Self::Apptainer,
-        Self::Shifter,
-        Self::Charliecloud,
-    ];
-    /// The container targets.
-    pub const CONTAINERS: &'static [Target] = &[
-        Self::Podman,
-        Self::PodmanHpc,
-        Self::Apptainer,
-        Self::Shifter,
-        Self::Charliecloud,
-    ];
-
-    /// The name used on the command line and in config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Conda => "conda",
-            Self::Venv => "venv",
-            Self::Podman => "podman",
-            Self::PodmanHpc => "podman-hpc",
-            Self::Apptainer => "apptainer",
-            Self::Shifter => "shifter",
-            Self::Charliecloud => "charliecloud",
-        }
-    }
-
-    /// Parse a name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|t| t.name() == name)
-    }
-
-    /// Whether this target produces a container image.
-    pub fn is_container(self) -> bool {
-        Self::CONTAINERS.contains(&self)
-    }
-}
 
 /// Why a spec cannot be built for a target.
 #[derive(Debug, thiserror::Error)]
@@ -129,20 +62,8 @@ impl Diagnostic for PlanError {
 
 /// Choose the concrete target for a spec.
 pub fn choose_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, PlanError> {
-    let conda_family = matches!(
-        spec.buildpack,
-        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
-    );
-    let container_reason = || -> Option<String> {
-        match spec.buildpack {
-            Buildpack::Docker => Some("it has a Dockerfile".into()),
-            Buildpack::Nix => Some("it uses Nix".into()),
-            Buildpack::R => Some("it needs R from the R buildpack".into()),
-            Buildpack::Julia => Some("it needs Julia".into()),
-            _ if !spec.apt.is_empty() => Some("apt.txt installs system packages".into()),
-            _ => None,
-        }
-    };
+    let conda_family = spec.buildpack.is_conda_family();
+    let container_reason = || spec.container_reason();
     match settings.target {
         Target::Auto => Ok(if container_reason().is_some() {
             settings.container_engine

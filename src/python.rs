@@ -23,28 +23,7 @@ use crate::variables;
 /// The Python used when nothing names one and no `python3` is on PATH.
 pub const FALLBACK_VERSION: &str = "3.12";
 
-/// What `--python` or the `python` key asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// `X.Y` or `X.Y.Z`.
-    Version(String),
-    /// An interpreter, by path.
-    Path(PathBuf),
-}
-
-impl Request {
-    /// Parse `3.11`, `3.11.7` or a path (anything with a `/`); `None` for anything else.
-    pub fn parse(text: &str) -> Option<Self> {
-        if text.contains('/') {
-            return Some(Self::Path(PathBuf::from(text)));
-        }
-        let parts: Vec<&str> = text.split('.').collect();
-        let numeric = parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        (numeric && (2..=3).contains(&parts.len())).then(|| Self::Version(text.to_string()))
-    }
-}
+pub use crate::version::PythonRequest as Request;
 
 /// A real interpreter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -174,6 +153,16 @@ pub fn host() -> Option<&'static Interpreter> {
     static HOST: OnceLock<Option<Interpreter>> = OnceLock::new();
     HOST.get_or_init(|| on_path("python3").and_then(|path| probe(&path)))
         .as_ref()
+}
+
+/// The interpreter a build of `spec` uses: the chosen one ([`choose`]), else the first on
+/// PATH of the chosen version.
+pub fn interpreter_for(spec: &EnvSpec, settings: &Settings) -> Result<Interpreter, NotFound> {
+    let choice = choose(spec, settings);
+    match choice.interpreter {
+        Some(interpreter) => Ok(interpreter),
+        None => find(&choice.version),
+    }
 }
 
 /// No interpreter of the version or at the path asked for.
@@ -308,29 +297,6 @@ fn cache_key(command: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_parse_like_uvs_python_flag() {
-        assert_eq!(
-            Request::parse("3.11"),
-            Some(Request::Version("3.11".into()))
-        );
-        assert_eq!(
-            Request::parse("3.11.7"),
-            Some(Request::Version("3.11.7".into()))
-        );
-        assert_eq!(
-            Request::parse("/usr/bin/python3.11"),
-            Some(Request::Path("/usr/bin/python3.11".into()))
-        );
-        assert_eq!(
-            Request::parse("./venv/bin/python"),
-            Some(Request::Path("./venv/bin/python".into()))
-        );
-        for bad in ["3", "python3", "3.x", "3..1", "3.11.7.1", ""] {
-            assert_eq!(Request::parse(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn versions_match_by_components() {

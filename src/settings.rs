@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Blame, Diagnostic};
-use crate::plan::Target;
+use crate::diagnostic::{Blame, Diagnostic};
+use crate::target::Target;
 use crate::variables;
 
 /// Errors in configuration.
@@ -288,18 +288,7 @@ impl Settings {
     }
 }
 
-/// The conda platform of this machine (`linux-64`, `linux-aarch64`, `osx-arm64`, ...).
-pub fn host_platform() -> &'static str {
-    match (std::env::consts::OS, std::env::consts::ARCH) {
-        ("linux", "x86_64") => "linux-64",
-        ("linux", "aarch64") => "linux-aarch64",
-        ("linux", "powerpc64") => "linux-ppc64le",
-        ("macos", "x86_64") => "osx-64",
-        ("macos", "aarch64") => "osx-arm64",
-        ("windows", _) => "win-64",
-        _ => "linux-64",
-    }
-}
+pub use crate::version::host_platform;
 
 /// The default site config path.
 const SITE_CONFIG: &str = "/etc/hpcbinder/config.toml";
@@ -368,7 +357,7 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
     );
     if let Some(text) = python
         .as_deref()
-        .filter(|t| crate::python::Request::parse(t).is_none())
+        .filter(|t| crate::version::PythonRequest::parse(t).is_none())
     {
         return Err(ConfigError::BadValue {
             name: "python",

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Blame, Diagnostic};
+use crate::diagnostic::{Blame, Diagnostic};
 use crate::events::{Phase, Reporter, ReporterExt};
 
 /// The on-disk layout version, written to `store.toml`.
@@ -166,9 +166,31 @@ pub struct Ready {
     pub source: String,
     /// The image, for container targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<crate::build::Artifact>,
+    pub artifact: Option<Artifact>,
     /// Every key input and its digest.
     pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+/// What a container build produced.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    /// The engine.
+    pub engine: crate::target::Target,
+    /// A Podman image reference, a registry reference (Shifter), or a path in the store
+    /// (Charliecloud directory, Apptainer SIF).
+    pub image: String,
+    /// The squashfs file, for engines that have one.
+    pub squashfs: Option<PathBuf>,
+    /// The Python that runs the kernel inside the image.
+    pub python: String,
+    /// The image's `start` script (its entrypoint), for engines that ignore entrypoints.
+    pub entrypoint: Option<String>,
+    /// The kernel's language when it is not Python (`R`: IRkernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// That language's version, found in the image (R images: `4.2.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl Store {

@@ -111,8 +111,7 @@ pub fn uv(settings: &Settings, store: &Store, reporter: &dyn Reporter) -> Option
             Ok(path) => Some(path),
             Err(error) => {
                 reporter.warning(format!(
-                    "could not install uv {UV_VERSION} into the store: {}",
-                    crate::error::one_line(&error)
+                    "could not install uv {UV_VERSION} into the store: {error:#}"
                 ));
                 None
             }

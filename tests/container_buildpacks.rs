@@ -188,7 +188,9 @@ fn a_repository_dockerfile_is_built_as_it_is() {
     let kernel_dir = Path::new(again["kernel_dir"].as_str().unwrap());
     let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
     assert!(
-        helper.contains(&format!("'{image}' /usr/bin/python3 -m ipykernel_launcher")),
+        helper.contains(&format!(
+            "'{image}' '/usr/bin/python3' -m ipykernel_launcher"
+        )),
         "{helper}"
     );
 }

@@ -19,19 +19,17 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::detect::{Buildpack, EnvSpec};
-use crate::error::{Blame, Diagnostic};
+use crate::diagnostic::{Blame, Diagnostic};
 use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::kernel::{self, KernelSpec};
 use crate::key::{self, EnvKey};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::source::Checkout;
 use crate::store::{self, Ready, Store};
+use crate::target::Target;
 pub use conda::site_channels;
-pub use container::recipe_digest;
 pub use container::Artifact;
 pub use process::BuildError;
-pub use python::interpreter as find_interpreter;
 
 /// Everything a build needs.
 pub struct BuildRequest<'a> {

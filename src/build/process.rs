@@ -221,7 +221,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 pub fn activation(context: &Context<'_>) -> Vec<(String, String)> {
     let prefix = context.prefix.display().to_string();
     let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
-    let variable = if context.request.target == crate::plan::Target::Conda {
+    let variable = if context.request.target == crate::target::Target::Conda {
         "CONDA_PREFIX"
     } else {
         "VIRTUAL_ENV"

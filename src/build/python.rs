@@ -13,11 +13,8 @@ pub fn interpreter(
     spec: &crate::detect::EnvSpec,
     settings: &Settings,
 ) -> Result<crate::python::Interpreter, BuildError> {
-    let choice = crate::python::choose(spec, settings);
-    if let Some(interpreter) = choice.interpreter {
-        return Ok(interpreter);
-    }
-    crate::python::find(&choice.version).map_err(|e| BuildError::NoPython { version: e.wanted })
+    crate::python::interpreter_for(spec, settings)
+        .map_err(|e| BuildError::NoPython { version: e.wanted })
 }
 
 /// A uv command with the store's cache and the site's index settings. Repository and user

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::ExitStatus;
-use crate::plan::Target;
 use crate::printer::{sanitize, Printer};
 use crate::settings::Settings;
+use crate::target::Target;
 use crate::tools::UvStatus;
 
 /// How long a channel or index may take to answer.

@@ -7,9 +7,10 @@ use crate::cli::KeyArgs;
 use crate::error::ExitStatus;
 use crate::events::Reporter;
 use crate::key;
-use crate::plan::{self, Target};
+use crate::plan;
 use crate::printer::{sanitize, Printer};
 use crate::settings::Settings;
+use crate::target::Target;
 
 #[derive(Serialize)]
 struct KeyOutput<'a> {

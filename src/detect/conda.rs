@@ -303,18 +303,7 @@ pub fn python_version(
     None
 }
 
-/// The first `X.Y` in a version constraint.
-pub fn first_major_minor(text: &str) -> Option<String> {
-    let start = text.find(|c: char| c.is_ascii_digit())?;
-    let digits: Vec<&str> = text[start..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()?
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .take(2)
-        .collect();
-    (digits.len() == 2).then(|| digits.join("."))
-}
+pub use crate::version::first_major_minor;
 
 #[cfg(test)]
 mod tests {

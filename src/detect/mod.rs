@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::error::{Blame, Diagnostic};
+use crate::diagnostic::{Blame, Diagnostic};
 pub use conda::first_major_minor;
 pub use files::{line_at, RepoFiles};
 pub use python::include_target;
@@ -110,6 +110,14 @@ pub enum Buildpack {
 }
 
 impl Buildpack {
+    /// The conda family: environments rattler solves or links (the one place this is said).
+    pub fn is_conda_family(self) -> bool {
+        matches!(
+            self,
+            Self::Conda | Self::Pixi | Self::CondaLock | Self::Explicit
+        )
+    }
+
     /// The name used in JSON and messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -239,13 +247,23 @@ impl EnvSpec {
         }
     }
 
-    /// Whether only a container can give this environment (system packages, a Dockerfile,
-    /// Nix, or a language runtime we do not install natively).
+    /// Why only a container can give this environment (system packages, a Dockerfile,
+    /// Nix, or a language runtime we do not install natively); `None` when a native
+    /// environment can (the one place this is said).
+    pub fn container_reason(&self) -> Option<String> {
+        match self.buildpack {
+            Buildpack::Docker => Some("it has a Dockerfile".into()),
+            Buildpack::Nix => Some("it uses Nix".into()),
+            Buildpack::R => Some("it needs R from the R buildpack".into()),
+            Buildpack::Julia => Some("it needs Julia".into()),
+            _ if !self.apt.is_empty() => Some("apt.txt installs system packages".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether only a container can give this environment ([`EnvSpec::container_reason`]).
     pub fn needs_container(&self) -> bool {
-        matches!(
-            self.buildpack,
-            Buildpack::Docker | Buildpack::Nix | Buildpack::R | Buildpack::Julia
-        ) || !self.apt.is_empty()
+        self.container_reason().is_some()
     }
 }
 

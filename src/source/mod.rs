@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Blame, Diagnostic};
+use crate::diagnostic::{Blame, Diagnostic};
 use crate::events::{Phase, Reporter, ReporterExt};
 pub use local::tree_digest;
 pub use spec::{redact, RepoSpec};

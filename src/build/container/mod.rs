@@ -25,8 +25,8 @@ use super::{python, spec_has_ipykernel, venv, Context};
 use crate::detect::Buildpack;
 use crate::events::{Phase, ReporterExt};
 use crate::key;
-use crate::plan::Target;
 use crate::settings::Settings;
+use crate::target::Target;
 pub use engine::{kernel_exec, Artifact};
 pub use render::supported;
 
@@ -114,78 +114,9 @@ fn r_alone(spec: &crate::detect::EnvSpec) -> bool {
     spec.buildpack == Buildpack::R && spec.conda.is_none() && spec.pip.is_none()
 }
 
-/// What the key calls the recipe: for images, a digest of the Containerfile fragments
-/// this spec renders (a changed fragment must not reuse old images); for native targets,
-/// the native recipe's version, bumped when the build steps change what they produce.
-/// Kernel helpers are not part of it: they are rewritten at every registration, reuse
-/// included.
-pub fn recipe_digest(spec: &crate::detect::EnvSpec, target: crate::plan::Target) -> String {
-    if !target.is_container() {
-        return NATIVE_RECIPE.to_string();
-    }
-    let env = if spec.buildpack == Buildpack::Docker || r_alone(spec) {
-        render::EnvKind::None
-    } else if is_conda(spec) {
-        render::EnvKind::Conda
-    } else {
-        render::EnvKind::Venv
-    };
-    if spec.buildpack == Buildpack::Docker {
-        return fragments_digest(&[]);
-    }
-    fragments_digest(&render::fragments(spec, env))
-}
-
-fn fragments_digest(fragments: &[&str]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for fragment in fragments {
-        hasher.update(fragment.as_bytes());
-        hasher.update([0]);
-    }
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
-#[cfg(test)]
-mod recipe_tests {
-    use super::*;
-
-    #[test]
-    fn the_recipe_digest_follows_every_fragment_used() {
-        let mut spec = crate::detect::EnvSpec::for_tests(Buildpack::Python);
-        spec.files.push("requirements.txt".into());
-        let podman = crate::plan::Target::Podman;
-        let plain = recipe_digest(&spec, podman);
-        // A changed fragment (here: one more byte in one of them) changes the digest.
-        let used = render::fragments(&spec, render::EnvKind::Venv);
-        let mut changed: Vec<String> = used.iter().map(|f| f.to_string()).collect();
-        changed[1].push(' ');
-        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
-        assert_eq!(plain, fragments_digest(&used));
-        assert_ne!(plain, fragments_digest(&changed));
-        // apt.txt and postBuild bring their fragments in.
-        spec.apt.push("jq".into());
-        let with_apt = recipe_digest(&spec, podman);
-        assert_ne!(plain, with_apt);
-        spec.post_build = Some("postBuild".into());
-        assert_ne!(with_apt, recipe_digest(&spec, podman));
-        // Native targets name their recipe version.
-        assert_eq!(
-            recipe_digest(&spec, crate::plan::Target::Venv),
-            NATIVE_RECIPE
-        );
-    }
-}
-
-/// The native build recipe's version (see [`recipe_digest`]).
-const NATIVE_RECIPE: &str = "native-1";
-
 /// The conda family (and R with an environment.yml): environments linked by rattler.
 fn is_conda(spec: &crate::detect::EnvSpec) -> bool {
-    matches!(
-        spec.buildpack,
-        Buildpack::Conda | Buildpack::Pixi | Buildpack::CondaLock | Buildpack::Explicit
-    ) || (spec.buildpack == Buildpack::R && spec.conda.is_some())
+    spec.buildpack.is_conda_family() || (spec.buildpack == Buildpack::R && spec.conda.is_some())
 }
 
 /// How the environment enters the image (see `render::EnvLayer`).

@@ -7,19 +7,10 @@
 use crate::build::BuildError;
 use crate::detect::{Buildpack, EnvSpec};
 
-const BASE: &str = include_str!("../../../buildpacks/container/base.Containerfile");
-const APT: &str = include_str!("../../../buildpacks/container/apt.Containerfile");
-const VENV: &str = include_str!("../../../buildpacks/container/venv.Containerfile");
-const CONDA: &str = include_str!("../../../buildpacks/container/conda.Containerfile");
-const CONDA_PIP: &str = include_str!("../../../buildpacks/container/conda-pip.Containerfile");
-const R: &str = include_str!("../../../buildpacks/container/r.Containerfile");
-const INSTALL_R: &str = include_str!("../../../buildpacks/container/install-r.Containerfile");
-const DESCRIPTION: &str = include_str!("../../../buildpacks/container/description.Containerfile");
-const PACKAGE: &str = include_str!("../../../buildpacks/container/package.Containerfile");
-const REPO: &str = include_str!("../../../buildpacks/container/repo.Containerfile");
-const POST_BUILD: &str = include_str!("../../../buildpacks/container/post-build.Containerfile");
-const START: &str = include_str!("../../../buildpacks/container/start.Containerfile");
-const LABELS: &str = include_str!("../../../buildpacks/container/labels.Containerfile");
+use crate::recipe::{
+    APT, BASE, CONDA, CONDA_PIP, DESCRIPTION, INSTALL_R, LABELS, PACKAGE, POST_BUILD, R, REPO,
+    START, VENV,
+};
 
 /// What the rendering needs besides the spec.
 pub struct RenderInputs<'a> {
@@ -69,63 +60,6 @@ pub fn supported(spec: &EnvSpec) -> Result<(), BuildError> {
             "add a Dockerfile (in binder/ or the repository root) that installs {tool} and ipykernel or a kernel: hpcbinder builds it as it is"
         ),
     })
-}
-
-/// How the environment enters the image, as far as the recipe goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvKind {
-    /// No Python environment.
-    None,
-    /// A venv made by uv in the build.
-    Venv,
-    /// A conda prefix copied in (and maybe a pip step).
-    Conda,
-}
-
-/// The fragments [`containerfile`] renders for `spec`, in order. A conda environment
-/// counts its pip fragment too: whether a pip step follows is known only after the solve.
-pub fn fragments(spec: &EnvSpec, env: EnvKind) -> Vec<&'static str> {
-    let r_file = |name: &str| {
-        spec.files
-            .iter()
-            .any(|f| f.rsplit('/').next() == Some(name))
-    };
-    let mut used = vec![BASE];
-    if !spec.apt.is_empty() {
-        used.push(APT);
-    }
-    if spec.buildpack == Buildpack::R {
-        used.push(R);
-    }
-    match env {
-        EnvKind::None => {}
-        EnvKind::Venv => used.push(VENV),
-        EnvKind::Conda => used.extend([CONDA, CONDA_PIP]),
-    }
-    if r_file("install.R") {
-        used.push(INSTALL_R);
-    }
-    used.push(REPO);
-    if spec.buildpack == Buildpack::R && r_file("DESCRIPTION") {
-        used.push(DESCRIPTION);
-    }
-    if env == EnvKind::Venv
-        && spec.buildpack != Buildpack::UvLock
-        && spec
-            .files
-            .iter()
-            .any(|f| f == "setup.py" || f == "pyproject.toml")
-    {
-        used.push(PACKAGE);
-    }
-    if spec.post_build.is_some() {
-        used.push(POST_BUILD);
-    }
-    if spec.start.is_some() {
-        used.push(START);
-    }
-    used.push(LABELS);
-    used
 }
 
 /// The Containerfile text.

@@ -9,9 +9,9 @@ use super::super::super::process::{self, Fault};
 use super::super::super::Context;
 use super::{on_path, podman, rootfs, tool, Artifact, Engine};
 use crate::events::{Phase, ReporterExt};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// Apptainer.
 pub struct Apptainer;

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use super::super::super::Context;
 use super::{rootfs, Artifact, Engine};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// Charliecloud.
 pub struct Charliecloud;

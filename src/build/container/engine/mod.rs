@@ -17,16 +17,14 @@ mod shifter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::{Deserialize, Serialize};
-
 use super::super::process::{self, BuildError, Fault};
 use super::super::Context;
 use super::IMAGE_PYTHON;
 use crate::detect::Buildpack;
 use crate::events::{Phase, ReporterExt};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// A container engine.
 pub trait Engine: Sync {
@@ -69,27 +67,7 @@ pub fn engine(target: Target) -> &'static dyn Engine {
         .unwrap_or_else(|| panic!("{} is not a container target", target.name()))
 }
 
-/// What a container build produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Artifact {
-    /// The engine.
-    pub engine: Target,
-    /// A Podman image reference, a registry reference (Shifter), or a path in the store
-    /// (Charliecloud directory, Apptainer SIF).
-    pub image: String,
-    /// The squashfs file, for engines that have one.
-    pub squashfs: Option<PathBuf>,
-    /// The Python that runs the kernel inside the image.
-    pub python: String,
-    /// The image's `start` script (its entrypoint), for engines that ignore entrypoints.
-    pub entrypoint: Option<String>,
-    /// The kernel's language when it is not Python (`R`: IRkernel).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub language: Option<String>,
-    /// That language's version, found in the image (R images: `4.2.2`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
-}
+pub use crate::store::Artifact;
 
 /// A program on PATH.
 pub fn on_path(tool: &str) -> Option<PathBuf> {
@@ -256,9 +234,12 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
 mod tests {
     #[test]
     fn every_container_target_has_an_engine() {
-        for target in crate::plan::Target::CONTAINERS {
+        for target in crate::target::Target::CONTAINERS {
             assert_eq!(super::engine(*target).target(), *target);
         }
-        assert_eq!(super::ENGINES.len(), crate::plan::Target::CONTAINERS.len());
+        assert_eq!(
+            super::ENGINES.len(),
+            crate::target::Target::CONTAINERS.len()
+        );
     }
 }

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use super::super::super::Context;
 use super::{Artifact, Engine};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// Podman.
 pub struct Podman;

@@ -7,9 +7,9 @@ use super::super::super::process::{self, BuildError, Fault};
 use super::super::super::Context;
 use super::{podman, Artifact, Engine};
 use crate::events::{Phase, ReporterExt};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// podman-hpc.
 pub struct PodmanHpc;

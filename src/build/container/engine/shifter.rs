@@ -8,9 +8,9 @@ use super::super::super::process::{self, BuildError, Fault};
 use super::super::super::Context;
 use super::{on_path, podman, tool, Artifact, Engine};
 use crate::events::{Phase, ReporterExt};
-use crate::plan::Target;
 use crate::settings::Settings;
 use crate::shell::quote;
+use crate::target::Target;
 
 /// Shifter.
 pub struct Shifter;
