@@ -75,7 +75,7 @@ domain_errors! {
     ConfigError => crate::settings::ConfigError,
     PlanError => crate::plan::PlanError,
     StoreError => crate::store::StoreError,
-    BuildError => crate::build::BuildError,
+    BuildError => crate::backends::BuildError,
 }
 
 /// Find the first [`Diagnostic`] in an error chain.

@@ -10,7 +10,7 @@
 //!   a checkout with an immutable identity, resolving every ref to a full commit first.
 //! - [`detect`] reads spec files only (no network, no code execution) into an [`detect::EnvSpec`].
 //! - [`plan`] picks the target; [`key`] computes the EnvKey from env-relevant inputs only.
-//! - [`build`] builds a `conda` env (rattler, in-process) or a `venv` (uv) in the [`store`]
+//! - [`backends`] builds a `conda` env (rattler, in-process) or a `venv` (uv) in the [`store`]
 //!   under its key, then [`kernel`] registers a kernelspec and verifies it over the
 //!   Jupyter protocol.
 //! - [`events`] carries progress with BinderHub's phases to a terminal, JSON lines or SSE.
@@ -20,7 +20,7 @@
 //! - [`python`] chooses the interpreter (configured, the repository's, else the
 //!   `python3` on PATH); [`tools`] finds or bootstraps uv into the store.
 //!
-//! Adding a container engine: a file in `build/container/engine/` implementing its
+//! Adding a container engine: a file in `backends/container/engine/` implementing its
 //! `Engine` trait, a line in its `ENGINES` table, and the engine's `Target` variant in
 //! `plan.rs` (the value users type; a test fails when a container target has no engine).
 //!
@@ -38,6 +38,8 @@
 //! - Network git steps run the `git` command (users' credential helpers, proxies and ssh
 //!   config apply); libgit2, built without TLS, only reads local repositories, which
 //!   keeps commands on a git work tree as fast as on a plain folder.
+//! - DESIGN §6's `build/` module is `backends/`: common `.gitignore` templates ignore any
+//!   `build/` folder, and some tools skip it.
 //! - The engine table still needs each engine's `Target` variant beside it: the command
 //!   line's values are a clap `ValueEnum`, kept as a plain enum for `--help` and config
 //!   parsing.
@@ -62,8 +64,8 @@
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
 
+pub mod backends;
 mod blocking;
-pub mod build;
 pub mod cli;
 mod commands;
 pub mod detect;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::build::{self, BuildRequest};
+use crate::backends::{self, BuildRequest};
 use crate::detect::{Buildpack, EnvSpec};
 use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::key::{self, EnvKey};
@@ -95,7 +95,7 @@ pub enum Outcome {
         /// The plan.
         plan: Box<BuildPlan>,
         /// The result.
-        outcome: Box<build::Outcome>,
+        outcome: Box<backends::Outcome>,
     },
 }
 
@@ -188,7 +188,7 @@ pub fn run(
     match &options.action {
         Action::Plan => {
             let containerfile = if prepared.target.is_container() {
-                Some(build::container::preview(&request)?)
+                Some(backends::container::preview(&request)?)
             } else {
                 None
             };
@@ -216,14 +216,14 @@ pub fn run(
                 }
                 .into());
             }
-            let containerfile = build::container::write_context(&request, dir, reporter)?;
+            let containerfile = backends::container::write_context(&request, dir, reporter)?;
             Ok(Outcome::Context {
                 plan: Box::new(prepared.plan.clone()),
                 containerfile,
             })
         }
         Action::Build => {
-            let outcome = build::build(&request, reporter)?;
+            let outcome = backends::build(&request, reporter)?;
             let asked_r = prepared.spec.r.as_ref().and_then(|r| r.version.as_deref());
             if let (Some(asked), Some(found)) = (asked_r, &outcome.runtime) {
                 // The image's R comes from the base image's distribution (see lib.rs).

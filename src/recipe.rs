@@ -144,4 +144,3 @@ mod tests {
         assert_eq!(recipe_digest(&spec, Target::Venv), NATIVE_RECIPE);
     }
 }
-

@@ -128,66 +128,54 @@ impl fmt::Display for Origin {
 /// CRAN for R images when the site names no mirror.
 pub const DEFAULT_CRAN_MIRROR: &str = "https://cloud.r-project.org";
 
-/// The keys a config file may hold, each with what it sets (the man page's CONFIGURATION).
-pub const CONFIG_KEYS: &[(&str, &str)] = &[
-    ("store", "The store directory: environments, images, package and clone caches."),
-    ("target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud."),
-    ("python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH."),
-    ("platform", "The conda platform to solve for (default: this machine's, e.g. linux-64)."),
-    ("channels", "Conda channels used when a spec names none (or only nodefaults)."),
-    ("channel-alias", "The URL that bare conda channel names resolve under."),
-    ("mirrors", "A table of channel URL prefixes and the mirror URLs that replace them."),
-    ("base-image", "The base image of rendered Containerfiles (never hard-coded)."),
-    ("container-engine", "The container target --target auto picks when a repository needs a container (default podman)."),
-    ("uv", "The uv executable (default: uv on PATH, else the one bootstrapped into the store)."),
-    ("uv-bootstrap", "Install a pinned uv into the store from the Python index when none is configured or on PATH (default true); false falls back to pip."),
-    ("pip-index-url", "The Python package index for pip requirements."),
-    ("pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements."),
-    ("pip-no-index", "Install pip requirements from pip-find-links only."),
-    ("modules", "Environment modules the kernel helper loads before starting a kernel."),
-    ("virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's."),
-    ("kernel-package", "Where ipykernel comes from when a conda spec lacks it: auto (the channels when they have it, else the Python index; the default), conda or pip."),
-    ("ca-bundle", "The CA bundle given to every download, on the host and inside image builds (default: the host's)."),
-    ("containers-conf", "A containers.conf passed to Podman as CONTAINERS_CONF, for builds and kernels."),
-    ("podman-isolation", "podman build --isolation (chroot where OCI isolation cannot run)."),
-    ("podman-run-args", "Extra podman run arguments for kernels."),
-    ("podman-build-args", "Extra podman build arguments."),
-    ("registry", "The registry (host:port/path) images are pushed to for Shifter."),
-    ("registry-tls-verify", "Verify the registry's TLS certificate (default true)."),
-    ("squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to."),
-    ("cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date."),
-];
+/// Every config key, once: its `ConfigFile` field and type, its name in config files, and
+/// what it sets (the man page's CONFIGURATION and `config show` read this table). Adding a
+/// setting is a line here, its [`Settings`] field, and its line in [`resolve`].
+macro_rules! config_keys {
+    ($($field:ident : $ty:ty = $key:literal, $doc:literal;)*) => {
+        /// The keys a config file may hold, each with what it sets.
+        pub const CONFIG_KEYS: &[(&str, &str)] = &[$(($key, $doc)),*];
 
-/// One config file, as written (all optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct ConfigFile {
-    store: Option<PathBuf>,
-    target: Option<String>,
-    python: Option<String>,
-    platform: Option<String>,
-    channels: Option<Vec<String>>,
-    channel_alias: Option<String>,
-    mirrors: Option<BTreeMap<String, String>>,
-    base_image: Option<String>,
-    container_engine: Option<String>,
-    uv: Option<PathBuf>,
-    uv_bootstrap: Option<bool>,
-    pip_index_url: Option<String>,
-    pip_find_links: Option<Vec<String>>,
-    pip_no_index: Option<bool>,
-    modules: Option<Vec<String>>,
-    virtual_packages: Option<Vec<String>>,
-    kernel_package: Option<String>,
-    ca_bundle: Option<PathBuf>,
-    containers_conf: Option<PathBuf>,
-    podman_isolation: Option<String>,
-    podman_run_args: Option<Vec<String>>,
-    podman_build_args: Option<Vec<String>>,
-    registry: Option<String>,
-    registry_tls_verify: Option<bool>,
-    squash_dir: Option<PathBuf>,
-    cran_mirror: Option<String>,
+        /// One config file, as written (all optional).
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        struct ConfigFile {
+            $($field: Option<$ty>,)*
+        }
+
+        /// Each key's field name, for the test that keeps names and fields in step.
+        #[cfg(test)]
+        const CONFIG_FIELDS: &[&str] = &[$(stringify!($field)),*];
+    };
+}
+
+config_keys! {
+    store: PathBuf = "store", "The store directory: environments, images, package and clone caches.";
+    target: String = "target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud.";
+    python: String = "python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH.";
+    platform: String = "platform", "The conda platform to solve for (default: this machine's, e.g. linux-64).";
+    channels: Vec<String> = "channels", "Conda channels used when a spec names none (or only nodefaults).";
+    channel_alias: String = "channel-alias", "The URL that bare conda channel names resolve under.";
+    mirrors: BTreeMap<String, String> = "mirrors", "A table of channel URL prefixes and the mirror URLs that replace them.";
+    base_image: String = "base-image", "The base image of rendered Containerfiles (never hard-coded).";
+    container_engine: String = "container-engine", "The container target --target auto picks when a repository needs a container (default podman).";
+    uv: PathBuf = "uv", "The uv executable (default: uv on PATH, else the one bootstrapped into the store).";
+    uv_bootstrap: bool = "uv-bootstrap", "Install a pinned uv into the store from the Python index when none is configured or on PATH (default true); false falls back to pip.";
+    pip_index_url: String = "pip-index-url", "The Python package index for pip requirements.";
+    pip_find_links: Vec<String> = "pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements.";
+    pip_no_index: bool = "pip-no-index", "Install pip requirements from pip-find-links only.";
+    modules: Vec<String> = "modules", "Environment modules the kernel helper loads before starting a kernel.";
+    virtual_packages: Vec<String> = "virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's.";
+    kernel_package: String = "kernel-package", "Where ipykernel comes from when a conda spec lacks it: auto (the channels when they have it, else the Python index; the default), conda or pip.";
+    ca_bundle: PathBuf = "ca-bundle", "The CA bundle given to every download, on the host and inside image builds (default: the host's).";
+    containers_conf: PathBuf = "containers-conf", "A containers.conf passed to Podman as CONTAINERS_CONF, for builds and kernels.";
+    podman_isolation: String = "podman-isolation", "podman build --isolation (chroot where OCI isolation cannot run).";
+    podman_run_args: Vec<String> = "podman-run-args", "Extra podman run arguments for kernels.";
+    podman_build_args: Vec<String> = "podman-build-args", "Extra podman build arguments.";
+    registry: String = "registry", "The registry (host:port/path) images are pushed to for Shifter.";
+    registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
+    squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
+    cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -307,53 +295,44 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         Some(path) => read_config(path, &mut files_read)?,
         None => None,
     };
-    let layers: Vec<(Origin, ConfigFile)> = [
-        site.map(|c| (Origin::SiteConfig(site_path.clone()), c)),
-        user.map(|c| (Origin::UserConfig(user_path.clone().unwrap_or_default()), c)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut layers = Layers {
+        files: [
+            site.map(|c| (Origin::SiteConfig(site_path.clone()), c)),
+            user.map(|c| (Origin::UserConfig(user_path.clone().unwrap_or_default()), c)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        origins: BTreeMap::new(),
+    };
+    let env = |name: &'static str| variables::get(name).map(|v| (name, v));
 
-    let mut origins = BTreeMap::new();
-    let env_of = |name: &'static str| variables::get(name).map(|v| (name, v));
-    let store = pick_value(
+    let store = layers.pick_over(
         "store",
-        &layers,
-        &|f| f.store.as_ref().map(|p| p.display().to_string()),
-        env_of(variables::HPCBINDER_STORE),
+        |f| f.store.as_ref().map(|p| p.display().to_string()),
+        env(variables::HPCBINDER_STORE),
         cli.store
             .as_ref()
             .map(|s| ("--store", s.display().to_string())),
-        &mut origins,
     );
     let store = match store {
         Some(store) => absolute(PathBuf::from(store)),
         None => default_store()?,
     };
-    let target_text = pick_value(
+    let target = match layers.pick_over(
         "target",
-        &layers,
-        &|f| f.target.clone(),
-        env_of(variables::HPCBINDER_TARGET),
+        |f| f.target.clone(),
+        env(variables::HPCBINDER_TARGET),
         cli.target.map(|t| ("--target", t.name().to_string())),
-        &mut origins,
-    );
-    let target = match target_text {
-        Some(text) => parse_target(
-            "target",
-            &text,
-            origins.get("target").cloned().unwrap_or(Origin::Default),
-        )?,
+    ) {
+        Some(text) => parse_target("target", &text, layers.origin("target"))?,
         None => Target::Auto,
     };
-    let python = pick_value(
+    let python = layers.pick_over(
         "python",
-        &layers,
-        &|f| f.python.clone(),
+        |f| f.python.clone(),
         None,
         cli.python.clone().map(|p| ("--python", p)),
-        &mut origins,
     );
     if let Some(text) = python
         .as_deref()
@@ -362,69 +341,22 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         return Err(ConfigError::BadValue {
             name: "python",
             value: text.to_string(),
-            origin: origins.get("python").cloned().unwrap_or(Origin::Default),
+            origin: layers.origin("python"),
             allowed: "X.Y (3.12), X.Y.Z (3.12.4), an interpreter's path (/usr/bin/python3.11)"
                 .into(),
         });
     }
-    let platform = pick_value(
-        "platform",
-        &layers,
-        &|f| f.platform.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_else(|| host_platform().into());
-    let channels = pick_value(
-        "channels",
-        &layers,
-        &|f| f.channels.as_ref().map(|c| c.join("\n")),
-        None,
-        None,
-        &mut origins,
-    )
-    .map(|c| c.lines().map(str::to_string).collect())
-    .unwrap_or_else(|| vec!["conda-forge".into()]);
-    let channel_alias = pick_value(
-        "channel-alias",
-        &layers,
-        &|f| f.channel_alias.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_else(|| "https://conda.anaconda.org".into());
     // Mirrors merge across layers (a user may add one to the site's), later layers winning.
     let mut mirrors = BTreeMap::new();
-    for (origin, file) in &layers {
+    for (origin, file) in &layers.files {
         if let Some(layer) = &file.mirrors {
             mirrors.extend(layer.clone());
-            origins.insert("mirrors", origin.clone());
+            layers.origins.insert("mirrors", origin.clone());
         }
     }
-    let base_image = pick_value(
-        "base-image",
-        &layers,
-        &|f| f.base_image.clone(),
-        None,
-        cli.base_image.clone().map(|b| ("--base-image", b)),
-        &mut origins,
-    );
-    let engine_text = pick_value(
-        "container-engine",
-        &layers,
-        &|f| f.container_engine.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let container_engine = match engine_text {
+    let container_engine = match layers.pick("container-engine", |f| f.container_engine.clone()) {
         Some(text) => {
-            let origin = origins
-                .get("container-engine")
-                .cloned()
-                .unwrap_or(Origin::Default);
+            let origin = layers.origin("container-engine");
             let engine = parse_target("container-engine", &text, origin.clone())?;
             if !engine.is_container() {
                 return Err(ConfigError::BadValue {
@@ -442,213 +374,120 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         }
         None => Target::Podman,
     };
-    let uv = pick_value("uv", &layers, &|f| f.uv.clone(), None, None, &mut origins);
-    let uv_bootstrap = pick_value(
-        "uv-bootstrap",
-        &layers,
-        &|f| f.uv_bootstrap,
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or(true);
-    let pip_index_url = pick_value(
-        "pip-index-url",
-        &layers,
-        &|f| f.pip_index_url.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let pip_find_links = pick_value(
-        "pip-find-links",
-        &layers,
-        &|f| f.pip_find_links.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_default();
-    let pip_no_index = pick_value(
-        "pip-no-index",
-        &layers,
-        &|f| f.pip_no_index,
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or(false);
-    let modules = pick_value(
-        "modules",
-        &layers,
-        &|f| f.modules.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_default();
-    let virtual_packages = pick_value(
-        "virtual-packages",
-        &layers,
-        &|f| f.virtual_packages.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_default();
-    let kernel_package = pick_value(
-        "kernel-package",
-        &layers,
-        &|f| f.kernel_package.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_else(|| "auto".into());
+    let kernel_package = layers
+        .pick("kernel-package", |f| f.kernel_package.clone())
+        .unwrap_or_else(|| "auto".into());
     if !["auto", "conda", "pip"].contains(&kernel_package.as_str()) {
         return Err(ConfigError::BadValue {
             name: "kernel-package",
             value: kernel_package,
-            origin: origins
-                .get("kernel-package")
-                .cloned()
-                .unwrap_or(Origin::Default),
+            origin: layers.origin("kernel-package"),
             allowed: "auto, conda, pip".into(),
         });
     }
-    let ca_bundle = pick_value(
-        "ca-bundle",
-        &layers,
-        &|f| f.ca_bundle.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let containers_conf = pick_value(
-        "containers-conf",
-        &layers,
-        &|f| f.containers_conf.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let podman_isolation = pick_value(
-        "podman-isolation",
-        &layers,
-        &|f| f.podman_isolation.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let podman_run_args = pick_value(
-        "podman-run-args",
-        &layers,
-        &|f| f.podman_run_args.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_default();
-    let podman_build_args = pick_value(
-        "podman-build-args",
-        &layers,
-        &|f| f.podman_build_args.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_default();
-    let registry = pick_value(
-        "registry",
-        &layers,
-        &|f| f.registry.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let registry_tls_verify = pick_value(
-        "registry-tls-verify",
-        &layers,
-        &|f| f.registry_tls_verify,
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or(true);
-    let squash_dir = pick_value(
-        "squash-dir",
-        &layers,
-        &|f| f.squash_dir.clone(),
-        None,
-        None,
-        &mut origins,
-    );
-    let cran_mirror = pick_value(
-        "cran-mirror",
-        &layers,
-        &|f| f.cran_mirror.clone(),
-        None,
-        None,
-        &mut origins,
-    )
-    .unwrap_or_else(|| DEFAULT_CRAN_MIRROR.to_string());
     Ok(Settings {
-        cran_mirror,
-        ca_bundle,
-        containers_conf,
-        podman_isolation,
-        podman_run_args,
-        podman_build_args,
-        registry,
-        registry_tls_verify,
-        squash_dir,
-        uv,
-        uv_bootstrap,
-        pip_index_url,
-        pip_find_links,
-        pip_no_index,
-        modules,
-        virtual_packages,
-        kernel_package,
         store,
         target,
         python,
-        platform,
-        channels,
-        channel_alias,
+        platform: layers
+            .pick("platform", |f| f.platform.clone())
+            .unwrap_or_else(|| host_platform().into()),
+        channels: layers
+            .pick("channels", |f| f.channels.clone())
+            .unwrap_or_else(|| vec!["conda-forge".into()]),
+        channel_alias: layers
+            .pick("channel-alias", |f| f.channel_alias.clone())
+            .unwrap_or_else(|| "https://conda.anaconda.org".into()),
         mirrors,
-        base_image,
+        base_image: layers.pick_over(
+            "base-image",
+            |f| f.base_image.clone(),
+            None,
+            cli.base_image.clone().map(|b| ("--base-image", b)),
+        ),
         container_engine,
-        origins,
+        uv: layers.pick("uv", |f| f.uv.clone()),
+        uv_bootstrap: layers
+            .pick("uv-bootstrap", |f| f.uv_bootstrap)
+            .unwrap_or(true),
+        pip_index_url: layers.pick("pip-index-url", |f| f.pip_index_url.clone()),
+        pip_find_links: layers
+            .pick("pip-find-links", |f| f.pip_find_links.clone())
+            .unwrap_or_default(),
+        pip_no_index: layers
+            .pick("pip-no-index", |f| f.pip_no_index)
+            .unwrap_or(false),
+        modules: layers
+            .pick("modules", |f| f.modules.clone())
+            .unwrap_or_default(),
+        virtual_packages: layers
+            .pick("virtual-packages", |f| f.virtual_packages.clone())
+            .unwrap_or_default(),
+        kernel_package,
+        ca_bundle: layers.pick("ca-bundle", |f| f.ca_bundle.clone()),
+        containers_conf: layers.pick("containers-conf", |f| f.containers_conf.clone()),
+        podman_isolation: layers.pick("podman-isolation", |f| f.podman_isolation.clone()),
+        podman_run_args: layers
+            .pick("podman-run-args", |f| f.podman_run_args.clone())
+            .unwrap_or_default(),
+        podman_build_args: layers
+            .pick("podman-build-args", |f| f.podman_build_args.clone())
+            .unwrap_or_default(),
+        registry: layers.pick("registry", |f| f.registry.clone()),
+        registry_tls_verify: layers
+            .pick("registry-tls-verify", |f| f.registry_tls_verify)
+            .unwrap_or(true),
+        squash_dir: layers.pick("squash-dir", |f| f.squash_dir.clone()),
+        cran_mirror: layers
+            .pick("cran-mirror", |f| f.cran_mirror.clone())
+            .unwrap_or_else(|| DEFAULT_CRAN_MIRROR.to_string()),
+        origins: layers.origins,
         files_read,
     })
 }
 
-/// The value of one setting: site, then user config, then the environment, then the CLI.
-fn pick_value<T: Clone>(
-    key: &'static str,
-    layers: &[(Origin, ConfigFile)],
-    get: &dyn Fn(&ConfigFile) -> Option<T>,
-    env: Option<(&'static str, T)>,
-    cli: Option<(&'static str, T)>,
-    origins: &mut BTreeMap<&'static str, Origin>,
-) -> Option<T> {
-    let mut value = None;
-    for (origin, file) in layers {
-        if let Some(v) = get(file) {
-            value = Some(v);
-            origins.insert(key, origin.clone());
+/// The config files in order (site, then user), and where each picked value came from.
+struct Layers {
+    files: Vec<(Origin, ConfigFile)>,
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Layers {
+    /// A setting only config files set: the last file that sets it wins.
+    fn pick<T>(&mut self, key: &'static str, get: impl Fn(&ConfigFile) -> Option<T>) -> Option<T> {
+        self.pick_over(key, get, None, None)
+    }
+
+    /// A setting that an environment variable and a flag may also set: site, then user
+    /// config, then the environment, then the command line.
+    fn pick_over<T>(
+        &mut self,
+        key: &'static str,
+        get: impl Fn(&ConfigFile) -> Option<T>,
+        env: Option<(&'static str, T)>,
+        cli: Option<(&'static str, T)>,
+    ) -> Option<T> {
+        let mut value = None;
+        for (origin, file) in &self.files {
+            if let Some(v) = get(file) {
+                value = Some(v);
+                self.origins.insert(key, origin.clone());
+            }
         }
+        if let Some((name, v)) = env {
+            value = Some(v);
+            self.origins.insert(key, Origin::Environment(name));
+        }
+        if let Some((flag, v)) = cli {
+            value = Some(v);
+            self.origins.insert(key, Origin::Cli(flag));
+        }
+        value
     }
-    if let Some((name, v)) = env {
-        value = Some(v);
-        origins.insert(key, Origin::Environment(name));
+
+    fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
-    if let Some((flag, v)) = cli {
-        value = Some(v);
-        origins.insert(key, Origin::Cli(flag));
-    }
-    value
 }
 
 fn parse_target(name: &'static str, text: &str, origin: Origin) -> Result<Target, ConfigError> {
@@ -708,5 +547,16 @@ fn absolute(path: PathBuf) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(&path))
             .unwrap_or(path)
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    #[test]
+    fn every_config_key_names_its_field() {
+        for ((key, _), field) in super::CONFIG_KEYS.iter().zip(super::CONFIG_FIELDS) {
+            assert_eq!(key.replace('-', "_"), *field);
+        }
+        assert_eq!(super::CONFIG_KEYS.len(), super::CONFIG_FIELDS.len());
     }
 }

@@ -343,6 +343,21 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
         ready["verified"], "/opt/env",
         "the kernel answered through podman-hpc run"
     );
+    // The image's layers are progress events (`STEP n/m`), ending at 1.
+    let steps: Vec<f64> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("STEP "))
+        })
+        .filter_map(|e| e["progress"].as_f64())
+        .collect();
+    assert!(
+        steps.len() >= 3 && steps.last() == Some(&1.0) && steps.windows(2).all(|w| w[0] < w[1]),
+        "{steps:?}\n{out}"
+    );
     let image = ready["image"].as_str().unwrap().to_string();
 
     // The migrated squashfs holds the environment and is readable by the group.
@@ -586,7 +601,7 @@ fn shifter_pushes_to_a_real_registry_and_a_refusing_registry_fails_cleanly() {
     .unwrap();
     assert!(
         helper.contains(&format!(
-            "exec shifter --image=docker:{image} /opt/env/bin/python -m ipykernel_launcher -f"
+            "exec shifter '--image=docker:{image}' '/opt/env/bin/python' -m ipykernel_launcher -f"
         )),
         "{helper}"
     );

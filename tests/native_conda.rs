@@ -451,6 +451,21 @@ fn ipykernel_comes_from_the_python_index_when_the_channels_lack_it() {
     );
     let last: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
     let prefix = last["prefix"].as_str().unwrap();
+    // Linking reports real progress, ending with every package linked.
+    let linked: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Linked "))
+        })
+        .collect();
+    assert_eq!(
+        linked.last().and_then(|e| e["progress"].as_f64()),
+        Some(1.0),
+        "{events}"
+    );
     let pip = std::fs::read_to_string(format!("{prefix}/hpcbinder/pip.lock")).unwrap();
     assert!(
         pip.contains("ipykernel==") && pip.contains("--hash=sha256:"),

@@ -332,7 +332,7 @@ fn uv(settings: &Settings) -> Check {
 
 /// Each configured channel answers (its `noarch/repodata.json`).
 fn channels(settings: &Settings, needed: bool) -> Vec<Check> {
-    crate::build::site_channels(settings)
+    crate::backends::site_channels(settings)
         .into_iter()
         .map(|(name, url)| {
             let label = format!("channel {name}");

@@ -6,7 +6,7 @@ use std::path::Path;
 use rattler_cache::package_cache::PackageCache;
 use rattler_conda_types::{RepoDataRecord, Subdir};
 
-use crate::build::process::BuildError;
+use crate::backends::process::BuildError;
 use crate::detect::CondaSpec;
 
 use super::solve::error_chain;

@@ -4,7 +4,7 @@
 //! repository → postBuild → start. Environment files are copied before the repository so
 //! the environment layer survives notebook-only changes.
 
-use crate::build::BuildError;
+use crate::backends::BuildError;
 use crate::detect::{Buildpack, EnvSpec};
 
 use crate::recipe::{

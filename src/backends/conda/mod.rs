@@ -7,6 +7,7 @@
 
 mod locks;
 mod pip;
+mod progress;
 mod solve;
 
 use std::fmt::Write as _;
@@ -196,10 +197,14 @@ async fn link(
     if let Some(target_prefix) = target_prefix {
         installer.set_alternative_target_prefix(target_prefix);
     }
-    installer
-        .install(dir, records.clone())
-        .await
-        .map_err(|e| install_error(dir, e))?;
+    let (progress, steps) = progress::Progress::channel();
+    let installer = installer.with_reporter(progress);
+    // The installer owns the sending end: when it finishes, the forwarding ends too.
+    let (installed, ()) = tokio::join!(
+        installer.install(dir, records.clone()),
+        progress::forward(steps, context.reporter)
+    );
+    installed.map_err(|e| install_error(dir, e))?;
 
     let locks = write_locks(context, &records, &platform, &channel_urls)?;
     write_variables(context, dir)?;

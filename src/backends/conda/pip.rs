@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::build::process::{self, BuildError, Fault};
-use crate::build::{python, spec_has_ipykernel, Context};
+use crate::backends::process::{self, BuildError, Fault};
+use crate::backends::{python, spec_has_ipykernel, Context};
 use crate::events::{Phase, ReporterExt};
 
 use super::locks::PipPin;

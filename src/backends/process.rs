@@ -169,6 +169,18 @@ pub fn run(
     command: &mut Command,
     fault: Fault,
 ) -> anyhow::Result<()> {
+    run_with_lines(context, step, command, fault, None)
+}
+
+/// [`run`], also handing each line of the command's stdout to `on_line` as it comes
+/// (progress from `podman build`'s `STEP n/m` lines).
+pub fn run_with_lines(
+    context: &Context<'_>,
+    step: &str,
+    command: &mut Command,
+    fault: Fault,
+    on_line: Option<&dyn Fn(&str)>,
+) -> anyhow::Result<()> {
     let log_path = context.log();
     let mut log = fs_err::OpenOptions::new()
         .create(true)
@@ -176,14 +188,37 @@ pub fn run(
         .open(&log_path)
         .map_err(|e| store::classify(e, &log_path))?;
     let _ = writeln!(log, "$ {step}");
-    let out = log.file().try_clone()?;
     let err = log.file().try_clone()?;
-    let status = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .status()
-        .map_err(|e| anyhow::anyhow!(e).context(format!("could not run {step}")))?;
+    let could_not_run =
+        |e: std::io::Error| anyhow::anyhow!(e).context(format!("could not run {step}"));
+    let status = match on_line {
+        None => {
+            let out = log.file().try_clone()?;
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .status()
+                .map_err(could_not_run)?
+        }
+        Some(on_line) => {
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(err))
+                .spawn()
+                .map_err(could_not_run)?;
+            if let Some(stdout) = child.stdout.take() {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = writeln!(log, "{line}");
+                    on_line(&line);
+                }
+            }
+            child.wait().map_err(could_not_run)?
+        }
+    };
     if status.success() {
         return Ok(());
     }

@@ -144,7 +144,21 @@ pub fn build(
         .args(["--tag", reference])
         .args(["--label", &format!("org.hpcbinder.key={}", request.key.key)])
         .arg(&build_root);
-    process::run(context, "podman build", &mut command, Fault::Spec)?;
+    // `STEP 3/12: ...` lines: the image's layers, as progress.
+    let on_line = |line: &str| {
+        if let Some((done, total)) = build_step(line) {
+            let mut event = crate::events::Event::new(Phase::Building, line.to_string());
+            event.progress = Some(done as f64 / total as f64);
+            context.reporter.report(event);
+        }
+    };
+    process::run_with_lines(
+        context,
+        "podman build",
+        &mut command,
+        Fault::Spec,
+        Some(&on_line),
+    )?;
 
     let python = if spec.buildpack == Buildpack::Docker {
         dockerfile_python(context, &builder, reference)
@@ -220,6 +234,15 @@ fn ask_image(
         .filter(|l| !l.is_empty())
 }
 
+/// `(n, m)` of a `podman build` line `STEP n/m: ...`.
+fn build_step(line: &str) -> Option<(usize, usize)> {
+    let rest = line.strip_prefix("STEP ")?;
+    let (fraction, _) = rest.split_once(':')?;
+    let (done, total) = fraction.split_once('/')?;
+    let (done, total) = (done.parse().ok()?, total.parse::<usize>().ok()?);
+    (total > 0 && done <= total).then_some((done, total))
+}
+
 /// The helper's exported variables and exec line for a kernel in `artifact`.
 pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String) {
     let launch = match artifact.language.as_deref() {
@@ -232,6 +255,14 @@ pub fn kernel_exec(artifact: &Artifact, settings: &Settings) -> (String, String)
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn podman_build_steps_are_progress() {
+        assert_eq!(super::build_step("STEP 3/12: RUN true"), Some((3, 12)));
+        assert_eq!(super::build_step("STEP 1/1: FROM x"), Some((1, 1)));
+        assert_eq!(super::build_step("--> 3f2a"), None);
+        assert_eq!(super::build_step("STEP 4/3: odd"), None);
+    }
+
     #[test]
     fn every_container_target_has_an_engine() {
         for target in crate::target::Target::CONTAINERS {

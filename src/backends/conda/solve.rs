@@ -11,8 +11,8 @@ use rattler_conda_types::{
 use rattler_repodata_gateway::Gateway;
 use rattler_solve::{resolvo, SolverImpl, SolverTask};
 
-use crate::build::process::BuildError;
-use crate::build::{spec_has_ipykernel, Context};
+use crate::backends::process::BuildError;
+use crate::backends::{spec_has_ipykernel, Context};
 use crate::detect::CondaSpec;
 use crate::events::{Phase, ReporterExt};
 use crate::key;
