@@ -113,9 +113,14 @@ pub struct BuildArgs {
     /// Show the plan (source, buildpack, target, key, prefix, kernel) without building.
     #[arg(long)]
     pub dry_run: bool,
-    /// Kernelspec name (default: from the repository and ref).
+    /// Kernelspec name (default: from the repository and ref): letters, digits, `.`, `_`
+    /// and `-`, as Jupyter requires.
     #[arg(long, value_name = "NAME")]
     pub kernel_name: Option<String>,
+    /// Replace a kernelspec of the same name that belongs to another environment (by
+    /// default that is refused).
+    #[arg(long)]
+    pub replace: bool,
     /// Kernel display name (default: from the repository, ref and target).
     #[arg(long, value_name = "TEXT")]
     pub display_name: Option<String>,

@@ -54,6 +54,8 @@ pub struct Options {
     pub verify: bool,
     /// Install from this lock instead of resolving.
     pub from_lock: Option<PathBuf>,
+    /// Replace a kernelspec of the same name that belongs to another environment.
+    pub replace_kernel: bool,
     /// What to do.
     pub action: Action,
 }
@@ -155,7 +157,14 @@ pub fn prepare(
         settings,
         from_lock.as_deref(),
     )?;
+    if let Some(name) = &options.kernel.name {
+        plan::check_kernel_name(name)?;
+    }
     let plan = plan::plan(&checkout, &spec, target, &key, settings, &options.kernel);
+    if options.register_kernel && options.action == Action::Build && !options.replace_kernel {
+        // Before anything is built: a name another environment's kernel has is refused.
+        plan::check_kernel_free(&plan)?;
+    }
     Ok(Prepared {
         checkout,
         spec,
@@ -182,6 +191,7 @@ pub fn run(
         settings,
         plan: &prepared.plan,
         register_kernel: options.register_kernel,
+        replace_kernel: options.replace_kernel,
         verify: options.verify,
         from_lock: prepared.from_lock.clone(),
     };

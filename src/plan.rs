@@ -26,6 +26,24 @@ pub enum PlanError {
         /// The target asked for.
         target: &'static str,
     },
+    /// A kernel name Jupyter would not accept, or one that leaves the kernels directory.
+    #[error("invalid kernel name `{name}`: {reason}")]
+    BadKernelName {
+        /// The name as given.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The kernel name belongs to another environment's kernelspec.
+    #[error("a kernel named `{name}` in {dir} belongs to another environment ({other})")]
+    KernelTaken {
+        /// The name.
+        name: String,
+        /// The kernels directory.
+        dir: PathBuf,
+        /// What it runs now.
+        other: String,
+    },
     /// `--containerfile-only` for a native target.
     #[error("--containerfile-only needs a container target, and this build's target is {target}")]
     ContextNeedsContainer {
@@ -56,6 +74,8 @@ impl Diagnostic for PlanError {
             Self::ContextNeedsContainer { .. } => {
                 "add --target podman (or another container engine)".into()
             }
+            Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
+            Self::KernelTaken { .. } => "pass --kernel-name NAME for another name, or --replace to point this one at the new environment".into(),
         })
     }
 }
@@ -165,10 +185,12 @@ pub fn plan(
         .filter(|r| r != "HEAD")
         .or_else(|| identity.commit.as_ref().map(|c| c[..7].to_string()))
         .unwrap_or_else(|| env_key.key[..7].to_string());
-    let name = kernel
-        .name
-        .clone()
-        .unwrap_or_else(|| kernel_name(&format!("{}-{revision}", checkout.slug)));
+    let name = kernel.name.clone().unwrap_or_else(|| {
+        let revision = kernel_name(&revision);
+        let room = MAX_KERNEL_NAME.saturating_sub(revision.len() + 1).max(1);
+        let slug = kernel_name(&checkout.slug);
+        kernel_name(&format!("{}-{revision}", &slug[..slug.len().min(room)]))
+    });
     let display_name = kernel
         .display_name
         .clone()
@@ -251,8 +273,81 @@ fn steps(spec: &EnvSpec, target: Target, prefix: &std::path::Path, ready: bool) 
     steps
 }
 
+/// The longest kernel name: a directory name on every filesystem, with room to spare.
+pub const MAX_KERNEL_NAME: usize = 100;
+
+/// Jupyter's rule for kernel names (`^[a-z0-9._-]+$`, any case), and no more than
+/// [`MAX_KERNEL_NAME`] bytes: a name is one directory inside the kernels directory.
+pub fn check_kernel_name(name: &str) -> Result<(), PlanError> {
+    let bad = |reason| {
+        Err(PlanError::BadKernelName {
+            name: name.escape_debug().to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > MAX_KERNEL_NAME {
+        return bad("it must be 1 to 100 characters long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only letters, digits, `.`, `_` and `-` are allowed");
+    }
+    if name.bytes().all(|b| b == b'.') {
+        return bad("it must not be made of dots only");
+    }
+    Ok(())
+}
+
+/// Whose the kernelspec `name` in `kernels_dir` is: `None` when there is none;
+/// `Some(None)` when hpcbinder did not write it; else its environment key and the
+/// repository (origin) it was built from.
+pub fn kernel_owner(kernels_dir: &std::path::Path, name: &str) -> Option<Option<(String, String)>> {
+    let dir = kernels_dir.join(name);
+    if dir.symlink_metadata().is_err() {
+        return None;
+    }
+    let owner = fs_err::read_to_string(dir.join("kernel.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| {
+            let ours = &json["metadata"]["hpcbinder"];
+            let key = ours["key"].as_str()?.to_string();
+            // Older kernelspecs record only `origin@commit`.
+            let origin = ours["origin"].as_str().map(str::to_string).or_else(|| {
+                ours["source"].as_str().map(|s| {
+                    s.rsplit_once('@')
+                        .map_or(s, |(origin, _)| origin)
+                        .to_string()
+                })
+            })?;
+            Some((key, origin))
+        });
+    Some(owner)
+}
+
+/// The plan's kernel name is free, or already this repository's: a kernel follows its
+/// repository to a new environment (a branch moved, a work tree changed), but never
+/// replaces another repository's kernel, or one hpcbinder did not write, unless asked.
+pub fn check_kernel_free(plan: &BuildPlan) -> Result<(), PlanError> {
+    let dir = plan.kernel.dir.parent().unwrap_or(&plan.kernel.dir);
+    match kernel_owner(dir, &plan.kernel.name) {
+        None => Ok(()),
+        Some(Some((key, origin))) if key == plan.key || origin == plan.source.origin => Ok(()),
+        Some(other) => Err(PlanError::KernelTaken {
+            name: plan.kernel.name.clone(),
+            dir: dir.to_path_buf(),
+            other: other.map_or_else(
+                || "not written by hpcbinder".to_string(),
+                |(_, origin)| crate::printer::sanitize(&origin),
+            ),
+        }),
+    }
+}
+
 /// A name safe for kernelspecs and image references: lowercase letters, digits, `.`,
-/// `_`, `-`.
+/// `_`, `-`, at most [`MAX_KERNEL_NAME`] bytes.
 pub fn kernel_name(text: &str) -> String {
     let name: String = text
         .to_ascii_lowercase()
@@ -265,7 +360,8 @@ pub fn kernel_name(text: &str) -> String {
             }
         })
         .collect();
-    name.trim_matches('-').to_string()
+    let name = name.trim_matches('-');
+    name[..name.len().min(MAX_KERNEL_NAME)].to_string()
 }
 
 /// `$JUPYTER_DATA_DIR/kernels`, else `~/.local/share/jupyter/kernels`.

@@ -47,6 +47,8 @@ pub struct BuildRequest<'a> {
     pub plan: &'a crate::plan::BuildPlan,
     /// `--no-kernel`.
     pub register_kernel: bool,
+    /// `--replace`: a kernelspec of the same name for another environment may go.
+    pub replace_kernel: bool,
     /// `--no-verify`.
     pub verify: bool,
     /// `--from-lock FILE`.
@@ -285,6 +287,10 @@ fn register_kernel(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<()> {
     let plan = request.plan;
+    if !request.replace_kernel {
+        // Again after the build: another process may have taken the name meanwhile.
+        crate::plan::check_kernel_free(plan)?;
+    }
     let kernels_dir = plan
         .kernel
         .dir
@@ -355,6 +361,7 @@ fn kernel_spec(
     let metadata = serde_json::json!({
         "key": ready.key,
         "prefix": ready.prefix,
+        "origin": request.checkout.identity.origin,
         "source": ready.source,
         "image": ready.artifact.as_ref().map(|a| &a.image),
     });

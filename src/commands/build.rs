@@ -35,6 +35,7 @@ pub fn build(
         register_kernel: !args.no_kernel,
         verify: !args.no_verify,
         from_lock: args.from_lock.clone(),
+        replace_kernel: args.replace,
         action,
     };
     let outcome = pipeline::run(&repository, settings, &options, reporter)?;

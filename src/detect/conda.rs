@@ -37,6 +37,15 @@ pub fn read(
     for entry in &conda.pip {
         if let Some(reference) = python::include_target(entry) {
             let included = format!("{base_dir}{reference}");
+            if reference.starts_with('/') || !files.inside(&included) {
+                return Err(DetectError::Malformed {
+                    file: path.clone(),
+                    line: line_of(&text, entry),
+                    message: format!(
+                        "the pip section includes `{reference}`, which is outside the repository"
+                    ),
+                });
+            }
             if !files.absolute(&included).is_file() {
                 return Err(DetectError::Malformed {
                     file: path.clone(),
@@ -172,6 +181,19 @@ fn parse(path: &str, text: &str, warnings: &mut Vec<String>) -> Result<CondaSpec
                             "`variables` must map names to values".into(),
                         ));
                     };
+                    // Names become `export NAME=...` lines and Containerfile `ENV` lines:
+                    // only shell names, so a name cannot smuggle in another line.
+                    let valid = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !valid {
+                        return Err(malformed(
+                            k.lines().next().unwrap_or("variables"),
+                            format!(
+                                "`{}` is not a variable name (letters, digits and `_`, not starting with a digit)",
+                                k.escape_debug()
+                            ),
+                        ));
+                    }
                     conda.variables.insert(k.to_string(), v);
                 }
             }

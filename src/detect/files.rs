@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 use super::DetectError;
 
 /// Largest spec file we read.
-const MAX_SPEC_BYTES: u64 = 32 * 1024 * 1024;
+const MAX_SPEC_BYTES: u64 = 1024 * 1024;
+
+/// Lock files list every package with URLs and hashes: larger, but still bounded.
+const MAX_LOCK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Deeper YAML or JSON nesting than any real spec has; parsers take quadratic time on
+/// hostile inputs such as a file of `[` characters.
+const MAX_NESTING: usize = 64;
 
 /// A repository's files as detection sees them.
 #[derive(Debug)]
@@ -88,6 +95,17 @@ impl RepoFiles {
         self.absolute(&self.display(name)).is_file()
     }
 
+    /// Whether a root-relative path, every symlink on the way resolved, stays inside the
+    /// repository (a path that does not exist yet counts by its parent).
+    pub fn inside(&self, relative: &str) -> bool {
+        let path = self.absolute(relative);
+        let resolved = fs_err::canonicalize(&path).or_else(|_| {
+            let parent = path.parent().unwrap_or(&path);
+            fs_err::canonicalize(parent)
+        });
+        resolved.is_ok_and(|p| p.starts_with(&self.canonical_root))
+    }
+
     /// Whether a path was refused (a symlink leaving the repository).
     pub fn was_refused(&self, relative: &str) -> bool {
         self.refused.borrow().contains(relative)
@@ -119,14 +137,16 @@ impl RepoFiles {
         warnings: &mut Vec<String>,
     ) -> Result<Option<String>, DetectError> {
         let path = self.absolute(relative);
-        let Ok(metadata) = path.symlink_metadata() else {
+        if path.symlink_metadata().is_err() {
             return Ok(None);
-        };
+        }
         let io = |source| DetectError::Io {
             file: relative.to_string(),
             source,
         };
-        if metadata.file_type().is_symlink() || relative.contains("..") {
+        // Every component is resolved: a symlinked directory (`binder -> /outside`) leaves
+        // the repository as surely as a symlinked file.
+        {
             let inside = fs_err::canonicalize(&path)
                 .map(|target| target.starts_with(&self.canonical_root))
                 .unwrap_or(false);
@@ -142,22 +162,85 @@ impl RepoFiles {
         if !metadata.is_file() {
             return Ok(None);
         }
-        if metadata.len() > MAX_SPEC_BYTES {
+        let is_lock = relative.ends_with(".lock")
+            || relative.ends_with("conda-lock.yml")
+            || relative.ends_with("conda-lock.yaml")
+            || relative.ends_with("pylock.toml")
+            || relative
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("conda-") && n.ends_with(".txt"));
+        let limit = if is_lock {
+            MAX_LOCK_BYTES
+        } else {
+            MAX_SPEC_BYTES
+        };
+        if metadata.len() > limit {
             return Err(DetectError::Malformed {
                 file: relative.to_string(),
                 line: None,
-                message: format!("{} bytes is too large for a spec file", metadata.len()),
+                message: format!(
+                    "{} bytes is too large for a spec file (the limit is {} MiB)",
+                    metadata.len(),
+                    limit / 1024 / 1024
+                ),
             });
         }
         let bytes = fs_err::read(&path).map_err(io)?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|e| DetectError::Malformed {
+        let text = String::from_utf8(bytes).map_err(|e| DetectError::Malformed {
+            file: relative.to_string(),
+            line: line_of_offset(e.as_bytes(), e.utf8_error().valid_up_to()),
+            message: "not valid UTF-8".into(),
+        })?;
+        if let Some(line) = too_deep(&text) {
+            return Err(DetectError::Malformed {
                 file: relative.to_string(),
-                line: line_of_offset(e.as_bytes(), e.utf8_error().valid_up_to()),
-                message: "not valid UTF-8".into(),
-            })
+                line: Some(line),
+                message: format!("nested more than {MAX_NESTING} levels deep"),
+            });
+        }
+        Ok(Some(text))
     }
+}
+
+/// The line where `[`/`{` nesting (outside quoted strings) first exceeds [`MAX_NESTING`].
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line, mut quote) = (0usize, 1usize, None::<char>);
+    let (mut escaped, mut previous) = (false, '\n');
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        match quote {
+            Some('"') if c == '\\' && !escaped => {
+                escaped = true;
+                previous = c;
+                continue;
+            }
+            Some(q) if c == q && !escaped => quote = None,
+            Some(_) => {}
+            // A quote opens a string only where a token starts (`don't` is plain text).
+            None if (c == '"' || c == '\'')
+                && matches!(
+                    previous,
+                    '\n' | ' ' | '\t' | ':' | ',' | '[' | '{' | '-' | '='
+                ) =>
+            {
+                quote = Some(c);
+            }
+            None if c == '[' || c == '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(line);
+                }
+            }
+            None if c == ']' || c == '}' => depth = depth.saturating_sub(1),
+            None => {}
+        }
+        escaped = false;
+        previous = c;
+    }
+    None
 }
 
 fn line_of_offset(bytes: &[u8], offset: usize) -> Option<usize> {
@@ -205,5 +288,25 @@ pub fn yaml_error(file: &str, error: &serde_yaml_ng::Error) -> DetectError {
         file: file.to_string(),
         line: error.location().map(|l| l.line()),
         message: format!("invalid YAML: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep;
+
+    #[test]
+    fn deep_nesting_is_found_and_quoted_or_plain_text_is_not_counted() {
+        assert_eq!(too_deep(&"[".repeat(320_000)), Some(1));
+        assert_eq!(
+            too_deep(&format!("a: don't\nb: {}", "[".repeat(100))),
+            Some(2)
+        );
+        assert_eq!(too_deep(&format!("a: '{}'\n", "[".repeat(100))), None);
+        assert_eq!(too_deep(&format!("a: \"x\\\" {}\"", "{".repeat(100))), None);
+        assert_eq!(
+            too_deep("dependencies: [python=3.11, {pip: [six]}]\n"),
+            None
+        );
     }
 }

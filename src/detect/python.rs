@@ -77,6 +77,15 @@ pub fn requirements_tree(
             }
             if let Some(target) = include_target(line) {
                 let included = normalize(&format!("{dir}{target}"));
+                // uv reads includes itself: one that leaves the repository (absolute, `..`,
+                // or through a symlinked directory) is refused here, not only skipped.
+                if target.starts_with('/') || !files.inside(&included) {
+                    return Err(DetectError::Malformed {
+                        file: path.clone(),
+                        line: line_of(&text, target),
+                        message: format!("includes `{target}`, which is outside the repository"),
+                    });
+                }
                 if !files.absolute(&included).is_file() {
                     return Err(DetectError::Malformed {
                         file: path.clone(),

@@ -1,0 +1,218 @@
+//! Findings of the audit of hostile repositories (issue 10), each reproduced: kernel
+//! names that leave the kernels directory or take another repository's kernel,
+//! Containerfile injection through `variables:` names, symlinked directories that lead
+//! out of the repository, and spec files built to make parsing take forever.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{stderr, Sandbox};
+
+#[test]
+fn kernel_names_must_be_jupyters_and_never_take_another_repositorys_kernel() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo("names", &[("requirements.txt", "six==1.16.0\n")]);
+    // A victim directory that the old `--kernel-name /tmp/x/victim` removed.
+    let victim = sandbox.path().join("victim/important");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("data.txt"), "keep me").unwrap();
+    for name in [
+        "../../escape",
+        &sandbox.path().join("victim").display().to_string(),
+        "..",
+        "a b",
+        "ok\nno",
+        &"x".repeat(101),
+    ] {
+        let output = sandbox.run(&["build", &repo, "--no-verify", "--kernel-name", name]);
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains("invalid kernel name")
+                && stderr(&output).contains("hint: kernel names are letters, digits"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(victim.join("data.txt")).unwrap(),
+        "keep me"
+    );
+    assert!(!sandbox.path().join("escape").exists());
+    assert!(
+        !sandbox.store().join("e").exists()
+            || std::fs::read_dir(sandbox.store().join("e"))
+                .unwrap()
+                .count()
+                == 0,
+        "refused before anything was built"
+    );
+
+    // Another repository cannot take the name; --replace can.
+    sandbox.build_ready(&[&repo, "--no-verify", "--kernel-name", "team"]);
+    let other = sandbox.repo("other", &[("requirements.txt", "six==1.16.0\n# other\n")]);
+    let output = sandbox.run(&["build", &other, "--no-verify", "--kernel-name", "team"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("a kernel named `team`")
+            && stderr(&output).contains("belongs to another environment")
+            && stderr(&output).contains("--replace"),
+        "{}",
+        stderr(&output)
+    );
+    let kernel = sandbox.path().join("jupyter/kernels/team/kernel.json");
+    let before = std::fs::read_to_string(&kernel).unwrap();
+    assert!(before.contains("names"), "{before}");
+    sandbox.build_ready(&[&other, "--no-verify", "--kernel-name", "team", "--replace"]);
+    assert!(std::fs::read_to_string(&kernel).unwrap().contains("other"));
+
+    // The same repository's kernel follows it to a new environment.
+    std::fs::write(
+        std::path::Path::new(&other).join("requirements.txt"),
+        "six==1.16.0\n# changed\n",
+    )
+    .unwrap();
+    sandbox.build_ready(&[&other, "--no-verify", "--kernel-name", "team"]);
+
+    // A kernelspec hpcbinder did not write is not replaced either.
+    let foreign = sandbox.path().join("jupyter/kernels/python3");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("kernel.json"),
+        r#"{"argv": ["python3"], "display_name": "Python 3", "language": "python"}"#,
+    )
+    .unwrap();
+    let output = sandbox.run(&["build", &repo, "--no-verify", "--kernel-name", "python3"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("not written by hpcbinder"));
+}
+
+#[test]
+fn variable_names_cannot_inject_containerfile_lines() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.repo(
+        "inject",
+        &[(
+            "environment.yml",
+            "dependencies: [python=3.11]\nvariables:\n  \"A=1\\nUSER root\\nRUN touch /pwned\\nENV B\": x\n",
+        )],
+    );
+    for args in [
+        vec!["detect", repo.as_str()],
+        vec![
+            "build",
+            repo.as_str(),
+            "--target",
+            "podman",
+            "--dry-run",
+            "--base-image",
+            "debian:12",
+        ],
+    ] {
+        let output = sandbox.run(&args);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("environment.yml:")
+                && stderr(&output).contains("is not a variable name"),
+            "{}",
+            stderr(&output)
+        );
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("USER root"));
+    }
+}
+
+#[test]
+fn symlinked_directories_do_not_lead_out_of_the_repository() {
+    let sandbox = Sandbox::new();
+    let outside = sandbox.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("requirements.txt"), "secret-package==1.0\n").unwrap();
+    std::fs::write(outside.join("passwd"), "root:x:0:0\n").unwrap();
+    let repo = sandbox.repo(
+        "links",
+        &[
+            ("requirements.txt", "six\n-r sub/passwd\n"),
+            ("notes.md", ""),
+        ],
+    );
+    let repo_path = std::path::Path::new(&repo);
+    std::os::unix::fs::symlink(&outside, repo_path.join("sub")).unwrap();
+    // `-r sub/passwd` through a symlinked directory: refused as leaving the repository.
+    let output = sandbox.run(&["detect", &repo, "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("requirements.txt:2: includes `sub/passwd`, which is outside the repository"),
+        "{}",
+        stderr(&output)
+    );
+    // An absolute include is not mistaken for a file inside the repository.
+    std::fs::create_dir_all(repo_path.join("etc")).unwrap();
+    std::fs::write(repo_path.join("etc/decoy"), "six\n").unwrap();
+    std::fs::write(repo_path.join("requirements.txt"), "-r /etc/decoy\n").unwrap();
+    let output = sandbox.run(&["detect", &repo]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("outside the repository"),
+        "{}",
+        stderr(&output)
+    );
+    // environment.yml's pip section: `-r /abs` is refused the same way.
+    let conda = sandbox.repo(
+        "pip-abs",
+        &[(
+            "environment.yml",
+            &format!(
+                "dependencies:\n  - python=3.11\n  - pip:\n    - -r {}\n",
+                outside.join("requirements.txt").display()
+            ),
+        )],
+    );
+    let output = sandbox.run(&["detect", &conda]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("environment.yml:4: the pip section includes")
+            && stderr(&output).contains("outside the repository"),
+        "{}",
+        stderr(&output)
+    );
+    // `binder -> /outside`: nothing in it is read.
+    let binder = sandbox.repo("binder-link", &[("README.md", "")]);
+    std::os::unix::fs::symlink(&outside, std::path::Path::new(&binder).join("binder")).unwrap();
+    let output = sandbox.run(&["key", &binder, "--json", "--explain"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(!text.contains("file:requirements.txt"), "{text}");
+    assert!(text.contains("leaves the repository"), "{text}");
+}
+
+#[test]
+fn hostile_spec_files_fail_fast_with_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let brackets = sandbox.repo("brackets", &[("environment.yml", &"[".repeat(320 * 1024))]);
+    let start = Instant::now();
+    let output = sandbox.run(&["detect", &brackets]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("environment.yml:1: nested more than 64 levels deep"),
+        "{}",
+        stderr(&output)
+    );
+    let big = sandbox.repo("big", &[("requirements.txt", &"six\n".repeat(300 * 1024))]);
+    let output = sandbox.run(&["detect", &big]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("too large for a spec file (the limit is 1 MiB)"),
+        "{}",
+        stderr(&output)
+    );
+}
