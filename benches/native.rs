@@ -251,7 +251,7 @@ fn main() {
             ours.push(elapsed); // run 0 fills the package cache
         }
     }
-    let cache = conda.store().join("pkgs/conda");
+    let cache = hpcbinder::store::package_cache_at(&conda.store(), "conda");
     let package_dirs: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())

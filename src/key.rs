@@ -68,10 +68,9 @@ pub fn compute(
         crate::recipe::recipe_digest(spec, target),
     );
     for file in &spec.files {
-        let bytes = fs_err::read(root.join(file))?;
         inputs.insert(
             format!("file:{}", role(spec, file)),
-            format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+            format!("sha256:{}", file_digest(&root.join(file))?),
         );
     }
     let uses_conda = target == Target::Conda || spec.buildpack.is_conda_family();
@@ -128,10 +127,9 @@ pub fn compute(
         }
         // The CA bundle is copied into the image.
         if let Some(bundle) = settings.ca_bundle() {
-            let bytes = fs_err::read(&bundle)?;
             inputs.insert(
                 "site:ca-bundle".to_string(),
-                format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+                format!("sha256:{}", file_digest(&bundle)?),
             );
         }
         if target == Target::Shifter {
@@ -153,10 +151,9 @@ pub fn compute(
         );
     }
     if let Some(lock) = from_lock {
-        let bytes = fs_err::read(lock)?;
         inputs.insert(
             "from-lock".to_string(),
-            format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+            format!("sha256:{}", file_digest(lock)?),
         );
     }
     if spec.installs_repo {
@@ -182,6 +179,13 @@ pub fn python_version(spec: &EnvSpec, settings: &Settings) -> (String, bool) {
 /// of the chosen version is installed here (decided once, in the plan; it enters the key).
 pub fn venv_python_from_conda(spec: &EnvSpec, settings: &Settings) -> bool {
     crate::python::interpreter_for(spec, settings).is_err()
+}
+
+/// The hex sha256 of a file's contents, streamed.
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut fs_err::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A file's role: its path with the binder dir stripped, so moving config into `binder/`

@@ -243,9 +243,11 @@ impl Store {
         self.root.join("e").join(format!("{key16}.toml"))
     }
 
-    /// A package cache directory (`pkgs/<tool>`).
+    /// This user's package cache for `tool` (`pkgs/<tool>-<uid>`): environments hardlink
+    /// their files from it, so a cache another member could write would let them change
+    /// this user's environments; each user has their own, on the store's filesystem.
     pub fn package_cache(&self, tool: &str) -> PathBuf {
-        self.root.join("pkgs").join(tool)
+        package_cache_at(&self.root, tool)
     }
 
     /// The ready environment for `key`, if a valid marker says so.
@@ -310,11 +312,27 @@ fn hostname() -> String {
 }
 
 /// [`Store::lookup`] without opening (or creating) the store: for plans and dry runs.
+/// The prefix is the key's own (`e/<key16>`), never one a marker names: a marker that
+/// points elsewhere is not trusted.
 pub fn lookup_at(root: &Path, key: &str) -> Option<Ready> {
-    let marker = root.join("e").join(format!("{}.toml", &key[..16]));
+    let key16 = key.get(..16)?;
+    let marker = root.join("e").join(format!("{key16}.toml"));
     let text = fs_err::read_to_string(marker).ok()?;
     let ready: Ready = toml::from_str(&text).ok()?;
-    (ready.format == 1 && ready.key == key && ready.prefix.is_dir()).then_some(ready)
+    let prefix = root.join("e").join(key16);
+    (ready.format == 1 && ready.key == key && ready.prefix == prefix && prefix.is_dir())
+        .then_some(ready)
+}
+
+/// [`Store::package_cache`] of the store at `root`.
+pub fn package_cache_at(root: &Path, tool: &str) -> PathBuf {
+    root.join("pkgs").join(format!("{tool}-{}", current_uid()))
+}
+
+/// This process's user id (the owner of `/proc/self`).
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs_err::metadata("/proc/self").map_or(0, |m| m.uid())
 }
 
 /// Holds a key's build lock until dropped (including on error paths).

@@ -216,3 +216,49 @@ fn hostile_spec_files_fail_fast_with_a_clear_error() {
         stderr(&output)
     );
 }
+
+/// Credentials in a clone URL reach neither the cached clone's config (readable by other
+/// members of a shared store), nor kernel names, nor any message. The server here is a
+/// closed loopback port: the fetch fails, after the clone's config was written.
+#[test]
+fn credentials_in_clone_urls_are_never_written_or_printed() {
+    let sandbox = Sandbox::new();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let query = Sandbox::new();
+    for (sandbox, url) in [
+        (
+            &sandbox,
+            format!("https://alice:SECRET-TOKEN@127.0.0.1:{port}/org/repo.git"),
+        ),
+        (&sandbox, format!("https://SECRET-TOKEN@127.0.0.1:{port}")),
+        // Only printed forms matter here: git keeps a query in the remote's URL.
+        (
+            &query,
+            format!("https://127.0.0.1:{port}/org/repo.git?private_token=SECRET-TOKEN"),
+        ),
+    ] {
+        let output = sandbox.run(&["build", "--json", &url, "--dry-run"]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(&output)
+        );
+        assert_eq!(output.status.code(), Some(2), "{all}");
+        assert!(!all.contains("SECRET-TOKEN"), "{all}");
+        assert!(all.contains("could not fetch"), "{all}");
+    }
+    let cache = sandbox.store().join("cache/git");
+    for entry in walkdir::WalkDir::new(&cache).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+            assert!(
+                !text.contains("SECRET-TOKEN"),
+                "{} holds the token:\n{text}",
+                entry.path().display()
+            );
+        }
+    }
+}

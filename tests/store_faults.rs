@@ -237,3 +237,53 @@ fn group_shared_store_keeps_setgid_and_the_group() {
         );
     }
 }
+
+/// The processes a build starts die with it (parent-death signal): after SIGKILL of the
+/// builder, its postBuild (here a long `sleep` it execs into) is gone within seconds
+/// instead of running on against a prefix the next builder clears.
+#[test]
+fn a_killed_build_leaves_no_child_running() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let flag = sandbox.path().join("post-build-started");
+    let repo = sandbox.repo(
+        "killed",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            (
+                "postBuild",
+                "#!/bin/sh\ntouch \"$STARTED\"\nexec sleep 31.4159\n",
+            ),
+        ],
+    );
+    let running = || -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains("31.4159"))
+            .count()
+    };
+    let mut child = sandbox
+        .command()
+        .args(["build", "--no-kernel", &repo])
+        .env("STARTED", &flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !flag.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(flag.exists(), "postBuild never started");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(running(), 1, "postBuild runs while its builder does");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while running() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(running(), 0, "postBuild outlived its killed builder");
+}

@@ -189,6 +189,8 @@ pub fn run_with_lines(
         .map_err(|e| store::classify(e, &log_path))?;
     let _ = writeln!(log, "$ {step}");
     let err = log.file().try_clone()?;
+    let mut wrapped = with_death_signal(command);
+    let command = &mut wrapped;
     let could_not_run =
         |e: std::io::Error| anyhow::anyhow!(e).context(format!("could not run {step}"));
     let status = match on_line {
@@ -245,6 +247,42 @@ pub fn run_with_lines(
     .into())
 }
 
+/// `command`, run so that it dies with the builder: a build killed with SIGKILL (a node
+/// going down, a batch system, a user's kill) must not leave uv, podman or a postBuild
+/// running on, writing into a prefix the next builder clears. `setpriv --pdeathsig KILL`
+/// (util-linux) sets the child's parent-death signal before it runs the program; where
+/// setpriv is missing the command runs as it is.
+pub fn with_death_signal(command: &Command) -> Command {
+    static SETPRIV: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let setpriv = SETPRIV.get_or_init(|| {
+        ["/usr/bin/setpriv", "/bin/setpriv"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_file())
+    });
+    let mut wrapped = match setpriv {
+        Some(setpriv) => {
+            let mut wrapped = Command::new(setpriv);
+            wrapped
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(command.get_program());
+            wrapped
+        }
+        None => Command::new(command.get_program()),
+    };
+    wrapped.args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 /// The last `lines` lines of a file.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = fs_err::read_to_string(path).unwrap_or_default();
@@ -283,9 +321,10 @@ pub fn post_build(context: &Context<'_>, script: &str) -> anyhow::Result<()> {
         c.arg(&path);
         c
     };
-    let status = command
+    command
         .current_dir(context.repo())
-        .envs(activation(context))
+        .envs(activation(context));
+    let status = with_death_signal(&command)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.into_file()))
         .stderr(Stdio::from(err))

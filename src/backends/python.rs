@@ -25,7 +25,10 @@ pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Comman
         .args(subcommand)
         .arg("--no-config")
         .arg("--quiet")
-        .env("UV_CACHE_DIR", settings.store.join("pkgs").join("uv"))
+        .env(
+            "UV_CACHE_DIR",
+            crate::store::package_cache_at(&settings.store, "uv"),
+        )
         .env("UV_PYTHON_DOWNLOADS", "never")
         .env_remove("VIRTUAL_ENV")
         .env_remove("CONDA_PREFIX");

@@ -34,6 +34,11 @@ pub fn checkout(
     reporter: &dyn Reporter,
 ) -> Result<Checkout, SourceError> {
     let origin = redact(url);
+    // Credentials in the URL are never written to disk (the clone's config is readable by
+    // others): the clone knows the URL without them, and each fetch gets them from a
+    // credential helper reading this process's environment.
+    let (url, credentials) = split_credentials(url);
+    let url = url.as_str();
     let digest = hex::encode(Sha256::digest(url.as_bytes()));
     let git_dir = cache_dir.join("git");
     fs_err::create_dir_all(&git_dir)?;
@@ -57,15 +62,27 @@ pub fn checkout(
     let commit = match known {
         Some(oid) => oid,
         None => {
-            let default_branch = fetch(&path, &origin)?;
-            resolve(&repo, &path, wanted, default_branch.as_deref(), &origin)?
+            let default_branch = fetch(&path, &origin, credentials.as_ref())?;
+            resolve(
+                &repo,
+                &path,
+                wanted,
+                default_branch.as_deref(),
+                &origin,
+                credentials.as_ref(),
+            )?
         }
     };
     reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
     check_out(&repo, commit, &path)?;
     // Submodules from `file://` only when the repository itself is local: a remote
     // repository must not make us read this machine's files.
-    update_submodules(&path, url.starts_with("file://"), &origin)?;
+    update_submodules(
+        &path,
+        url.starts_with("file://"),
+        &origin,
+        credentials.as_ref(),
+    )?;
     Ok(Checkout {
         root: path,
         identity: Identity {
@@ -115,10 +132,23 @@ fn open_cached(path: &Path, url: &str) -> Result<Repository, SourceError> {
 /// `git -C <path> <args>` for a network step: no prompts (batch jobs have no terminal),
 /// none of the caller's `GIT_DIR`-style variables; stdout on success, else a `Fetch`
 /// error with git's own message (credentials redacted).
-fn run_git(path: &Path, args: &[&str], origin: &str) -> Result<String, SourceError> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(path)
+fn run_git(
+    path: &Path,
+    args: &[&str],
+    origin: &str,
+    credentials: Option<&Credentials>,
+) -> Result<String, SourceError> {
+    let mut command = Command::new("git");
+    command.arg("-C").arg(path);
+    if let Some(credentials) = credentials {
+        // The first helper setting clears the user's own helpers for this call.
+        command
+            .args(["-c", "credential.helper="])
+            .args(["-c", CREDENTIAL_HELPER])
+            .env("HPCBINDER_GIT_USERNAME", &credentials.username)
+            .env("HPCBINDER_GIT_PASSWORD", &credentials.password);
+    }
+    let output = command
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env_remove("GIT_DIR")
@@ -147,9 +177,51 @@ fn run_git(path: &Path, args: &[&str], origin: &str) -> Result<String, SourceErr
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A user name and password (or token) taken out of a URL.
+#[derive(Clone)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// git's credential helper protocol, answered from the environment of the one git
+/// process that needs it (`/proc/<pid>/environ` is readable by this user only).
+const CREDENTIAL_HELPER: &str = "credential.helper=!f() { test \"$1\" = get || return 0; echo \"username=${HPCBINDER_GIT_USERNAME}\"; echo \"password=${HPCBINDER_GIT_PASSWORD}\"; }; f";
+
+/// The URL without its userinfo, and the credentials it held (http, https, git).
+fn split_credentials(url: &str) -> (String, Option<Credentials>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    if parsed.scheme() == "ssh" || (parsed.username().is_empty() && parsed.password().is_none()) {
+        return (url.to_string(), None);
+    }
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = Credentials {
+        username: decode(parsed.username()),
+        password: decode(parsed.password().unwrap_or_default()),
+    };
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (parsed.to_string(), Some(credentials))
+}
+
 /// Fetch branches and tags; returns the remote's default branch (its HEAD), if it has one.
-fn fetch(path: &Path, origin: &str) -> Result<Option<String>, SourceError> {
-    let heads = run_git(path, &["ls-remote", "--symref", "origin", "HEAD"], origin)?;
+fn fetch(
+    path: &Path,
+    origin: &str,
+    credentials: Option<&Credentials>,
+) -> Result<Option<String>, SourceError> {
+    let heads = run_git(
+        path,
+        &["ls-remote", "--symref", "origin", "HEAD"],
+        origin,
+        credentials,
+    )?;
     let default_branch = heads.lines().find_map(|line| {
         line.strip_prefix("ref: ")
             .and_then(|rest| rest.split('\t').next())
@@ -164,7 +236,7 @@ fn fetch(path: &Path, origin: &str) -> Result<Option<String>, SourceError> {
         "origin",
     ];
     args.extend_from_slice(REFSPECS);
-    run_git(path, &args, origin)?;
+    run_git(path, &args, origin, credentials)?;
     Ok(default_branch)
 }
 
@@ -175,6 +247,7 @@ fn resolve(
     reference: Option<&str>,
     default_branch: Option<&str>,
     origin: &str,
+    credentials: Option<&Credentials>,
 ) -> Result<Oid, SourceError> {
     let missing = || SourceError::MissingRef {
         reference: reference.unwrap_or("HEAD").to_string(),
@@ -210,6 +283,7 @@ fn resolve(
                     reference,
                 ],
                 origin,
+                credentials,
             );
         }
         return match repo.revparse_single(reference) {
@@ -242,7 +316,12 @@ fn check_out(repo: &Repository, commit: Oid, path: &Path) -> Result<(), SourceEr
 }
 
 /// Check out every submodule (recursively) at the commit the tree records.
-fn update_submodules(path: &Path, allow_file: bool, origin: &str) -> Result<(), SourceError> {
+fn update_submodules(
+    path: &Path,
+    allow_file: bool,
+    origin: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(), SourceError> {
     if !path.join(".gitmodules").is_file() {
         return Ok(());
     }
@@ -264,6 +343,7 @@ fn update_submodules(path: &Path, allow_file: bool, origin: &str) -> Result<(), 
             "--quiet",
         ],
         origin,
+        credentials,
     )
     .map(|_| ())
 }

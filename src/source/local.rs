@@ -107,13 +107,12 @@ pub fn tree_digest(root: &Path) -> Result<String, SourceError> {
             hasher.update(format!("L {name}\0{}\0", target.display()));
         } else if file_type.is_file() {
             let executable = is_executable(entry.path());
-            let bytes = fs_err::read(entry.path())?;
-            hasher.update(format!(
-                "F {name}\0{}\0{}\0",
-                u8::from(executable),
-                bytes.len()
-            ));
-            hasher.update(Sha256::digest(&bytes));
+            // Streamed: a large data file must not be read into memory whole.
+            let mut file = fs_err::File::open(entry.path())?;
+            let mut contents = Sha256::new();
+            let length = std::io::copy(&mut file, &mut contents)?;
+            hasher.update(format!("F {name}\0{}\0{length}\0", u8::from(executable)));
+            hasher.update(contents.finalize());
         }
     }
     Ok(hex::encode(hasher.finalize()))

@@ -269,6 +269,9 @@ fn is_git_url(input: &str) -> bool {
 
 /// The last two path segments of a URL, joined by `-`, without `.git`.
 pub fn slug_from_url(url: &str) -> String {
+    // Never from the credentials: `https://TOKEN@host` would name kernels after the token.
+    let redacted = redact(url);
+    let url = redacted.as_str();
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     let segments: Vec<&str> = without_query
         .trim_end_matches('/')
@@ -344,26 +347,65 @@ pub fn check_ref(reference: &str) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Replace credentials in a URL's userinfo with `****` (http/https); ssh user names stay.
-pub fn redact(url: &str) -> String {
-    for scheme in ["https://", "http://"] {
-        if let Some(rest) = url.strip_prefix(scheme) {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            if let Some(at) = rest[..authority_end].rfind('@') {
-                return format!("{scheme}****@{}", &rest[at + 1..]);
+/// Replace the credentials in every URL in `text` with `****` (userinfo, and secret query
+/// values such as `private_token=`); ssh user names stay.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(index) = rest.find("://") {
+        let (before, after) = rest.split_at(index + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
+            })
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let user = &authority[..at];
+                let host = &authority[at + 1..];
+                // An ssh user name is not a secret; its password is.
+                if before.ends_with("ssh://") && !user.contains(':') {
+                    out.push_str(authority);
+                } else if before.ends_with("ssh://") {
+                    let name = user.split(':').next().unwrap_or_default();
+                    out.push_str(&format!("{name}:****@{host}"));
+                } else {
+                    out.push_str(&format!("****@{host}"));
+                }
             }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    redact_query_secrets(&out)
+}
+
+/// `?private_token=...`, `access_token=`, `token=`, `password=` values in URLs.
+fn redact_query_secrets(text: &str) -> String {
+    let mut out = text.to_string();
+    for name in [
+        "private_token=",
+        "access_token=",
+        "token=",
+        "password=",
+        "secret=",
+    ] {
+        let mut from = 0;
+        while let Some(found) = out[from..].to_ascii_lowercase().find(name) {
+            let start = from + found + name.len();
+            let end = out[start..]
+                .find(|c: char| matches!(c, '&' | '#' | '"' | '\'') || c.is_whitespace())
+                .map_or(out.len(), |e| start + e);
+            if out[start..end] != *"****" {
+                out.replace_range(start..end, "****");
+            }
+            from = start + 4;
         }
     }
-    if let Some(rest) = url.strip_prefix("ssh://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let user = &rest[..at];
-            if let Some((name, _password)) = user.split_once(':') {
-                return format!("ssh://{name}:****@{}", &rest[at + 1..]);
-            }
-        }
-    }
-    url.to_string()
+    out
 }
 
 #[cfg(test)]
@@ -481,5 +523,12 @@ mod tests {
         assert_eq!(redact("https://tok@host/a@b"), "https://****@host/a@b");
         assert_eq!(redact("ssh://git@host/a"), "ssh://git@host/a");
         assert_eq!(redact("file:///tmp/a"), "file:///tmp/a");
+        assert_eq!(
+            redact(
+                "could not fetch git://u:pw@host/r: failed (https://t@h/x?private_token=abc&y=1)"
+            ),
+            "could not fetch git://****@host/r: failed (https://****@h/x?private_token=****&y=1)"
+        );
+        assert_eq!(redact("ssh://me:pw@host/a"), "ssh://me:****@host/a");
     }
 }
