@@ -160,8 +160,12 @@ pub fn prepare(
     if let Some(name) = &options.kernel.name {
         plan::check_kernel_name(name)?;
     }
+    let registers = options.register_kernel && options.action == Action::Build;
+    if registers && options.kernel.dir.is_none() && !plan::has_default_kernels_dir() {
+        return Err(plan::PlanError::NoKernelDir.into());
+    }
     let plan = plan::plan(&checkout, &spec, target, &key, settings, &options.kernel);
-    if options.register_kernel && options.action == Action::Build && !options.replace_kernel {
+    if registers && !options.replace_kernel {
         // Before anything is built: a name another environment's kernel has is refused.
         plan::check_kernel_free(&plan)?;
     }

@@ -44,6 +44,9 @@ pub enum PlanError {
         /// What it runs now.
         other: String,
     },
+    /// Nowhere to register a kernel.
+    #[error("neither JUPYTER_DATA_DIR nor HOME is set (as an absolute path), so there is no kernel directory")]
+    NoKernelDir,
     /// `--containerfile-only` for a native target.
     #[error("--containerfile-only needs a container target, and this build's target is {target}")]
     ContextNeedsContainer {
@@ -74,6 +77,7 @@ impl Diagnostic for PlanError {
             Self::ContextNeedsContainer { .. } => {
                 "add --target podman (or another container engine)".into()
             }
+            Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
             Self::KernelTaken { .. } => "pass --kernel-name NAME for another name, or --replace to point this one at the new environment".into(),
         })
@@ -364,11 +368,21 @@ pub fn kernel_name(text: &str) -> String {
     name[..name.len().min(MAX_KERNEL_NAME)].to_string()
 }
 
+/// Whether [`default_kernels_dir`] has somewhere real to point.
+pub fn has_default_kernels_dir() -> bool {
+    variables::get(variables::JUPYTER_DATA_DIR).is_some()
+        || variables::get(variables::HOME).is_some_and(|h| h.starts_with('/'))
+}
+
 /// `$JUPYTER_DATA_DIR/kernels`, else `~/.local/share/jupyter/kernels`.
 pub fn default_kernels_dir() -> PathBuf {
     if let Some(dir) = variables::get(variables::JUPYTER_DATA_DIR) {
         return PathBuf::from(dir).join("kernels");
     }
-    let home = variables::get(variables::HOME).unwrap_or_else(|| ".".into());
+    // Without HOME, `/` rather than the working directory: kernel.json's argv[0] must be
+    // absolute, and registering then fails clearly instead of writing into the cwd.
+    let home = variables::get(variables::HOME)
+        .filter(|h| h.starts_with('/'))
+        .unwrap_or_else(|| "/".into());
     PathBuf::from(home).join(".local/share/jupyter/kernels")
 }

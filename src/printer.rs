@@ -126,8 +126,15 @@ impl Printer {
     }
 }
 
-/// Make a repository-controlled string safe for a terminal: control characters (escape
-/// sequences that could rewrite the screen or the title) become `?`, except newlines and tabs.
+/// [`sanitize`] for a one-line field (an origin, a display name): line breaks become `?`
+/// too, so repository text cannot fake lines of hpcbinder's own output.
+pub fn sanitize_line(text: &str) -> String {
+    sanitize(&text.replace(['\n', '\r'], "?"))
+}
+
+/// Make repository-controlled text safe for a terminal: control characters (escape
+/// sequences) become `?`; line breaks and tabs stay (see [`sanitize_line`] for fields
+/// that must stay on one line).
 pub fn sanitize(text: &str) -> String {
     text.chars()
         .map(|c| {

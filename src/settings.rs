@@ -259,8 +259,11 @@ pub struct Settings {
 
 impl Settings {
     /// The store's cache directory (clones, package caches).
+    ///
+    /// Per user (`cache/u<uid>`): a member who could write another's cached clone (its
+    /// config, its files) or repodata would change what that user builds.
     pub fn cache_dir(&self) -> PathBuf {
-        self.store.join("cache")
+        crate::store::user_cache_at(&self.store)
     }
 
     /// The CA bundle for every network step of a build: the configured one, else the host's.

@@ -329,6 +329,11 @@ pub fn package_cache_at(root: &Path, tool: &str) -> PathBuf {
     root.join("pkgs").join(format!("{tool}-{}", current_uid()))
 }
 
+/// This user's cache directory in the store at `root` (`cache/u<uid>`: clones, repodata).
+pub fn user_cache_at(root: &Path) -> PathBuf {
+    root.join("cache").join(format!("u{}", current_uid()))
+}
+
 /// This process's user id (the owner of `/proc/self`).
 pub fn current_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
@@ -358,12 +363,24 @@ impl BuildLock {
             // A marker for another key with the same 16-hex prefix, or a stale one: both untrusted.
             fs_err::remove_file(&marker).map_err(|e| classify(e, &marker))?;
         }
-        if prefix.symlink_metadata().is_ok() {
-            make_removable(&prefix);
-            fs_err::remove_dir_all(&prefix).map_err(|e| classify(e, &prefix))?;
-            return Ok(true);
+        if prefix.symlink_metadata().is_err() {
+            return Ok(false);
         }
-        Ok(false)
+        // A failed build's last writers (the installer's blocking tasks) may still be
+        // finishing: retry a few times before giving up on a non-empty directory.
+        let mut attempt = 0;
+        loop {
+            make_removable(&prefix);
+            match fs_err::remove_dir_all(&prefix) {
+                Ok(()) => return Ok(true),
+                Err(_) if prefix.symlink_metadata().is_err() => return Ok(true),
+                Err(error) if attempt >= 10 => return Err(classify(error, &prefix)),
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        }
     }
 }
 

@@ -250,7 +250,7 @@ fn credentials_in_clone_urls_are_never_written_or_printed() {
         assert!(!all.contains("SECRET-TOKEN"), "{all}");
         assert!(all.contains("could not fetch"), "{all}");
     }
-    let cache = sandbox.store().join("cache/git");
+    let cache = sandbox.store().join("cache");
     for entry in walkdir::WalkDir::new(&cache).into_iter().flatten() {
         if entry.file_type().is_file() {
             let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
@@ -261,4 +261,28 @@ fn credentials_in_clone_urls_are_never_written_or_printed() {
             );
         }
     }
+}
+
+/// Without HOME (or JUPYTER_DATA_DIR) a kernelspec used to land under the working
+/// directory with a relative argv[0]: now the build refuses before building.
+#[test]
+fn no_home_means_no_kernel_in_the_working_directory() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo("homeless", &[("requirements.txt", "six==1.16.0\n")]);
+    let output = sandbox
+        .command()
+        .args(["build", &repo, "--no-verify"])
+        .env_remove("HOME")
+        .env_remove("JUPYTER_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("neither JUPYTER_DATA_DIR nor HOME is set")
+            && stderr(&output).contains("hint: pass --kernel-dir DIR"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!sandbox.path().join(".local").exists());
 }

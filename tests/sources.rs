@@ -144,7 +144,7 @@ fn cached_clone_is_fetched_again_and_never_reused_for_another_origin() {
     assert_eq!(plan_commit(&sandbox, &[&url]), c3);
 
     // Point the cached clone at another origin behind our back: it must not be trusted.
-    let cache = sandbox.store().join("cache/git");
+    let cache = hpcbinder::store::user_cache_at(&sandbox.store()).join("git");
     let clone = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -6,7 +6,7 @@ use crate::error::ExitStatus;
 use crate::events::Reporter;
 use crate::pipeline::{self, Action, Options, Outcome, Repository};
 use crate::plan::KernelOptions;
-use crate::printer::{sanitize, Printer};
+use crate::printer::{sanitize, sanitize_line, Printer};
 use crate::settings::Settings;
 
 /// Build, plan (`--dry-run`) or write a build context (`--containerfile-only`).
@@ -76,7 +76,7 @@ pub fn build(
             containerfile,
         } => {
             let source = &plan.source;
-            printer.data(&format!("source:    {}", sanitize(&source.origin)));
+            printer.data(&format!("source:    {}", sanitize_line(&source.origin)));
             if let Some(commit) = &source.commit {
                 printer.data(&format!(
                     "commit:    {commit}{}",
@@ -101,12 +101,12 @@ pub fn build(
             printer.data(&format!(
                 "kernel:    {} \"{}\" in {}",
                 plan.kernel.name,
-                sanitize(&plan.kernel.display_name),
+                sanitize_line(&plan.kernel.display_name),
                 plan.kernel.dir.display()
             ));
             printer.data("steps:");
             for (index, step) in plan.steps.iter().enumerate() {
-                printer.data(&format!("  {}. {}", index + 1, sanitize(step)));
+                printer.data(&format!("  {}. {}", index + 1, sanitize_line(step)));
             }
             if let Some(text) = containerfile {
                 printer.data("containerfile:");

@@ -112,7 +112,7 @@ pub(super) async fn solve(
         ),
     );
     let gateway = Gateway::builder()
-        .with_cache_dir(context.store.root().join("cache").join("repodata"))
+        .with_cache_dir(crate::store::user_cache_at(context.store.root()).join("repodata"))
         .with_package_cache(package_cache.clone())
         .finish();
     let repodata = gateway

@@ -68,7 +68,14 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
         template
             .replace("{{version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{key}}", inputs.key)
-            .replace("{{source}}", &inputs.source.replace('"', "'"))
+            // One line, no quote: it lands in a comment and in a LABEL value.
+            .replace(
+                "{{source}}",
+                &inputs
+                    .source
+                    .replace('"', "'")
+                    .replace(['\n', '\r', '\\'], " "),
+            )
             .replace("{{buildpack}}", spec.buildpack.name())
             .replace("{{base_image}}", inputs.base_image)
             .replace("{{index}}", inputs.index)
