@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::detect::{Buildpack, EnvSpec};
 use crate::settings::Settings;
-use crate::source::SourceError;
+use crate::source::{redact, SourceError};
 use crate::target::Target;
 
 /// Bumped whenever the meaning of the inputs changes, so old keys are never reused wrongly.
@@ -76,15 +76,17 @@ pub fn compute(
     let uses_conda = target == Target::Conda || spec.buildpack.is_conda_family();
     if uses_conda {
         inputs.insert("site:channels".to_string(), settings.channels.join(","));
+        // Site URLs enter the key without their credentials: a token changes who may
+        // download, not what is built, and the key's inputs are printed and stored.
         inputs.insert(
             "site:channel-alias".to_string(),
-            settings.channel_alias.clone(),
+            redact(&settings.channel_alias),
         );
         if !settings.mirrors.is_empty() {
             let mirrors: Vec<String> = settings
                 .mirrors
                 .iter()
-                .map(|(k, v)| format!("{k}={v}"))
+                .map(|(k, v)| format!("{}={}", redact(k), redact(v)))
                 .collect();
             inputs.insert("site:mirrors".to_string(), mirrors.join(","));
         }
@@ -103,12 +105,17 @@ pub fn compute(
     }
     if uses_python {
         if let Some(url) = &settings.pip_index_url {
-            inputs.insert("site:pip-index-url".to_string(), url.clone());
+            inputs.insert("site:pip-index-url".to_string(), redact(url));
         }
         if !settings.pip_find_links.is_empty() {
             inputs.insert(
                 "site:pip-find-links".to_string(),
-                settings.pip_find_links.join(","),
+                settings
+                    .pip_find_links
+                    .iter()
+                    .map(|l| redact(l))
+                    .collect::<Vec<_>>()
+                    .join(","),
             );
         }
     }

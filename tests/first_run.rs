@@ -30,6 +30,33 @@ fn loopback_pypi(uv_wheels: &Path) -> Server {
     })
 }
 
+/// A site config naming the machine's Python and the loopback index, plus `extra` lines.
+fn index_site_config(sandbox: &Sandbox, server: &Server, extra: &str) {
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        format!(
+            "python = \"{}\"\npip-index-url = \"{}\"\n{extra}",
+            python_minor(),
+            server.url("/simple")
+        ),
+    )
+    .unwrap();
+}
+
+/// `build --json <args>` with no uv on PATH; it must succeed. Returns the events.
+fn build_without_uv(sandbox: &Sandbox, args: &[&str]) -> String {
+    let output = sandbox
+        .command()
+        .args(["build", "--json"])
+        .args(args)
+        .env("PATH", PATH_WITHOUT_UV)
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}{events}", stderr(&output));
+    events
+}
+
 fn interpreter(python: &str) -> String {
     let output = std::process::Command::new(python)
         .args(["-c", "import sys; print(sys.executable)"])
@@ -115,24 +142,9 @@ fn uv_is_bootstrapped_from_a_loopback_index_once_per_store_with_a_hashed_lock() 
     let server = loopback_pypi(&deps.uv_wheel);
     let wheel = uv_wheel_name();
     let sandbox = Sandbox::new();
-    std::fs::write(
-        sandbox.path().join("site.toml"),
-        format!(
-            "python = \"{}\"\npip-index-url = \"{}\"\n",
-            python_minor(),
-            server.url("/simple")
-        ),
-    )
-    .unwrap();
+    index_site_config(&sandbox, &server, "");
     let repo = sandbox.repo("first", &[("requirements.txt", "six==1.16.0\n")]);
-    let output = sandbox
-        .command()
-        .args(["build", "--json", &repo])
-        .env("PATH", PATH_WITHOUT_UV)
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}{events}", stderr(&output));
+    let events = build_without_uv(&sandbox, &[&repo]);
     assert!(
         events.contains("uv is not on PATH; installing uv 0.13.9 into the store"),
         "{events}"
@@ -157,11 +169,7 @@ fn uv_is_bootstrapped_from_a_loopback_index_once_per_store_with_a_hashed_lock() 
 
     // Four first builds at once in a new store: one download, four hashed locks.
     let sandbox = Sandbox::new();
-    std::fs::copy(
-        Path::new(&repo).join("../../site.toml"),
-        sandbox.path().join("site.toml"),
-    )
-    .unwrap();
+    index_site_config(&sandbox, &server, "");
     let children: Vec<_> = (0..4)
         .map(|i| {
             let repo = sandbox.repo(
@@ -209,24 +217,9 @@ fn a_tampered_uv_wheel_is_refused_and_the_pip_fallback_builds() {
     bytes.push(0);
     std::fs::write(tampered.join(&wheel), bytes).unwrap();
     let server = loopback_pypi(&tampered);
-    std::fs::write(
-        sandbox.path().join("site.toml"),
-        format!(
-            "python = \"{}\"\npip-index-url = \"{}\"\n",
-            python_minor(),
-            server.url("/simple")
-        ),
-    )
-    .unwrap();
+    index_site_config(&sandbox, &server, "");
     let repo = sandbox.repo("tampered", &[("requirements.txt", "six==1.16.0\n")]);
-    let output = sandbox
-        .command()
-        .args(["build", "--json", &repo])
-        .env("PATH", PATH_WITHOUT_UV)
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}{events}", stderr(&output));
+    let events = build_without_uv(&sandbox, &[&repo]);
     assert!(events.contains("not the pinned"), "{events}");
     assert!(
         events.contains("falling back to `python -m pip`"),
@@ -243,24 +236,9 @@ fn uv_bootstrap_off_downloads_nothing_and_falls_back_to_pip() {
     let deps = test_deps();
     let server = loopback_pypi(&deps.uv_wheel);
     let sandbox = Sandbox::new();
-    std::fs::write(
-        sandbox.path().join("site.toml"),
-        format!(
-            "python = \"{}\"\npip-index-url = \"{}\"\nuv-bootstrap = false\n",
-            python_minor(),
-            server.url("/simple")
-        ),
-    )
-    .unwrap();
+    index_site_config(&sandbox, &server, "uv-bootstrap = false\n");
     let repo = sandbox.repo("off", &[("requirements.txt", "six==1.16.0\n")]);
-    let output = sandbox
-        .command()
-        .args(["build", "--json", "--no-verify", &repo])
-        .env("PATH", PATH_WITHOUT_UV)
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}{events}", stderr(&output));
+    let events = build_without_uv(&sandbox, &["--no-verify", &repo]);
     assert!(
         events.contains("falling back to `python -m pip`"),
         "{events}"

@@ -73,3 +73,29 @@ fn where_a_venv_python_comes_from_is_planned_and_keyed() {
     assert_eq!(planned["python-source"], "conda", "{planned:#}");
     assert_eq!(planned["python"], "3.4");
 }
+
+/// A site index URL with a token enters the key (and so `key --explain` and every ready
+/// marker) without the token; another token for the same mirror is the same key.
+#[test]
+fn site_credentials_stay_out_of_the_key() {
+    let sandbox = Sandbox::new();
+    let repo = sandbox.repo("private-index", &[("requirements.txt", "six\n")]);
+    let site = |token: &str| {
+        std::fs::write(
+            sandbox.path().join("site.toml"),
+            format!("pip-index-url = \"https://ci:{token}@mirror.example/simple\"\n"),
+        )
+        .unwrap();
+    };
+    site("SECRET-ONE");
+    let first = inputs(&sandbox, &[&repo]);
+    assert_eq!(
+        first["site:pip-index-url"],
+        "https://****@mirror.example/simple"
+    );
+    let explained = sandbox.ok(&["key", "--explain", &repo]);
+    assert!(!explained.contains("SECRET-ONE"), "{explained}");
+    let key = sandbox.key(&[&repo]);
+    site("SECRET-TWO");
+    assert_eq!(sandbox.key(&[&repo]), key);
+}
