@@ -163,31 +163,35 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
                 )
             });
             let venv = make_venv();
-            if venv.is_ok() {
-                // Its failure is not fatal: the sync from the lock installs what is missing.
-                let _ = uv_run(
+            // Its failure is not fatal: the sync from the lock installs what is missing.
+            let installed = venv.is_ok()
+                && uv_run(
                     "uv pip install (while resolving)",
                     &["pip", "install", "--python", &python, "-r", &input_arg],
                     context.repo(),
                     Fault::Spec,
-                );
-            }
+                )
+                .is_ok();
             let compiled = compile
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the resolver thread panicked")));
-            (venv, compiled)
+            (venv, compiled.map(|()| installed))
         });
         venv?;
-        compiled?;
-        context
-            .reporter
-            .phase(Phase::Building, "Installing from the lock");
-        uv_run(
-            "uv pip sync",
-            &["pip", "sync", "--python", &python, &lock_arg],
-            context.repo(),
-            Fault::Spec,
-        )?;
+        let installed = compiled?;
+        // The environment must be exactly the lock: when the install put in precisely the
+        // locked names and versions (the usual case), there is nothing to sync.
+        if !(installed && matches_lock(&context.prefix, &lock_path)) {
+            context
+                .reporter
+                .phase(Phase::Building, "Installing from the lock");
+            uv_run(
+                "uv pip sync",
+                &["pip", "sync", "--python", &python, &lock_arg],
+                context.repo(),
+                Fault::Spec,
+            )?;
+        }
         locks.push("hpcbinder/requirements.lock".into());
     }
     let lock_covers_ipykernel = request.from_lock.is_none()
@@ -218,6 +222,45 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         )?;
     }
     Ok(locks)
+}
+
+/// Whether the venv at `prefix` holds exactly the `name==version` pins of `lock` (by its
+/// `.dist-info` directories). Any other kind of lock line (a URL, a path) says no.
+fn matches_lock(prefix: &Path, lock: &Path) -> bool {
+    let normalize = |name: &str| name.to_ascii_lowercase().replace(['_', '.'], "-");
+    let Ok(text) = fs_err::read_to_string(lock) else {
+        return false;
+    };
+    let mut wanted = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with([' ', '#', '\t']) || line.trim().is_empty() {
+            continue;
+        }
+        let requirement = line.trim_end_matches('\\').trim();
+        let requirement = requirement.split(';').next().unwrap_or(requirement).trim();
+        let Some((name, version)) = requirement.split_once("==") else {
+            return false;
+        };
+        wanted.insert((normalize(name.trim()), version.trim().to_string()));
+    }
+    let Ok(lib) = fs_err::read_dir(prefix.join("lib")) else {
+        return false;
+    };
+    let mut found = std::collections::BTreeSet::new();
+    for python in lib.flatten() {
+        let Ok(packages) = fs_err::read_dir(python.path().join("site-packages")) else {
+            continue;
+        };
+        for entry in packages.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".dist-info") {
+                if let Some((name, version)) = stem.split_once('-') {
+                    found.insert((normalize(name), version.to_string()));
+                }
+            }
+        }
+    }
+    !wanted.is_empty() && wanted == found
 }
 
 /// A repository's uv.lock (absolute) and the project directory it belongs to.
