@@ -101,7 +101,7 @@ corpus! {
     r_with_environment: "r-with-environment" => Detected,
     r_with_pipfile: "r-with-pipfile" => Detected,
     symlink_inside_repo: "symlink-inside-repo" => Detected,
-    symlink_leaves_repo: "symlink-leaves-repo" => Detected,
+    symlink_leaves_repo: "symlink-leaves-repo" => Refused,
     uv_lock: "uv-lock" => Detected,
 }
 

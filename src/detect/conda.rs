@@ -14,7 +14,7 @@ pub fn read(
     used: &mut Used,
 ) -> Result<Buildpack, DetectError> {
     let path = files.display(name);
-    let Some(text) = files.read(name, &mut spec.warnings)? else {
+    let Some(text) = files.read(name)? else {
         return Ok(Buildpack::Default);
     };
     used.add_path(&path);

@@ -112,30 +112,18 @@ impl RepoFiles {
     }
 
     /// Read a config file (in the binder dir when there is one).
-    pub fn read(
-        &self,
-        name: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Option<String>, DetectError> {
-        self.read_path(&self.display(name), warnings)
+    pub fn read(&self, name: &str) -> Result<Option<String>, DetectError> {
+        self.read_path(&self.display(name))
     }
 
     /// Read a file at the repository root, ignoring any binder dir.
-    pub fn read_root(
-        &self,
-        name: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Option<String>, DetectError> {
-        self.read_path(name, warnings)
+    pub fn read_root(&self, name: &str) -> Result<Option<String>, DetectError> {
+        self.read_path(name)
     }
 
-    /// Read a root-relative path. `None` when it does not exist, or is a symlink leaving
-    /// the repository (with a warning), or is not a regular file.
-    pub fn read_path(
-        &self,
-        relative: &str,
-        warnings: &mut Vec<String>,
-    ) -> Result<Option<String>, DetectError> {
+    /// Read a root-relative path. `None` when it does not exist or is not a regular file;
+    /// an error when it (or a directory on the way) is a symlink leaving the repository.
+    pub fn read_path(&self, relative: &str) -> Result<Option<String>, DetectError> {
         let path = self.absolute(relative);
         if path.symlink_metadata().is_err() {
             return Ok(None);
@@ -151,11 +139,15 @@ impl RepoFiles {
                 .map(|target| target.starts_with(&self.canonical_root))
                 .unwrap_or(false);
             if !inside {
+                // Loudly: a repository whose spec file points out of it is broken or
+                // hostile, and falling back to another buildpack would hide that.
                 self.refused.borrow_mut().insert(relative.to_string());
-                warnings.push(format!(
-                    "{relative} is a symlink that leaves the repository (or is broken); it was not read"
-                ));
-                return Ok(None);
+                return Err(DetectError::Unsupported {
+                    message: format!(
+                        "{relative} is a symlink that leaves the repository (or is broken)"
+                    ),
+                    hint: "hpcbinder reads only files inside the repository: put the file itself there".into(),
+                });
             }
         }
         let metadata = fs_err::metadata(&path).map_err(io)?;

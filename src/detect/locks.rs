@@ -38,25 +38,17 @@ pub fn detect(
     Ok(None)
 }
 
-fn read_yaml(
-    files: &RepoFiles,
-    name: &str,
-    spec: &mut EnvSpec,
-) -> Result<Option<(String, Value)>, DetectError> {
+fn read_yaml(files: &RepoFiles, name: &str) -> Result<Option<(String, Value)>, DetectError> {
     let path = files.display(name);
-    let Some(text) = files.read(name, &mut spec.warnings)? else {
+    let Some(text) = files.read(name)? else {
         return Ok(None);
     };
     let value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&path, &e))?;
     Ok(Some((text, value)))
 }
 
-fn read_toml(
-    files: &RepoFiles,
-    relative: &str,
-    spec: &mut EnvSpec,
-) -> Result<Option<toml::Table>, DetectError> {
-    let Some(text) = files.read_path(relative, &mut spec.warnings)? else {
+fn read_toml(files: &RepoFiles, relative: &str) -> Result<Option<toml::Table>, DetectError> {
+    let Some(text) = files.read_path(relative)? else {
         return Ok(None);
     };
     toml::from_str(&text)
@@ -66,7 +58,7 @@ fn read_toml(
 
 fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
     let manifest_path = files.display("pixi.toml");
-    let manifest = read_toml(files, &manifest_path, spec)?.unwrap_or_default();
+    let manifest = read_toml(files, &manifest_path)?.unwrap_or_default();
     used.add_path(&manifest_path);
     let workspace = manifest
         .get("workspace")
@@ -98,7 +90,7 @@ fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), De
             files.platform()
         ));
     }
-    let Some((_, lock)) = read_yaml(files, "pixi.lock", spec)? else {
+    let Some((_, lock)) = read_yaml(files, "pixi.lock")? else {
         spec.warnings.push(format!(
             "{manifest_path} has no pixi.lock beside it; the environment will be solved"
         ));
@@ -140,7 +132,7 @@ fn conda_lock(
     used: &mut Used,
 ) -> Result<(), DetectError> {
     let path = files.display(name);
-    let Some((text, lock)) = read_yaml(files, name, spec)? else {
+    let Some((text, lock)) = read_yaml(files, name)? else {
         return Ok(());
     };
     let Some(packages) = lock.get("package").and_then(Value::as_sequence) else {
@@ -216,7 +208,7 @@ fn explicit_files(
     let mut candidates = Vec::new();
     for name in names {
         let path = files.display(&name);
-        let Some(text) = files.read_path(&path, &mut spec.warnings)? else {
+        let Some(text) = files.read_path(&path)? else {
             continue;
         };
         if text.lines().any(|l| l.trim() == "@EXPLICIT") {
@@ -302,7 +294,7 @@ fn python_from_conda_url(url: &str) -> Option<String> {
 
 fn uv_lock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
     let path = files.display("uv.lock");
-    let lock = read_toml(files, &path, spec)?.unwrap_or_default();
+    let lock = read_toml(files, &path)?.unwrap_or_default();
     let packages = lock.get("package").and_then(|p| p.as_array()).map(Vec::len);
     let Some(packages) = packages.filter(|_| lock.contains_key("version")) else {
         return Err(DetectError::Malformed {
@@ -313,7 +305,7 @@ fn uv_lock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(),
     };
     used.add_path(&path);
     let python_version_file = files.display(".python-version");
-    if let Some(text) = files.read_path(&python_version_file, &mut spec.warnings)? {
+    if let Some(text) = files.read_path(&python_version_file)? {
         spec.python = text
             .lines()
             .map(str::trim)
@@ -351,7 +343,7 @@ fn uv_lock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(),
 
 fn pylock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
     let path = files.display("pylock.toml");
-    let lock = read_toml(files, &path, spec)?.unwrap_or_default();
+    let lock = read_toml(files, &path)?.unwrap_or_default();
     let Some(packages) = lock
         .get("packages")
         .and_then(|p| p.as_array())

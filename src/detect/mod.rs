@@ -305,7 +305,7 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
 
     // 1-2: Dockerfile (legacy first: it only errors).
     if files.binder_dir().is_none() {
-        if let Some(text) = files.read_root("Dockerfile", &mut spec.warnings)? {
+        if let Some(text) = files.read_root("Dockerfile")? {
             if text.lines().any(|l| {
                 let l = l.trim_start().to_ascii_lowercase();
                 l.starts_with("from") && l.contains("andrewosh/binder-base")
@@ -318,14 +318,14 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
             }
         }
     }
-    if let Some(text) = files.read("Dockerfile", &mut spec.warnings)? {
+    if let Some(text) = files.read("Dockerfile")? {
         spec.buildpack = Buildpack::Docker;
         used.add(&files, "Dockerfile");
         spec.installs_repo = dockerfile_copies_context(&text);
         return Ok(finish(spec, &files, used));
     }
 
-    let runtime = runtime::read(&files, &mut spec.warnings)?;
+    let runtime = runtime::read(&files)?;
 
     // 3-4: Julia.
     if let Some(name) = ["Project.toml", "JuliaProject.toml"]
@@ -333,7 +333,7 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
         .find(|n| files.exists(n))
     {
         spec.buildpack = Buildpack::Julia;
-        spec.julia = python::julia_compat(&files, name, &mut spec.warnings)?;
+        spec.julia = python::julia_compat(&files, name)?;
         used.add(&files, name);
         if files.exists("Manifest.toml") {
             used.add(&files, "Manifest.toml");
@@ -367,7 +367,7 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
     }
 
     // BaseImage files: every buildpack but Docker.
-    if let Some(text) = files.read("apt.txt", &mut spec.warnings)? {
+    if let Some(text) = files.read("apt.txt")? {
         spec.apt = python::apt_packages(&files.display("apt.txt"), &text)?;
         used.add(&files, "apt.txt");
     }

@@ -60,7 +60,7 @@ pub fn requirements_tree(
         if tree.files.contains(&path) {
             continue;
         }
-        let Some(text) = files.read_path(&path, warnings)? else {
+        let Some(text) = files.read_path(&path)? else {
             continue;
         };
         tree.files.push(path.clone());
@@ -165,7 +165,7 @@ pub fn packages_and_requirements(
             spec.installs_repo = true;
             found = true;
         }
-        if let Some(text) = files.read_root("pyproject.toml", &mut spec.warnings)? {
+        if let Some(text) = files.read_root("pyproject.toml")? {
             let document: toml::Table =
                 toml::from_str(&text).map_err(|e| toml_error("pyproject.toml", &text, &e))?;
             let project = document.get("project").and_then(|p| p.as_table());
@@ -189,7 +189,7 @@ pub fn packages_and_requirements(
 
 /// Pipfile / Pipfile.lock (the lock wins); Python from the lock's `_meta`, else `[requires]`.
 pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), DetectError> {
-    if let Some(text) = files.read("Pipfile.lock", &mut spec.warnings)? {
+    if let Some(text) = files.read("Pipfile.lock")? {
         let path = files.display("Pipfile.lock");
         let lock: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| DetectError::Malformed {
@@ -217,7 +217,7 @@ pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result
         });
         used.add_path(&path);
     }
-    if let Some(text) = files.read("Pipfile", &mut spec.warnings)? {
+    if let Some(text) = files.read("Pipfile")? {
         let path = files.display("Pipfile");
         let document: toml::Table =
             toml::from_str(&text).map_err(|e| toml_error(&path, &text, &e))?;
@@ -284,13 +284,9 @@ pub fn apt_packages(path: &str, text: &str) -> Result<Vec<String>, DetectError> 
 }
 
 /// Julia's `[compat] julia = "..."` from Project.toml.
-pub fn julia_compat(
-    files: &RepoFiles,
-    name: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Option<String>, DetectError> {
+pub fn julia_compat(files: &RepoFiles, name: &str) -> Result<Option<String>, DetectError> {
     let path = files.display(name);
-    let Some(text) = files.read(name, warnings)? else {
+    let Some(text) = files.read(name)? else {
         return Ok(None);
     };
     let document: toml::Table = toml::from_str(&text).map_err(|e| toml_error(&path, &text, &e))?;

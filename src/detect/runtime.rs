@@ -17,9 +17,9 @@ pub struct Runtime {
 }
 
 /// Read and parse `runtime.txt`, if present.
-pub fn read(files: &RepoFiles, warnings: &mut Vec<String>) -> Result<Option<Runtime>, DetectError> {
+pub fn read(files: &RepoFiles) -> Result<Option<Runtime>, DetectError> {
     let path = files.display("runtime.txt");
-    let Some(text) = files.read("runtime.txt", warnings)? else {
+    let Some(text) = files.read("runtime.txt")? else {
         return Ok(None);
     };
     parse(&path, &text).map(Some)
