@@ -286,3 +286,28 @@ fn no_home_means_no_kernel_in_the_working_directory() {
     );
     assert!(!sandbox.path().join(".local").exists());
 }
+
+/// uv expands `${VAR}` in the requirement lines hpcbinder writes: a Pipfile path naming a
+/// directory called `${HOME}` would have pointed uv at the builder's home.
+#[test]
+fn paths_uv_would_expand_are_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "expand",
+        &[
+            ("Pipfile", "[packages]\nescape = {path = \"${HOME}\"}\n"),
+            (
+                "${HOME}/setup.py",
+                "from setuptools import setup\nsetup(name='escape')\n",
+            ),
+        ],
+    );
+    let output = sandbox.run(&["build", &repo, "--no-verify"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("holds `$` or a line break"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -287,6 +287,13 @@ fn installs_package(context: &Context<'_>) -> bool {
             .any(|f| f == "setup.py" || f == "pyproject.toml")
 }
 
+/// Whether a path can be written into a requirements file uv reads as it is: uv expands
+/// `${VAR}`, and a line break would start a new requirement (or option).
+fn uv_safe_path(path: &Path) -> bool {
+    let text = path.display().to_string();
+    !text.contains(['$', '\n', '\r'])
+}
+
 /// `<prefix>/hpcbinder/requirements.in`: the repository's requirement files (or its
 /// Pipfile, rendered), plus ipykernel when missing.
 pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
@@ -296,7 +303,17 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
         text.push_str(&pipfile_requirements(context)?);
     } else if let Some(pip) = &spec.pip {
         for file in &pip.requirements[..1.min(pip.requirements.len())] {
-            let _ = writeln!(text, "-r {}", context.repo().join(file).display());
+            let path = context.repo().join(file);
+            if !uv_safe_path(&path) {
+                anyhow::bail!(crate::detect::DetectError::Unsupported {
+                    message: format!(
+                        "the repository's path {} holds `$` or a line break, which uv would expand",
+                        crate::printer::sanitize_line(&path.display().to_string())
+                    ),
+                    hint: "build from a directory whose path has no `$` or line breaks".into(),
+                });
+            }
+            let _ = writeln!(text, "-r {}", path.display());
         }
     }
     if needs_ipykernel {
@@ -448,6 +465,11 @@ fn pipfile_line(
         let root = fs_err::canonicalize(repo).map_err(|e| e.to_string())?;
         if !resolved.starts_with(&root) {
             return Err(format!("`{path}` is outside the repository"));
+        }
+        // uv expands `${VAR}` in requirement lines: a directory named `${HOME}` would
+        // point it elsewhere.
+        if !uv_safe_path(&resolved) {
+            return Err(format!("`{path}` holds `$` or a line break"));
         }
         Ok(format!(
             "{name}{extras} @ file://{}{markers}",
