@@ -74,7 +74,7 @@ fn main() {
             ("notebook.ipynb", "{}"),
         ],
     );
-    git_commit(&repo);
+    common::GitRepo::init(std::path::Path::new(&repo)).commit("bench");
     sandbox.ok(&["build", &repo, "--no-verify"]);
     let hit = median(
         (0..30)
@@ -126,7 +126,7 @@ fn main() {
             &format!("venv-{run}"),
             &[("requirements.txt", &format!("{requirements}# run {run}\n"))],
         );
-        git_commit(&repo);
+        common::GitRepo::init(std::path::Path::new(&repo)).commit("bench");
         let elapsed = time({
             let mut c = sandbox.command();
             c.args(["build", &repo, "--no-kernel"]);
@@ -342,18 +342,4 @@ fn main() {
     for (what, value, note) in rows {
         println!("| {what} | {value} | {note} |");
     }
-}
-
-/// Make `path` a git work tree with everything committed.
-fn git_commit(path: &str) {
-    let repo = git2::Repository::init(path).unwrap();
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let signature = git2::Signature::now("bench", "bench@example.org").unwrap();
-    repo.commit(Some("HEAD"), &signature, &signature, "bench", &tree, &[])
-        .unwrap();
 }
