@@ -127,6 +127,16 @@ pub fn prepare(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Prepared> {
     let (checkout, spec) = checkout_and_detect(repository, settings, reporter)?;
+    // Someone else's repository must not point builds at other indexes or channels
+    // (request forgery, another tenant's files); a local one is the user's own choice.
+    let remote =
+        checkout.identity.kind == "git" && !checkout.identity.origin.starts_with("file://");
+    if remote && !spec.package_sources.is_empty() {
+        return Err(plan::PlanError::RepositorySources {
+            sources: spec.package_sources.join("; "),
+        }
+        .into());
+    }
     let target = plan::choose_target(&spec, settings)?;
     if !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix) {
         let choice = crate::python::choose(&spec, settings);

@@ -44,6 +44,14 @@ pub enum PlanError {
         /// What it runs now.
         other: String,
     },
+    /// A remote repository that names where its packages come from.
+    #[error(
+        "the repository names its own package sources, which only the site may choose: {sources}"
+    )]
+    RepositorySources {
+        /// `file: line` of each.
+        sources: String,
+    },
     /// Nowhere to register a kernel.
     #[error("neither JUPYTER_DATA_DIR nor HOME is set (as an absolute path), so there is no kernel directory")]
     NoKernelDir,
@@ -77,6 +85,7 @@ impl Diagnostic for PlanError {
             Self::ContextNeedsContainer { .. } => {
                 "add --target podman (or another container engine)".into()
             }
+            Self::RepositorySources { .. } => "remove them (the site's channels and index apply), or build a local clone of the repository, whose sources are yours to choose".into(),
             Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
             Self::KernelTaken { .. } => "pass --kernel-name NAME for another name, or --replace to point this one at the new environment".into(),

@@ -311,3 +311,65 @@ fn paths_uv_would_expand_are_refused() {
         stderr(&output)
     );
 }
+
+/// A remote repository may not choose package sources (an index, find-links, a local
+/// conda channel): the site decides. Served by a real `git daemon` on loopback; the same
+/// repository as a local directory is the user's own and builds its plan.
+#[test]
+fn remote_repositories_cannot_choose_package_sources() {
+    let sandbox = Sandbox::new();
+    let served = sandbox.path().join("served");
+    let repo = common::GitRepo::init(&served.join("sources"));
+    repo.write(
+        "requirements.txt",
+        "--index-url http://127.0.0.1:1/simple\nsix\n",
+    );
+    repo.commit("index");
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    // git-daemon itself (not the `git daemon` wrapper, whose child would outlive a kill),
+    // with no inherited output pipes.
+    let exec_path = std::process::Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .unwrap();
+    let exec_path = String::from_utf8(exec_path.stdout).unwrap();
+    let mut daemon =
+        std::process::Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", served.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git-daemon");
+    let url = format!("git://127.0.0.1:{port}/sources");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::process::Command::new("git")
+        .args(["ls-remote", &url])
+        .output()
+        .map_or(true, |o| !o.status.success())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = sandbox.run(&["build", &url, "--dry-run"]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("names its own package sources")
+            && stderr(&output).contains("requirements.txt: --index-url http://127.0.0.1:1/simple"),
+        "{}",
+        stderr(&output)
+    );
+    // The same repository, local: the user's own choice.
+    let local = sandbox.run(&[
+        "build",
+        served.join("sources").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+}

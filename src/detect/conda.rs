@@ -60,10 +60,17 @@ pub fn read(
                 used.add_path(file);
             }
             spec.installs_repo |= pip.installs_repo;
+            spec.package_sources.append(&mut pip.source_options);
             requirements.append(&mut pip.files);
         } else if python::installs_local_path(entry) {
             spec.installs_repo = true;
+        } else if super::is_source_option(entry) {
+            spec.package_sources.push(format!("{path}: {entry}"));
         }
+    }
+    for channel in conda.channels.iter().filter(|c| super::is_local_channel(c)) {
+        spec.package_sources
+            .push(format!("{path}: channel {channel}"));
     }
     if !requirements.is_empty() {
         spec.pip = Some(super::PipSpec {

@@ -207,6 +207,42 @@ pub struct EnvSpec {
     /// The build installs the repository itself (setup.py/pyproject package, `-e .`,
     /// a Dockerfile that copies the context): the whole tree enters the key.
     pub installs_repo: bool,
+    /// Package sources the repository names itself (`file: line`): index and find-links
+    /// options in requirement files and the `pip:` section, and local or loopback conda
+    /// channels. The site decides where packages come from: a remote repository with any
+    /// of these is refused by the pipeline.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub package_sources: Vec<String>,
+}
+
+/// Whether a requirements line is an option that names where packages come from.
+pub fn is_source_option(line: &str) -> bool {
+    let line = line.trim();
+    [
+        "-i",
+        "--index-url",
+        "--extra-index-url",
+        "-f",
+        "--find-links",
+        "--trusted-host",
+    ]
+    .iter()
+    .any(|option| {
+        line.strip_prefix(option)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '=', '\t']))
+    })
+}
+
+/// Whether a conda channel is on this machine (a path, `file://`) or a loopback server.
+pub fn is_local_channel(channel: &str) -> bool {
+    let channel = channel.trim().to_ascii_lowercase();
+    channel.starts_with("file:")
+        || channel.starts_with('/')
+        || channel.starts_with('.')
+        || channel.starts_with('~')
+        || ["://localhost", "://127.", "://[::1]", "://0.0.0.0"]
+            .iter()
+            .any(|host| channel.contains(host))
 }
 
 /// R settings.
@@ -235,6 +271,7 @@ impl EnvSpec {
             post_build: None,
             start: None,
             installs_repo: false,
+            package_sources: Vec::new(),
         }
     }
 

@@ -13,6 +13,8 @@ pub struct RequirementsTree {
     pub hashed: bool,
     /// A line installs the repository itself (`.`, `-e .`).
     pub installs_repo: bool,
+    /// Options naming package sources (`file: line`), see `EnvSpec::package_sources`.
+    pub source_options: Vec<String>,
 }
 
 /// `-r file` / `--requirement file` / `-c file` / `--constraint=file` → the file.
@@ -97,6 +99,9 @@ pub fn requirements_tree(
                 continue;
             }
             if line.starts_with('-') && !line.starts_with("-e") && !line.starts_with("--editable") {
+                if super::is_source_option(line) {
+                    tree.source_options.push(format!("{path}: {line}"));
+                }
                 continue; // --index-url, --find-links, ...: options, not requirements.
             }
             requirement_lines += 1;
@@ -152,6 +157,7 @@ pub fn packages_and_requirements(
                 used.add_path(file);
             }
             spec.installs_repo |= tree.installs_repo;
+            spec.package_sources.extend(tree.source_options);
             spec.pip = Some(PipSpec {
                 requirements: tree.files,
                 hashed: tree.hashed,
