@@ -151,7 +151,7 @@ pub fn choose_for(repository: Option<&str>, settings: &Settings) -> Choice {
 /// The `python3` on PATH (memoised for the process).
 pub fn host() -> Option<&'static Interpreter> {
     static HOST: OnceLock<Option<Interpreter>> = OnceLock::new();
-    HOST.get_or_init(|| on_path("python3").and_then(|path| probe(&path)))
+    HOST.get_or_init(|| crate::variables::on_path("python3").and_then(|path| probe(&path)))
         .as_ref()
 }
 
@@ -186,7 +186,7 @@ pub fn find(wanted: &str) -> Result<Interpreter, NotFound> {
     }
     let minor: String = wanted.split('.').take(2).collect::<Vec<_>>().join(".");
     for name in [format!("python{minor}"), "python3".into(), "python".into()] {
-        if let Some(interpreter) = on_path(&name).and_then(|p| probe(&p)) {
+        if let Some(interpreter) = crate::variables::on_path(&name).and_then(|p| probe(&p)) {
             if interpreter.matches(wanted) {
                 return Ok(interpreter);
             }
@@ -196,13 +196,6 @@ pub fn find(wanted: &str) -> Result<Interpreter, NotFound> {
         wanted: wanted.to_string(),
         where_: " on PATH".into(),
     })
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// What `command` really is (cached per user; see the module docs).

@@ -79,7 +79,7 @@ pub fn uv_status(settings: &Settings) -> UvStatus {
     if let Some(path) = &settings.uv {
         return UvStatus::Configured(path.clone());
     }
-    if let Some(path) = on_path("uv") {
+    if let Some(path) = crate::variables::on_path("uv") {
         return UvStatus::OnPath(path);
     }
     let installed = bootstrapped_path(&settings.store);
@@ -132,13 +132,6 @@ fn wheel() -> Option<(&'static str, &'static str)> {
         .iter()
         .find(|(os, arch, _, _)| *os == std::env::consts::OS && *arch == std::env::consts::ARCH)
         .map(|(_, _, file, sha256)| (*file, *sha256))
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Install the pinned uv into the store (once: under a lock, re-checked after taking it).

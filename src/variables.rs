@@ -45,6 +45,14 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     (NO_COLOR, "Disables colour when set to anything non-empty."),
 ];
 
+/// The first file named `program` in a `PATH` directory.
+pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
 /// Read a variable, treating an empty value as unset.
 pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -471,10 +471,7 @@ fn engines(settings: &Settings, needed: bool) -> Vec<Check> {
 }
 
 fn version_of(tool: &str) -> Option<String> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())?;
+    let found = crate::variables::on_path(tool)?;
     let flag = if tool == "mksquashfs" {
         "-version"
     } else {

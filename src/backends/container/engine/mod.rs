@@ -69,13 +69,7 @@ pub fn engine(target: Target) -> &'static dyn Engine {
 
 pub use crate::store::Artifact;
 
-/// A program on PATH.
-pub fn on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
+pub use crate::variables::on_path;
 
 pub(super) fn tool(name: &str) -> Result<PathBuf, BuildError> {
     on_path(name).ok_or_else(|| BuildError::Tool {
