@@ -46,7 +46,7 @@ pub fn compute(
     let mut inputs = BTreeMap::new();
     inputs.insert("format".to_string(), KEY_FORMAT.to_string());
     inputs.insert("target".to_string(), target.name().to_string());
-    inputs.insert("platform".to_string(), settings.platform.clone());
+    inputs.insert("platform".to_string(), settings.conda.platform.clone());
     inputs.insert("buildpack".to_string(), spec.buildpack.name().to_string());
     let uses_python = !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix);
     if uses_python {
@@ -75,15 +75,19 @@ pub fn compute(
     }
     let uses_conda = target == Target::Conda || spec.buildpack.is_conda_family();
     if uses_conda {
-        inputs.insert("site:channels".to_string(), settings.channels.join(","));
+        inputs.insert(
+            "site:channels".to_string(),
+            settings.conda.channels.join(","),
+        );
         // Site URLs enter the key without their credentials: a token changes who may
         // download, not what is built, and the key's inputs are printed and stored.
         inputs.insert(
             "site:channel-alias".to_string(),
-            redact(&settings.channel_alias),
+            redact(&settings.conda.channel_alias),
         );
-        if !settings.mirrors.is_empty() {
+        if !settings.conda.mirrors.is_empty() {
             let mirrors: Vec<String> = settings
+                .conda
                 .mirrors
                 .iter()
                 .map(|(k, v)| format!("{}={}", redact(k), redact(v)))
@@ -92,26 +96,27 @@ pub fn compute(
         }
     }
     if uses_conda {
-        if !settings.virtual_packages.is_empty() {
+        if !settings.conda.virtual_packages.is_empty() {
             inputs.insert(
                 "site:virtual-packages".to_string(),
-                settings.virtual_packages.join(","),
+                settings.conda.virtual_packages.join(","),
             );
         }
         inputs.insert(
             "site:kernel-package".to_string(),
-            settings.kernel_package.clone(),
+            settings.conda.kernel_package.clone(),
         );
     }
     if uses_python {
-        if let Some(url) = &settings.pip_index_url {
+        if let Some(url) = &settings.pip.index_url {
             inputs.insert("site:pip-index-url".to_string(), redact(url));
         }
-        if !settings.pip_find_links.is_empty() {
+        if !settings.pip.find_links.is_empty() {
             inputs.insert(
                 "site:pip-find-links".to_string(),
                 settings
-                    .pip_find_links
+                    .pip
+                    .find_links
                     .iter()
                     .map(|l| redact(l))
                     .collect::<Vec<_>>()
@@ -126,10 +131,10 @@ pub fn compute(
         );
     }
     if target.is_container() {
-        if !settings.podman_build_args.is_empty() {
+        if !settings.container.podman_build_args.is_empty() {
             inputs.insert(
                 "site:podman-build-args".to_string(),
-                settings.podman_build_args.join(" "),
+                settings.container.podman_build_args.join(" "),
             );
         }
         // The CA bundle is copied into the image.
@@ -140,18 +145,19 @@ pub fn compute(
             );
         }
         if target == Target::Shifter {
-            if let Some(registry) = &settings.registry {
+            if let Some(registry) = &settings.container.registry {
                 inputs.insert("site:registry".to_string(), registry.clone());
             }
         }
         if target == Target::PodmanHpc {
-            if let Some(dir) = &settings.squash_dir {
+            if let Some(dir) = &settings.container.squash_dir {
                 inputs.insert("site:squash-dir".to_string(), dir.display().to_string());
             }
         }
         inputs.insert(
             "site:base-image".to_string(),
             settings
+                .container
                 .base_image
                 .clone()
                 .unwrap_or_else(|| "(none)".to_string()),
@@ -215,5 +221,5 @@ pub fn cran_repository(spec: &EnvSpec, settings: &Settings) -> String {
         .as_ref()
         .and_then(|r| r.snapshot.clone())
         .unwrap_or_else(|| "latest".to_string());
-    settings.cran_mirror.replace("{date}", &date)
+    settings.container.cran_mirror.replace("{date}", &date)
 }

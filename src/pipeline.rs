@@ -111,8 +111,8 @@ pub fn checkout_and_detect(
     let checkout = source::checkout(&spec, &settings.cache_dir(), reporter)
         .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
     reporter.phase(Phase::Building, "Detecting the environment");
-    let env =
-        crate::detect::detect(&checkout.root, &settings.platform).context("detection failed")?;
+    let env = crate::detect::detect(&checkout.root, &settings.conda.platform)
+        .context("detection failed")?;
     for warning in &env.warnings {
         reporter.warning(warning.clone());
     }

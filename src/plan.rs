@@ -99,7 +99,7 @@ pub fn choose_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, Plan
     let container_reason = || spec.container_reason();
     match settings.target {
         Target::Auto => Ok(if container_reason().is_some() {
-            settings.container_engine
+            settings.container.engine
         } else if conda_family {
             Target::Conda
         } else {

@@ -130,7 +130,8 @@ pub const DEFAULT_CRAN_MIRROR: &str = "https://cloud.r-project.org";
 
 /// Every config key, once: its `ConfigFile` field and type, its name in config files, and
 /// what it sets (the man page's CONFIGURATION and `config show` read this table). Adding a
-/// setting is a line here, its [`Settings`] field, and its line in [`resolve`].
+/// setting is a line here, its field in [`Settings`] or one of its groups, and its line in
+/// [`resolve`].
 macro_rules! config_keys {
     ($($field:ident : $ty:ty = $key:literal, $doc:literal;)*) => {
         /// The keys a config file may hold, each with what it sets.
@@ -191,7 +192,7 @@ pub struct CliOverrides {
     pub base_image: Option<String>,
 }
 
-/// Fully resolved settings.
+/// Fully resolved settings, grouped by what they configure.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// The store root.
@@ -201,6 +202,30 @@ pub struct Settings {
     /// The Python to build with, as configured (`X.Y`, `X.Y.Z` or an interpreter path);
     /// `None` lets the repository choose, else the `python3` on PATH ([`crate::python::choose`]).
     pub python: Option<String>,
+    /// Environment modules the kernel helper loads (`module load ...`).
+    pub modules: Vec<String>,
+    /// CA bundle given to every download, on the host and in image builds (default: the host's).
+    pub ca_bundle: Option<PathBuf>,
+    /// Conda: platform, channels, mirrors.
+    #[serde(flatten)]
+    pub conda: CondaSettings,
+    /// Python packages: uv and the index.
+    #[serde(flatten)]
+    pub pip: PipSettings,
+    /// Container targets: base image, engines, registry.
+    #[serde(flatten)]
+    pub container: ContainerSettings,
+    /// Where each value came from, by key.
+    #[serde(skip)]
+    pub origins: BTreeMap<&'static str, Origin>,
+    /// The config files that were read.
+    #[serde(skip)]
+    pub files_read: Vec<PathBuf>,
+}
+
+/// Where conda packages come from, and for which machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct CondaSettings {
     /// The conda platform environments are built for (the compute nodes').
     pub platform: String,
     /// Default conda channels, used when an environment file names none.
@@ -209,28 +234,38 @@ pub struct Settings {
     pub channel_alias: String,
     /// Channel URL prefix → mirror URL prefix.
     pub mirrors: BTreeMap<String, String>,
-    /// Base image for container targets.
-    pub base_image: Option<String>,
-    /// The engine `--target auto` uses when a repository needs a container.
-    pub container_engine: Target,
+    /// Conda virtual packages of the compute nodes (`__glibc=2.28`); detected when empty.
+    pub virtual_packages: Vec<String>,
+    /// Where ipykernel comes from when a conda spec lacks it: `auto`, `conda` or `pip`.
+    pub kernel_package: String,
+}
+
+/// Where Python packages come from, and the uv that installs them.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipSettings {
     /// The uv executable (else `uv` on PATH, else bootstrapped into the store).
     pub uv: Option<PathBuf>,
     /// Install a pinned uv into the store when there is none ([`crate::tools`]).
     pub uv_bootstrap: bool,
     /// The Python package index (a site mirror).
-    pub pip_index_url: Option<String>,
+    #[serde(rename = "pip_index_url")]
+    pub index_url: Option<String>,
     /// Extra wheel directories or pages.
-    pub pip_find_links: Vec<String>,
-    /// Use only `pip-find-links` (air-gapped sites).
-    pub pip_no_index: bool,
-    /// Environment modules the kernel helper loads (`module load ...`).
-    pub modules: Vec<String>,
-    /// Conda virtual packages of the compute nodes (`__glibc=2.28`); detected when empty.
-    pub virtual_packages: Vec<String>,
-    /// Where ipykernel comes from when a conda spec lacks it: `auto`, `conda` or `pip`.
-    pub kernel_package: String,
-    /// CA bundle given to container builds (default: the host's).
-    pub ca_bundle: Option<PathBuf>,
+    #[serde(rename = "pip_find_links")]
+    pub find_links: Vec<String>,
+    /// Use only `find_links` (air-gapped sites).
+    #[serde(rename = "pip_no_index")]
+    pub no_index: bool,
+}
+
+/// How container targets build and run images.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerSettings {
+    /// Base image for container targets.
+    pub base_image: Option<String>,
+    /// The engine `--target auto` uses when a repository needs a container.
+    #[serde(rename = "container_engine")]
+    pub engine: Target,
     /// A containers.conf for Podman (passed as `CONTAINERS_CONF`), e.g. `runtime = "runc"`.
     pub containers_conf: Option<PathBuf>,
     /// `podman build --isolation` (`chroot` where OCI isolation cannot run).
@@ -249,12 +284,6 @@ pub struct Settings {
     /// runtime.txt snapshot date (`latest` without one), e.g.
     /// `https://packagemanager.posit.co/cran/{date}`.
     pub cran_mirror: String,
-    /// Where each value came from, by key.
-    #[serde(skip)]
-    pub origins: BTreeMap<&'static str, Origin>,
-    /// The config files that were read.
-    #[serde(skip)]
-    pub files_read: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -392,58 +421,64 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         store,
         target,
         python,
-        platform: layers
-            .pick("platform", |f| f.platform.clone())
-            .unwrap_or_else(|| host_platform().into()),
-        channels: layers
-            .pick("channels", |f| f.channels.clone())
-            .unwrap_or_else(|| vec!["conda-forge".into()]),
-        channel_alias: layers
-            .pick("channel-alias", |f| f.channel_alias.clone())
-            .unwrap_or_else(|| "https://conda.anaconda.org".into()),
-        mirrors,
-        base_image: layers.pick_over(
-            "base-image",
-            |f| f.base_image.clone(),
-            None,
-            cli.base_image.clone().map(|b| ("--base-image", b)),
-        ),
-        container_engine,
-        uv: layers.pick("uv", |f| f.uv.clone()),
-        uv_bootstrap: layers
-            .pick("uv-bootstrap", |f| f.uv_bootstrap)
-            .unwrap_or(true),
-        pip_index_url: layers.pick("pip-index-url", |f| f.pip_index_url.clone()),
-        pip_find_links: layers
-            .pick("pip-find-links", |f| f.pip_find_links.clone())
-            .unwrap_or_default(),
-        pip_no_index: layers
-            .pick("pip-no-index", |f| f.pip_no_index)
-            .unwrap_or(false),
         modules: layers
             .pick("modules", |f| f.modules.clone())
             .unwrap_or_default(),
-        virtual_packages: layers
-            .pick("virtual-packages", |f| f.virtual_packages.clone())
-            .unwrap_or_default(),
-        kernel_package,
         ca_bundle: layers.pick("ca-bundle", |f| f.ca_bundle.clone()),
-        containers_conf: layers.pick("containers-conf", |f| f.containers_conf.clone()),
-        podman_isolation: layers.pick("podman-isolation", |f| f.podman_isolation.clone()),
-        podman_run_args: layers
-            .pick("podman-run-args", |f| f.podman_run_args.clone())
-            .unwrap_or_default(),
-        podman_build_args: layers
-            .pick("podman-build-args", |f| f.podman_build_args.clone())
-            .unwrap_or_default(),
-        registry: layers.pick("registry", |f| f.registry.clone()),
-        registry_tls_verify: layers
-            .pick("registry-tls-verify", |f| f.registry_tls_verify)
-            .unwrap_or(true),
-        squash_dir: layers.pick("squash-dir", |f| f.squash_dir.clone()),
-        cran_mirror: layers
-            .pick("cran-mirror", |f| f.cran_mirror.clone())
-            .unwrap_or_else(|| DEFAULT_CRAN_MIRROR.to_string()),
+        conda: CondaSettings {
+            platform: layers
+                .pick("platform", |f| f.platform.clone())
+                .unwrap_or_else(|| host_platform().into()),
+            channels: layers
+                .pick("channels", |f| f.channels.clone())
+                .unwrap_or_else(|| vec!["conda-forge".into()]),
+            channel_alias: layers
+                .pick("channel-alias", |f| f.channel_alias.clone())
+                .unwrap_or_else(|| "https://conda.anaconda.org".into()),
+            mirrors,
+            virtual_packages: layers
+                .pick("virtual-packages", |f| f.virtual_packages.clone())
+                .unwrap_or_default(),
+            kernel_package,
+        },
+        pip: PipSettings {
+            uv: layers.pick("uv", |f| f.uv.clone()),
+            uv_bootstrap: layers
+                .pick("uv-bootstrap", |f| f.uv_bootstrap)
+                .unwrap_or(true),
+            index_url: layers.pick("pip-index-url", |f| f.pip_index_url.clone()),
+            find_links: layers
+                .pick("pip-find-links", |f| f.pip_find_links.clone())
+                .unwrap_or_default(),
+            no_index: layers
+                .pick("pip-no-index", |f| f.pip_no_index)
+                .unwrap_or(false),
+        },
+        container: ContainerSettings {
+            base_image: layers.pick_over(
+                "base-image",
+                |f| f.base_image.clone(),
+                None,
+                cli.base_image.clone().map(|b| ("--base-image", b)),
+            ),
+            engine: container_engine,
+            containers_conf: layers.pick("containers-conf", |f| f.containers_conf.clone()),
+            podman_isolation: layers.pick("podman-isolation", |f| f.podman_isolation.clone()),
+            podman_run_args: layers
+                .pick("podman-run-args", |f| f.podman_run_args.clone())
+                .unwrap_or_default(),
+            podman_build_args: layers
+                .pick("podman-build-args", |f| f.podman_build_args.clone())
+                .unwrap_or_default(),
+            registry: layers.pick("registry", |f| f.registry.clone()),
+            registry_tls_verify: layers
+                .pick("registry-tls-verify", |f| f.registry_tls_verify)
+                .unwrap_or(true),
+            squash_dir: layers.pick("squash-dir", |f| f.squash_dir.clone()),
+            cran_mirror: layers
+                .pick("cran-mirror", |f| f.cran_mirror.clone())
+                .unwrap_or_else(|| DEFAULT_CRAN_MIRROR.to_string()),
+        },
         origins: layers.origins,
         files_read,
     })

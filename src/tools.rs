@@ -76,7 +76,7 @@ pub enum UvStatus {
 
 /// Where uv is, without installing anything.
 pub fn uv_status(settings: &Settings) -> UvStatus {
-    if let Some(path) = &settings.uv {
+    if let Some(path) = &settings.pip.uv {
         return UvStatus::Configured(path.clone());
     }
     if let Some(path) = crate::variables::on_path("uv") {
@@ -86,7 +86,7 @@ pub fn uv_status(settings: &Settings) -> UvStatus {
     if installed.is_file() {
         return UvStatus::Bootstrapped(installed);
     }
-    if !settings.uv_bootstrap {
+    if !settings.pip.uv_bootstrap {
         return UvStatus::Missing("uv-bootstrap is off".into());
     }
     match wheel() {
@@ -158,11 +158,11 @@ fn bootstrap(
             );
             fs_err::read(&path)?
         }
-        None if settings.pip_no_index => {
+        None if settings.pip.no_index => {
             anyhow::bail!("pip-no-index is set and no pip-find-links directory holds {file}")
         }
         None => {
-            let index = settings.pip_index_url.as_deref().unwrap_or(DEFAULT_INDEX);
+            let index = settings.pip.index_url.as_deref().unwrap_or(DEFAULT_INDEX);
             reporter.phase(
                 crate::events::Phase::Fetching,
                 format!(
@@ -201,7 +201,8 @@ fn bootstrap(
 /// The wheel in a local `pip-find-links` directory, if one holds it.
 fn find_links_wheel(settings: &Settings, file: &str) -> Option<PathBuf> {
     settings
-        .pip_find_links
+        .pip
+        .find_links
         .iter()
         .filter(|link| !link.contains("://") || link.starts_with("file://"))
         .map(|link| Path::new(link.trim_start_matches("file://")).join(file))

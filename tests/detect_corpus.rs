@@ -79,6 +79,7 @@ corpus! {
     pipfile_with_requirements: "pipfile-with-requirements" => Detected,
     pipfile_with_setup_py: "pipfile-with-setup-py" => Detected,
     pixi_lock: "pixi-lock" => Detected,
+    pixi_local_channel: "pixi-local-channel" => Detected,
     pixi_over_environment: "pixi-over-environment" => Detected,
     pixi_without_lock: "pixi-without-lock" => Detected,
     pylock_over_requirements: "pylock-over-requirements" => Detected,

@@ -44,13 +44,13 @@ pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Comman
 
 /// `--index-url`, `--find-links`, `--no-index` (shared by uv and pip).
 pub fn index_args(command: &mut Command, settings: &Settings) {
-    if let Some(url) = &settings.pip_index_url {
+    if let Some(url) = &settings.pip.index_url {
         command.args(["--index-url", url]);
     }
-    for link in &settings.pip_find_links {
+    for link in &settings.pip.find_links {
         command.args(["--find-links", link]);
     }
-    if settings.pip_no_index {
+    if settings.pip.no_index {
         command.arg("--no-index");
     }
 }

@@ -332,11 +332,14 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
 /// (`<prefix>/hpcbinder/Pipfile.lock.txt`); `None` when any package lacks hashes.
 fn hashed_pipfile_lock(context: &Context<'_>) -> anyhow::Result<Option<PathBuf>> {
     let spec = context.request.spec;
-    let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) else {
+    let Some((_, value)) = spec
+        .parsed
+        .pipfile
+        .as_ref()
+        .filter(|(file, _)| file.ends_with("Pipfile.lock"))
+    else {
         return Ok(None);
     };
-    let value: serde_json::Value =
-        serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
     let mut out = String::new();
     for section in ["default", "develop"] {
         for (name, entry) in value[section].as_object().into_iter().flatten() {
@@ -367,22 +370,14 @@ fn hashed_pipfile_lock(context: &Context<'_>) -> anyhow::Result<Option<PathBuf>>
 /// repo2docker's `pipenv install --dev` does.
 fn pipfile_requirements(context: &Context<'_>) -> anyhow::Result<String> {
     let spec = context.request.spec;
-    let (file, sections, document) =
-        if let Some(lock) = spec.files.iter().find(|f| f.ends_with("Pipfile.lock")) {
-            let value: serde_json::Value =
-                serde_json::from_str(&fs_err::read_to_string(context.repo().join(lock))?)?;
-            (lock, ["default", "develop"], value)
-        } else if let Some(pipfile) = spec.files.iter().find(|f| f.ends_with("Pipfile")) {
-            let table: toml::Table =
-                toml::from_str(&fs_err::read_to_string(context.repo().join(pipfile))?)?;
-            (
-                pipfile,
-                ["packages", "dev-packages"],
-                serde_json::to_value(table)?,
-            )
-        } else {
-            return Ok(String::new());
-        };
+    let Some((file, document)) = &spec.parsed.pipfile else {
+        return Ok(String::new());
+    };
+    let sections = if file.ends_with("Pipfile.lock") {
+        ["default", "develop"]
+    } else {
+        ["packages", "dev-packages"]
+    };
     // Paths in a Pipfile are relative to the Pipfile (`{path = ".."}` in `binder/`).
     let base = context
         .repo()

@@ -379,13 +379,14 @@ fn channels(settings: &Settings, needed: bool) -> Vec<Check> {
 
 /// The Python index answers (uv's project page), or the find-links directories exist.
 fn index(settings: &Settings, needed: bool) -> Check {
-    if settings.pip_no_index {
+    if settings.pip.no_index {
         let missing: Vec<&String> = settings
-            .pip_find_links
+            .pip
+            .find_links
             .iter()
             .filter(|l| !l.contains("://") && !Path::new(l).is_dir())
             .collect();
-        return if settings.pip_find_links.is_empty() || !missing.is_empty() {
+        return if settings.pip.find_links.is_empty() || !missing.is_empty() {
             Check::new(
                 "python index",
                 Check::needed(needed),
@@ -405,13 +406,14 @@ fn index(settings: &Settings, needed: bool) -> Check {
                 Status::Ok,
                 format!(
                     "none (pip-no-index); wheels from {}",
-                    settings.pip_find_links.join(", ")
+                    settings.pip.find_links.join(", ")
                 ),
             )
         };
     }
     let base = settings
-        .pip_index_url
+        .pip
+        .index_url
         .as_deref()
         .unwrap_or(crate::tools::DEFAULT_INDEX);
     let page = format!("{}/uv/", base.trim_end_matches('/'));
@@ -435,7 +437,7 @@ fn engines(settings: &Settings, needed: bool) -> Vec<Check> {
     let wanted = if settings.target.is_container() {
         settings.target
     } else {
-        settings.container_engine
+        settings.container.engine
     };
     let mut checks = Vec::new();
     for (tool, target) in [
@@ -461,7 +463,7 @@ fn engines(settings: &Settings, needed: bool) -> Vec<Check> {
             None => {}
         }
     }
-    if needed && settings.base_image.is_none() {
+    if needed && settings.container.base_image.is_none() {
         checks.push(
             Check::new("base image", Status::Fail, "no base-image is configured")
                 .hint("set `base-image` in the site config"),

@@ -5,7 +5,10 @@ use serde_yaml_ng::Value;
 
 use super::conda::first_major_minor;
 use super::files::{line_of, toml_error, yaml_error};
-use super::{Buildpack, DetectError, EnvSpec, LockSpec, RepoFiles, Used};
+use super::{
+    is_local_channel, Buildpack, CondaSpec, DetectError, EnvSpec, LockSpec, LockedPackage,
+    RepoFiles, Used,
+};
 
 /// Find the lock-file buildpack that applies, if any, and fill `spec`.
 pub fn detect(
@@ -94,6 +97,15 @@ fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), De
         spec.warnings.push(format!(
             "{manifest_path} has no pixi.lock beside it; the environment will be solved"
         ));
+        let solve = pixi_manifest(&manifest);
+        spec.package_sources.extend(
+            solve
+                .channels
+                .iter()
+                .filter(|c| is_local_channel(c))
+                .map(|c| format!("{manifest_path}: channel {c}")),
+        );
+        spec.parsed.pixi = Some(solve);
         return Ok(());
     };
     let lock_path = files.display("pixi.lock");
@@ -168,18 +180,80 @@ fn conda_lock(
                 .and_then(Value::as_str)
                 .and_then(first_major_minor)
         });
-    let count = packages
+    let field = |package: &Value, name: &str| {
+        package
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    spec.parsed.locked = packages
         .iter()
         .filter(|p| p.get("platform").and_then(Value::as_str) == Some(files.platform()))
-        .count();
+        .map(|package| LockedPackage {
+            name: field(package, "name"),
+            pip: field(package, "manager") == "pip",
+            url: field(package, "url"),
+            sha256: package
+                .get("hash")
+                .and_then(|h| h.get("sha256"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+        .collect();
     spec.lock = Some(LockSpec {
         format: "conda-lock",
         file: path.clone(),
         platforms,
-        packages: count,
+        packages: spec.parsed.locked.len(),
     });
     used.add_path(&path);
     Ok(())
+}
+
+/// A `pixi.toml` without its lock, read as an environment to solve: channels and
+/// `[dependencies]` (conda), `[pypi-dependencies]` (pip).
+fn pixi_manifest(manifest: &toml::Table) -> CondaSpec {
+    let workspace = manifest
+        .get("workspace")
+        .or_else(|| manifest.get("project"));
+    let channels = workspace
+        .and_then(|w| w.get("channels"))
+        .and_then(|c| c.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let spec_of = |name: &str, value: &toml::Value| match value {
+        toml::Value::String(s) if s == "*" => name.to_string(),
+        toml::Value::String(s) => format!("{name} {s}"),
+        toml::Value::Table(t) => match t.get("version").and_then(|v| v.as_str()) {
+            Some(v) if v != "*" => format!("{name} {v}"),
+            _ => name.to_string(),
+        },
+        _ => name.to_string(),
+    };
+    let table = |key: &str| {
+        manifest
+            .get(key)
+            .and_then(|d| d.as_table())
+            .cloned()
+            .unwrap_or_default()
+    };
+    CondaSpec {
+        channels,
+        dependencies: table("dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v))
+            .collect(),
+        pip: table("pypi-dependencies")
+            .iter()
+            .map(|(n, v)| spec_of(n, v).replacen(' ', "", 1))
+            .collect(),
+        ..CondaSpec::default()
+    }
 }
 
 /// Look for `@EXPLICIT` files among the config dir's `*.txt` and `*.lock` files; use the
@@ -271,6 +345,13 @@ pub fn explicit(path: &str, text: &str, spec: &mut EnvSpec) -> Result<(), Detect
             });
         }
         urls.push(url.to_string());
+        spec.parsed.locked.push(LockedPackage {
+            name: String::new(),
+            pip: false,
+            // With its `#md5` / `#sha256:` fragment, checked when it is fetched.
+            url: line.to_string(),
+            sha256: None,
+        });
     }
     spec.python = urls.iter().find_map(|u| python_from_conda_url(u));
     spec.lock = Some(LockSpec {

@@ -213,6 +213,36 @@ pub struct EnvSpec {
     /// of these is refused by the pipeline.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub package_sources: Vec<String>,
+    /// Documents detection parsed that the build reads again, kept so that no spec file
+    /// is parsed twice (not part of the reported detection).
+    #[serde(skip)]
+    pub parsed: Parsed,
+}
+
+/// Spec documents as detection parsed them, for the build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// The Pipfile.lock (sections `default`, `develop`) or, without a lock, the Pipfile
+    /// (`packages`, `dev-packages`, converted from TOML), with its path.
+    pub pipfile: Option<(String, serde_json::Value)>,
+    /// The packages of a `conda-lock.yml` (for the configured platform) or of an
+    /// `@EXPLICIT` file, in order.
+    pub locked: Vec<LockedPackage>,
+    /// A `pixi.toml` without its lock, as the conda environment to solve.
+    pub pixi: Option<CondaSpec>,
+}
+
+/// One package of a `conda-lock.yml` or an `@EXPLICIT` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedPackage {
+    /// Its name (empty in an `@EXPLICIT` file).
+    pub name: String,
+    /// `pip` for a pip package, else conda.
+    pub pip: bool,
+    /// Where it is downloaded from.
+    pub url: String,
+    /// Its sha256, when the lock has one.
+    pub sha256: Option<String>,
 }
 
 /// Whether a requirements line is an option that names where packages come from.
@@ -272,6 +302,7 @@ impl EnvSpec {
             start: None,
             installs_repo: false,
             package_sources: Vec::new(),
+            parsed: Parsed::default(),
         }
     }
 

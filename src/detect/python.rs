@@ -222,6 +222,7 @@ pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result
             packages,
         });
         used.add_path(&path);
+        spec.parsed.pipfile = Some((path, lock));
     }
     if let Some(text) = files.read("Pipfile")? {
         let path = files.display("Pipfile");
@@ -242,6 +243,9 @@ pub fn pipfile(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result
             .iter()
             .any(|section| pipfile_installs_local(&document[section]));
         used.add_path(&path);
+        if spec.parsed.pipfile.is_none() {
+            spec.parsed.pipfile = Some((path, document));
+        }
     }
     if files.binder_dir().is_none() && files.exists_root("setup.py") && !spec.installs_repo {
         spec.warnings.push(

@@ -1,5 +1,5 @@
 //! Lock files installed without a solve: `@EXPLICIT` lists, `conda-lock.yml` (conda and
-//! pip packages) and `pixi.lock`; and a `pixi.toml` read as a spec to solve.
+//! pip packages) and `pixi.lock`.
 
 use std::path::Path;
 
@@ -7,7 +7,7 @@ use rattler_cache::package_cache::PackageCache;
 use rattler_conda_types::{RepoDataRecord, Subdir};
 
 use crate::backends::process::BuildError;
-use crate::detect::CondaSpec;
+use crate::detect::LockedPackage;
 
 use super::solve::error_chain;
 
@@ -23,19 +23,13 @@ pub(super) struct PipPin {
 /// `info/index.json`.
 pub(super) async fn explicit_records(
     path: &Path,
-    platform: &str,
+    locked: &[LockedPackage],
     package_cache: &PackageCache,
 ) -> anyhow::Result<(Vec<RepoDataRecord>, Vec<PipPin>)> {
     use rattler_conda_types::package::{CondaArchiveIdentifier, IndexJson, PackageFile};
-    use rattler_conda_types::{ExplicitEnvironmentSpec, PackageArchiveHash, PackageRecord};
+    use rattler_conda_types::{PackageArchiveHash, PackageRecord};
     let package_error = |message: String| BuildError::Package { message };
-    let (entries, pins) = if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-        conda_lock_entries(path, platform)?
-    } else {
-        let explicit = ExplicitEnvironmentSpec::from_path(path)
-            .map_err(|e| package_error(format!("{}: {e}", path.display())))?;
-        (explicit.packages, Vec::new())
-    };
+    let (entries, pins) = lock_entries(path, locked)?;
     let mut records = Vec::new();
     for entry in entries {
         let hash = entry
@@ -80,103 +74,36 @@ pub(super) async fn explicit_records(
     Ok((records, pins))
 }
 
-/// The packages of a `conda-lock.yml` for this platform: conda ones as `@EXPLICIT`
-/// entries (URL with a `#sha256:` fragment), pip ones as pins (name, URL, sha256).
-pub(super) fn conda_lock_entries(
+/// The packages of a `conda-lock.yml` or `@EXPLICIT` file (as detection read them): conda
+/// ones as `@EXPLICIT` entries (URL with a hash fragment), pip ones as pins.
+fn lock_entries(
     path: &Path,
-    platform: &str,
+    packages: &[LockedPackage],
 ) -> anyhow::Result<(
     Vec<rattler_conda_types::ExplicitEnvironmentEntry>,
     Vec<PipPin>,
 )> {
-    let text = fs_err::read_to_string(path)?;
-    let lock: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)?;
     let mut entries = Vec::new();
     let mut pins = Vec::new();
-    for package in lock
-        .get("package")
-        .and_then(|p| p.as_sequence())
-        .into_iter()
-        .flatten()
-    {
-        let field = |name: &str| {
-            package
-                .get(name)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-        };
-        if field("platform") != platform {
-            continue;
-        }
-        let sha256 = package
-            .get("hash")
-            .and_then(|h| h.get("sha256"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let mut url = url::Url::parse(field("url")).map_err(|e| BuildError::Lock {
+    for package in packages {
+        let mut url = url::Url::parse(&package.url).map_err(|e| BuildError::Lock {
             file: path.to_path_buf(),
-            message: format!("bad url `{}`: {e}", field("url")),
+            message: format!("bad url `{}`: {e}", package.url),
         })?;
-        if field("manager") == "pip" {
+        if package.pip {
             pins.push(PipPin {
-                name: field("name").to_string(),
+                name: package.name.clone(),
                 url: url.to_string(),
-                sha256,
+                sha256: package.sha256.clone(),
             });
             continue;
         }
-        if let Some(sha256) = &sha256 {
+        if let Some(sha256) = &package.sha256 {
             url.set_fragment(Some(&format!("sha256:{sha256}")));
         }
         entries.push(url.into());
     }
     Ok((entries, pins))
-}
-
-/// A `pixi.toml` without its lock, read as an environment to solve: channels and
-/// `[dependencies]` (conda), `[pypi-dependencies]` (pip).
-pub(super) fn pixi_manifest(path: &Path) -> anyhow::Result<CondaSpec> {
-    let manifest: toml::Table = toml::from_str(&fs_err::read_to_string(path)?)?;
-    let workspace = manifest
-        .get("workspace")
-        .or_else(|| manifest.get("project"));
-    let channels = workspace
-        .and_then(|w| w.get("channels"))
-        .and_then(|c| c.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let spec_of = |name: &str, value: &toml::Value| match value {
-        toml::Value::String(s) if s == "*" => name.to_string(),
-        toml::Value::String(s) => format!("{name} {s}"),
-        toml::Value::Table(t) => match t.get("version").and_then(|v| v.as_str()) {
-            Some(v) if v != "*" => format!("{name} {v}"),
-            _ => name.to_string(),
-        },
-        _ => name.to_string(),
-    };
-    let table = |key: &str| {
-        manifest
-            .get(key)
-            .and_then(|d| d.as_table())
-            .cloned()
-            .unwrap_or_default()
-    };
-    Ok(CondaSpec {
-        channels,
-        dependencies: table("dependencies")
-            .iter()
-            .map(|(n, v)| spec_of(n, v))
-            .collect(),
-        pip: table("pypi-dependencies")
-            .iter()
-            .map(|(n, v)| spec_of(n, v).replacen(' ', "", 1))
-            .collect(),
-        ..CondaSpec::default()
-    })
 }
 
 /// Records of `platform` from a pixi.lock's default environment.

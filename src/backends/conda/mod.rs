@@ -22,7 +22,7 @@ use super::Context;
 use crate::detect::{Buildpack, CondaSpec};
 use crate::events::{Phase, ReporterExt};
 
-use locks::{explicit_records, locked_records, pixi_manifest, PipPin};
+use locks::{explicit_records, locked_records, PipPin};
 use pip::{install_pip, pip_lock};
 pub use solve::site_channels;
 use solve::solve;
@@ -68,12 +68,6 @@ pub fn stage(context: &Context<'_>, dir: &Path, target_prefix: &Path) -> anyhow:
     })?
 }
 
-/// Whether a `conda-lock.yml` has pip packages for this platform (false when unreadable:
-/// the build reports that).
-pub fn lock_has_pip(path: &Path, platform: &str) -> bool {
-    locks::conda_lock_entries(path, platform).is_ok_and(|(_, pins)| !pins.is_empty())
-}
-
 /// What linking left for the pip step.
 pub(super) struct Linked {
     locks: Vec<String>,
@@ -97,12 +91,13 @@ async fn link(
     let spec = request.spec;
     let platform: Subdir =
         settings
+            .conda
             .platform
             .parse()
             .map_err(
                 |e: <Subdir as std::str::FromStr>::Err| BuildError::Setting {
                     setting: "platform",
-                    value: settings.platform.clone(),
+                    value: settings.conda.platform.clone(),
                     message: e.to_string(),
                 },
             )?;
@@ -150,7 +145,8 @@ async fn link(
             Phase::Building,
             format!("Fetching the packages listed in {}", lock.display()),
         );
-        let (records, pins) = explicit_records(&lock, platform.as_str(), &package_cache).await?;
+        let (records, pins) =
+            explicit_records(&lock, &spec.parsed.locked, &package_cache).await?;
         // conda-lock's pip packages: resolved with the pip section, then held to their hashes.
         pip_lines.extend(pins.iter().map(|pin| format!("{} @ {}", pin.name, pin.url)));
         pip_pins = pins;
@@ -161,17 +157,15 @@ async fn link(
                 spec.conda.clone().unwrap_or_default()
             }
             Buildpack::Pixi => {
-                let manifest = spec
-                    .files
-                    .iter()
-                    .find(|f| f.ends_with("pixi.toml"))
-                    .cloned()
-                    .unwrap_or_default();
+                let manifest = spec.parsed.pixi.clone().unwrap_or_default();
+                let file = spec.files.iter().find(|f| f.ends_with("pixi.toml"));
                 context.reporter.phase(
                     Phase::Building,
-                    format!("{manifest} has no pixi.lock: solving it"),
+                    format!(
+                        "{} has no pixi.lock: solving it",
+                        file.map_or("pixi.toml", String::as_str)
+                    ),
                 );
-                let manifest = pixi_manifest(&context.repo().join(manifest))?;
                 pip_lines = manifest.pip.clone();
                 manifest
             }

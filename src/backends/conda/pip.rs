@@ -29,7 +29,7 @@ pub(super) fn pip_lock(
         }
     }
     if request.from_lock.is_none()
-        && request.settings.kernel_package == "pip"
+        && request.settings.conda.kernel_package == "pip"
         && !spec_has_ipykernel(spec, context.repo())
     {
         context.reporter.phase(

@@ -43,11 +43,11 @@ pub(super) async fn solve(
         // (`https://mirror/conda` + `conda-forge` would become `https://mirror/conda-forge`).
         channel_alias: url::Url::parse(&format!(
             "{}/",
-            settings.channel_alias.trim_end_matches('/')
+            settings.conda.channel_alias.trim_end_matches('/')
         ))
         .map_err(|e| BuildError::Setting {
             setting: "channel-alias",
-            value: settings.channel_alias.clone(),
+            value: settings.conda.channel_alias.clone(),
             message: e.to_string(),
         })?,
         root_dir: context.repo().to_path_buf(),
@@ -59,7 +59,7 @@ pub(super) async fn solve(
             .filter(|c| *c != "nodefaults")
             .collect()
     } else {
-        settings.channels.iter().collect()
+        settings.conda.channels.iter().collect()
     };
     let mut channels = Vec::new();
     for name in names {
@@ -67,7 +67,7 @@ pub(super) async fn solve(
             channel: name.clone(),
             message: e.to_string(),
         })?;
-        channels.push(mirrored(channel, &settings.mirrors));
+        channels.push(mirrored(channel, &settings.conda.mirrors));
     }
     let mut specs = Vec::new();
     for dependency in &conda.dependencies {
@@ -97,7 +97,7 @@ pub(super) async fn solve(
     let needs_kernel = !spec_has_ipykernel(request.spec, context.repo());
     let kernel_spec = MatchSpec::from_str("ipykernel", ParseStrictness::Lenient)?;
     let mut query_specs = specs.clone();
-    if needs_kernel && settings.kernel_package != "pip" {
+    if needs_kernel && settings.conda.kernel_package != "pip" {
         query_specs.push(kernel_spec.clone());
     }
     context.reporter.phase(
@@ -128,12 +128,12 @@ pub(super) async fn solve(
             message: error_chain(&e),
         })?;
     let mut kernel_from_pip = false;
-    if needs_kernel && settings.kernel_package != "pip" {
+    if needs_kernel && settings.conda.kernel_package != "pip" {
         let channels_have_it = repodata
             .iter()
             .flat_map(|r| r.iter())
             .any(|record| record.package_record.name.as_normalized() == "ipykernel");
-        if channels_have_it || settings.kernel_package == "conda" {
+        if channels_have_it || settings.conda.kernel_package == "conda" {
             context.reporter.phase(
                 Phase::Building,
                 "Adding ipykernel: the environment does not list it",
@@ -146,7 +146,7 @@ pub(super) async fn solve(
             kernel_from_pip = true;
         }
     }
-    let virtual_packages = virtual_packages(&settings.virtual_packages)?;
+    let virtual_packages = virtual_packages(&settings.conda.virtual_packages)?;
     context
         .reporter
         .phase(Phase::Building, format!("Solving {} specs", specs.len()));
@@ -189,17 +189,18 @@ pub fn site_channels(
 ) -> Vec<(String, Result<url::Url, String>)> {
     let alias = url::Url::parse(&format!(
         "{}/",
-        settings.channel_alias.trim_end_matches('/')
+        settings.conda.channel_alias.trim_end_matches('/')
     ));
     let root_dir = std::env::current_dir().unwrap_or_default();
     settings
+        .conda
         .channels
         .iter()
         .map(|name| {
             let url = match &alias {
                 Err(e) => Err(format!(
                     "invalid channel-alias `{}`: {e}",
-                    settings.channel_alias
+                    settings.conda.channel_alias
                 )),
                 Ok(alias) => Channel::from_str(
                     name,
@@ -210,8 +211,12 @@ pub fn site_channels(
                 )
                 .map_err(|e| e.to_string())
                 .and_then(|channel| {
-                    url::Url::parse(&mirrored(channel, &settings.mirrors).base_url.to_string())
-                        .map_err(|e| e.to_string())
+                    url::Url::parse(
+                        &mirrored(channel, &settings.conda.mirrors)
+                            .base_url
+                            .to_string(),
+                    )
+                    .map_err(|e| e.to_string())
                 }),
             };
             (name.clone(), url)

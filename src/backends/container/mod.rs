@@ -68,6 +68,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
     }
     // Fail before resolving anything when there is nothing to build from.
     settings
+        .container
         .base_image
         .as_ref()
         .ok_or(BuildError::NoBaseImage)?;
@@ -199,15 +200,9 @@ pub fn preview(request: &super::BuildRequest<'_>) -> anyhow::Result<String> {
         EnvInside::None
     } else if is_conda(spec) {
         // As the build decides: a pip step when the spec has pip lines or needs ipykernel.
-        let locked_pip = spec.buildpack == Buildpack::CondaLock
-            && spec.lock.as_ref().is_some_and(|lock| {
-                super::conda::lock_has_pip(
-                    &request.checkout.root.join(&lock.file),
-                    &request.settings.platform,
-                )
-            });
+        let locked_pip = spec.parsed.locked.iter().any(|p| p.pip);
         let has_pip = locked_pip || spec.conda.as_ref().is_some_and(|c| !c.pip.is_empty());
-        let adds_ipykernel = request.settings.kernel_package == "pip"
+        let adds_ipykernel = request.settings.conda.kernel_package == "pip"
             && request.from_lock.is_none()
             && !spec_has_ipykernel(spec, &request.checkout.root);
         EnvInside::Conda {
@@ -227,7 +222,11 @@ fn containerfile_text(
     wheels_into: Option<&Path>,
 ) -> anyhow::Result<String> {
     let settings = request.settings;
-    let base_image = settings.base_image.clone().ok_or(BuildError::NoBaseImage)?;
+    let base_image = settings
+        .container
+        .base_image
+        .clone()
+        .ok_or(BuildError::NoBaseImage)?;
     let (version, _) = key::python_version(request.spec, settings);
     let no_variables = std::collections::BTreeMap::new();
     let variables = request
@@ -319,10 +318,10 @@ fn uv_export(context: &Context<'_>, uv: &Path, needs_ipykernel: bool) -> anyhow:
 /// `env_dir` (when given: `None` only renders the flags).
 fn index_inside(settings: &Settings, env_dir: Option<&Path>) -> anyhow::Result<String> {
     let mut flags = Vec::new();
-    if let Some(url) = &settings.pip_index_url {
+    if let Some(url) = &settings.pip.index_url {
         flags.push(format!("--index-url {url}"));
     }
-    for (n, link) in settings.pip_find_links.iter().enumerate() {
+    for (n, link) in settings.pip.find_links.iter().enumerate() {
         let local = link.strip_prefix("file://").unwrap_or(link);
         if Path::new(local).is_dir() {
             if let Some(env_dir) = env_dir {
@@ -340,7 +339,7 @@ fn index_inside(settings: &Settings, env_dir: Option<&Path>) -> anyhow::Result<S
             flags.push(format!("--find-links {link}"));
         }
     }
-    if settings.pip_no_index {
+    if settings.pip.no_index {
         flags.push("--no-index".into());
     }
     Ok(flags.join(" "))

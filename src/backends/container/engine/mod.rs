@@ -79,7 +79,7 @@ pub(super) fn tool(name: &str) -> Result<PathBuf, BuildError> {
 
 pub(super) fn podman(settings: &Settings, program: &Path) -> Command {
     let mut command = Command::new(program);
-    if let Some(conf) = &settings.containers_conf {
+    if let Some(conf) = &settings.container.containers_conf {
         command.env("CONTAINERS_CONF", conf);
     }
     command
@@ -103,7 +103,7 @@ pub fn build(
         dir.to_path_buf()
     };
     if spec.buildpack != Buildpack::Docker {
-        let base = settings.base_image.clone().unwrap_or_default();
+        let base = settings.container.base_image.clone().unwrap_or_default();
         let exists = podman(settings, &builder)
             .args(["image", "exists", &base])
             .status()?
@@ -128,11 +128,11 @@ pub fn build(
         .phase(Phase::Building, format!("Building the image {reference}"));
     let mut command = podman(settings, &builder);
     command.arg("build");
-    if let Some(isolation) = &settings.podman_isolation {
+    if let Some(isolation) = &settings.container.podman_isolation {
         command.arg(format!("--isolation={isolation}"));
     }
     command
-        .args(&settings.podman_build_args)
+        .args(&settings.container.podman_build_args)
         .arg("--file")
         .arg(containerfile)
         .args(["--tag", reference])
@@ -218,7 +218,7 @@ fn ask_image(
         "--entrypoint",
         "/bin/sh",
     ])
-    .args(&settings.podman_run_args)
+    .args(&settings.container.podman_run_args)
     .args([reference, "-c", script]);
     run.output()
         .ok()

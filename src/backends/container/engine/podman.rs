@@ -35,6 +35,7 @@ impl Engine for Podman {
 /// `CONTAINERS_CONF` for the kernel, when the site configures one.
 pub(super) fn containers_conf(settings: &Settings) -> String {
     settings
+        .container
         .containers_conf
         .as_ref()
         .map(|conf| {
@@ -58,6 +59,7 @@ pub(super) fn run_line(
     launch: &str,
 ) -> String {
     let run_args: String = settings
+        .container
         .podman_run_args
         .iter()
         .map(|a| format!("{} ", quote(a)))

@@ -41,7 +41,7 @@ impl Engine for PodmanHpc {
         );
         let mut migrate = podman(settings, builder);
         migrate.arg("migrate").arg(reference);
-        if let Some(squash_dir) = &settings.squash_dir {
+        if let Some(squash_dir) = &settings.container.squash_dir {
             migrate.env("SQUASH_DIR", squash_dir);
         }
         process::run(context, "podman-hpc migrate", &mut migrate, Fault::Machine)?;
@@ -62,7 +62,7 @@ impl Engine for PodmanHpc {
 
     fn kernel(&self, artifact: &Artifact, settings: &Settings, launch: &str) -> (String, String) {
         let mut exports = super::podman::containers_conf(settings);
-        if let Some(dir) = &settings.squash_dir {
+        if let Some(dir) = &settings.container.squash_dir {
             // `podman-hpc run` finds the migrated image through its squash dir.
             exports.push_str(&format!(
                 "SQUASH_DIR={}\nexport SQUASH_DIR\n",
@@ -80,6 +80,7 @@ impl Engine for PodmanHpc {
 /// (`$SQUASH_DIR`, else `$SCRATCH/storage`, else `/tmp/storage`).
 fn squash_dir(settings: &Settings) -> PathBuf {
     settings
+        .container
         .squash_dir
         .clone()
         .or_else(|| std::env::var_os("SQUASH_DIR").map(PathBuf::from))

@@ -49,14 +49,21 @@ impl Engine for Shifter {
 /// Push to the site's registry (skopeo, else podman push), then `shifterimg pull` where it exists.
 fn push(context: &Context<'_>, reference: &str) -> anyhow::Result<String> {
     let settings = context.request.settings;
-    let registry = settings.registry.clone().ok_or(BuildError::NoRegistry)?;
+    let registry = settings
+        .container
+        .registry
+        .clone()
+        .ok_or(BuildError::NoRegistry)?;
     // The registry setting names the namespace (`host:port/project`): add the image name.
     let path = reference.rsplit('/').next().unwrap_or(reference);
     let remote = format!("{}/{path}", registry.trim_end_matches('/'));
     context
         .reporter
         .phase(Phase::Pushing, format!("Pushing {remote}"));
-    let tls = format!("--dest-tls-verify={}", settings.registry_tls_verify);
+    let tls = format!(
+        "--dest-tls-verify={}",
+        settings.container.registry_tls_verify
+    );
     let mut command = match on_path("skopeo") {
         Some(skopeo) => {
             let mut c = Command::new(skopeo);
@@ -72,7 +79,7 @@ fn push(context: &Context<'_>, reference: &str) -> anyhow::Result<String> {
             let mut c = podman(settings, &tool("podman")?);
             c.args([
                 "push",
-                &format!("--tls-verify={}", settings.registry_tls_verify),
+                &format!("--tls-verify={}", settings.container.registry_tls_verify),
                 reference,
                 &format!("docker://{remote}"),
             ]);
