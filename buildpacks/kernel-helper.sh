@@ -5,6 +5,13 @@
 # execs the kernel.
 {{modules}}
 hpcbinder_prefix={{prefix}}
+# Refuse an environment that anyone but its builder could have changed: every file owned
+# by uid {{owner}} and writable by nobody else (as hpcbinder left it), marker included.
+hpcbinder_changed=$(find "$hpcbinder_prefix" "$hpcbinder_prefix.toml" ! -type l \( ! -user {{owner}} -o -perm -g+w -o -perm -o+w \) -print 2>&1 | head -n 1)
+if [ -n "$hpcbinder_changed" ]; then
+    echo "hpcbinder: refusing to start $hpcbinder_prefix: $hpcbinder_changed is owned or writable by another user; rebuild it with hpcbinder build" >&2
+    exit 1
+fi
 PATH="$hpcbinder_prefix/bin:${PATH}"
 export PATH
 {{activate}}

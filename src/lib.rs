@@ -63,6 +63,15 @@
 //!   another R says so in a warning (the version is read from the image).
 //! - Environments are built in place under the key's lock (DESIGN §3, option A of
 //!   `reference/reliability.md` §2.2), never renamed: conda and venvs embed their prefix.
+//! - The store trusts only results of the user, root, the store's owner and configured
+//!   `store-maintainers` ([`store::trust`]); a key whose shared entry belongs to anyone
+//!   else is built into the user's own `e/<key16>-u<uid>`, so the prefix is derived from
+//!   the key *and* the trust, never read from a marker. Finished environments have
+//!   read-only directories, so venv builds compile bytecode at install time.
+//! - Repository code (postBuild, local package builds) runs in a bubblewrap sandbox on the
+//!   host ([`backends::sandbox`]). For container targets a local package's metadata is
+//!   resolved into the lock on the host, in that sandbox, rather than inside the image
+//!   build: the lock must exist before the build, as native and container envs share it.
 
 pub mod backends;
 mod blocking;

@@ -108,7 +108,12 @@ pub fn checkout_and_detect(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<(Checkout, EnvSpec)> {
     let spec = source::spec::parse(&repository.spec, repository.reference.as_deref())?;
-    let checkout = source::checkout(&spec, &settings.cache_dir(), reporter)
+    // The command line may use local repositories and their local submodules.
+    let policy = source::Policy {
+        hosts: settings.source_hosts.clone(),
+        allow_local: true,
+    };
+    let checkout = source::checkout(&spec, &settings.cache_dir(), &policy, reporter)
         .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
     reporter.phase(Phase::Building, "Detecting the environment");
     let env = crate::detect::detect(&checkout.root, &settings.conda.platform)

@@ -186,9 +186,11 @@ pub fn plan(
     settings: &Settings,
     kernel: &KernelOptions,
 ) -> BuildPlan {
-    let prefix = settings.store.join("e").join(env_key.short());
-    // Ready only if the store itself would reuse it (a valid marker for this very key).
-    let ready = crate::store::lookup_at(&settings.store, &env_key.key).is_some();
+    // Ready only if the store itself would reuse it (a valid, trusted marker for this very
+    // key), in the slot the build would use.
+    let (slot, ready) =
+        crate::store::slot_and_ready(&settings.store, &settings.store_maintainers, &env_key.key);
+    let prefix = settings.store.join("e").join(&slot.name);
     let python = (!matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix))
         .then(|| key::python_version(spec, settings).0);
     let identity = &checkout.identity;

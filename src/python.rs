@@ -216,7 +216,7 @@ pub fn probe(command: &Path) -> Option<Interpreter> {
         if let Some(dir) = file.parent() {
             if fs_err::create_dir_all(dir).is_ok() {
                 let text = serde_json::to_string(&cache).unwrap_or_default();
-                let _ = crate::store::write_atomic(&file, text.as_bytes());
+                let _ = crate::store::write_atomic(&file, text.as_bytes(), 0o600);
             }
         }
     }

@@ -152,6 +152,8 @@ macro_rules! config_keys {
 
 config_keys! {
     store: PathBuf = "store", "The store directory: environments, images, package and clone caches.";
+    store_maintainers: Vec<String> = "store-maintainers", "Users (names or ids) whose environments in a shared store you trust, besides yourself, root and the store's owner; anyone else's are rebuilt privately.";
+    source_hosts: Vec<String> = "source-hosts", "Hosts that repositories and their git submodules may be fetched from (default: any). Submodules on this machine (file://) are allowed only for a local repository.";
     target: String = "target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud.";
     python: String = "python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH.";
     platform: String = "platform", "The conda platform to solve for (default: this machine's, e.g. linux-64).";
@@ -165,6 +167,7 @@ config_keys! {
     pip_index_url: String = "pip-index-url", "The Python package index for pip requirements.";
     pip_find_links: Vec<String> = "pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements.";
     pip_no_index: bool = "pip-no-index", "Install pip requirements from pip-find-links only.";
+    sandbox: String = "sandbox", "Where repository code (postBuild, setup.py builds) runs: bwrap (a bubblewrap sandbox that sees only the environment being built), none, or auto (bwrap when it works here, else none with a warning; the default).";
     modules: Vec<String> = "modules", "Environment modules the kernel helper loads before starting a kernel.";
     virtual_packages: Vec<String> = "virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's.";
     kernel_package: String = "kernel-package", "Where ipykernel comes from when a conda spec lacks it: auto (the channels when they have it, else the Python index; the default), conda or pip.";
@@ -197,6 +200,11 @@ pub struct CliOverrides {
 pub struct Settings {
     /// The store root.
     pub store: PathBuf,
+    /// Users (names or ids) whose results in a shared store are trusted, besides this
+    /// user, root and the store's owner ([`crate::store::trust`]).
+    pub store_maintainers: Vec<String>,
+    /// Hosts that repositories and their submodules may come from; empty allows any.
+    pub source_hosts: Vec<String>,
     /// The build target (`auto` is resolved per repository by the planner).
     pub target: Target,
     /// The Python to build with, as configured (`X.Y`, `X.Y.Z` or an interpreter path);
@@ -204,6 +212,9 @@ pub struct Settings {
     pub python: Option<String>,
     /// Environment modules the kernel helper loads (`module load ...`).
     pub modules: Vec<String>,
+    /// Where repository code runs: `bwrap`, `none` or `auto`
+    /// ([`crate::backends::sandbox`]).
+    pub sandbox: String,
     /// CA bundle given to every download, on the host and in image builds (default: the host's).
     pub ca_bundle: Option<PathBuf>,
     /// Conda: platform, channels, mirrors.
@@ -417,8 +428,26 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             allowed: "auto, conda, pip".into(),
         });
     }
+    let sandbox = layers
+        .pick("sandbox", |f| f.sandbox.clone())
+        .unwrap_or_else(|| "auto".into());
+    if !["auto", "bwrap", "none"].contains(&sandbox.as_str()) {
+        return Err(ConfigError::BadValue {
+            name: "sandbox",
+            value: sandbox,
+            origin: layers.origin("sandbox"),
+            allowed: "auto, bwrap, none".into(),
+        });
+    }
     Ok(Settings {
         store,
+        sandbox,
+        source_hosts: layers
+            .pick("source-hosts", |f| f.source_hosts.clone())
+            .unwrap_or_default(),
+        store_maintainers: layers
+            .pick("store-maintainers", |f| f.store_maintainers.clone())
+            .unwrap_or_default(),
         target,
         python,
         modules: layers

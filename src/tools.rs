@@ -82,7 +82,7 @@ pub fn uv_status(settings: &Settings) -> UvStatus {
     if let Some(path) = crate::variables::on_path("uv") {
         return UvStatus::OnPath(path);
     }
-    let installed = bootstrapped_path(&settings.store);
+    let installed = bootstrapped_path(&settings.store, &settings.store_maintainers);
     if installed.is_file() {
         return UvStatus::Bootstrapped(installed);
     }
@@ -119,12 +119,22 @@ pub fn uv(settings: &Settings, store: &Store, reporter: &dyn Reporter) -> Option
     }
 }
 
-/// `<store>/tools/uv-<version>/uv`.
-pub fn bootstrapped_path(store: &Path) -> PathBuf {
-    store
-        .join("tools")
-        .join(format!("uv-{UV_VERSION}"))
-        .join("uv")
+/// `<store>/tools/uv-<version>/uv`, installed once per store; or this user's own
+/// `<store>/pkgs/u<uid>/tools/uv-<version>/uv` when the shared one belongs to someone this
+/// user does not trust (its owner could replace it with anything).
+pub fn bootstrapped_path(store: &Path, maintainers: &[String]) -> PathBuf {
+    let shared = store.join("tools").join(format!("uv-{UV_VERSION}"));
+    let trusted = crate::store::trust::Trust::for_store(store, maintainers).is_ok_and(|trust| {
+        [shared.as_path(), &shared.join("uv")]
+            .iter()
+            .all(|path| trust.doubt(path).is_none())
+    });
+    let dir = if trusted {
+        shared
+    } else {
+        crate::store::package_cache_at(store, "tools").join(format!("uv-{UV_VERSION}"))
+    };
+    dir.join("uv")
 }
 
 fn wheel() -> Option<(&'static str, &'static str)> {
@@ -142,7 +152,7 @@ fn bootstrap(
 ) -> anyhow::Result<PathBuf> {
     let (file, sha256) =
         wheel().ok_or_else(|| anyhow::anyhow!("no pinned uv wheel for this platform"))?;
-    let installed = bootstrapped_path(store.root());
+    let installed = bootstrapped_path(store.root(), &settings.store_maintainers);
     let _lock = store.lock(&format!("tool-uv-{UV_VERSION}"), reporter)?;
     if installed.is_file() {
         return Ok(installed);
@@ -177,16 +187,16 @@ fn bootstrap(
     if found != sha256 {
         anyhow::bail!("{file} has sha256 {found}, not the pinned {sha256}");
     }
-    let tools = store.root().join("tools");
-    fs_err::create_dir_all(&tools)?;
-    let staging = tempfile::Builder::new().prefix(".uv-").tempdir_in(&tools)?;
+    let target = installed.parent().expect("has a parent");
+    let tools = target.parent().expect("has a parent");
+    fs_err::create_dir_all(tools)?;
+    let staging = tempfile::Builder::new().prefix(".uv-").tempdir_in(tools)?;
     let binary = staging.path().join("uv");
     extract_uv(&bytes, &binary)?;
     use std::os::unix::fs::PermissionsExt;
     fs_err::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))?;
     fs_err::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
     let staged = staging.keep();
-    let target = installed.parent().expect("has a parent");
     if let Err(error) = fs_err::rename(&staged, target) {
         let _ = fs_err::remove_dir_all(&staged);
         return Err(error.into());

@@ -402,9 +402,9 @@ fn ready_marker(key: &str, prefix: &std::path::Path, format: u32) -> String {
 /// Whether a build would reuse what the store holds for `key` (`Store::lookup`: the
 /// marker parses, has format 1, the full key and an existing prefix).
 fn store_accepts(store: &std::path::Path, key: &str) -> bool {
-    hpcbinder::store::Store::open(store)
-        .unwrap()
-        .lookup(key)
+    let store = hpcbinder::store::Store::open(store, &[]).unwrap();
+    store
+        .lookup(&store.slot(&key[..16]).unwrap(), key)
         .is_some()
 }
 

@@ -63,7 +63,7 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
     let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
     assert!(
-        helper.contains("podman run --rm -i --network host")
+        helper.contains("podman run --rm -i --init --name \"$name\" --network host")
             && helper.contains("$runtime_dir:$runtime_dir"),
         "{helper}"
     );
@@ -85,6 +85,29 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
         "",
         "containers left behind"
     );
+    // Killed as Jupyter kills a hung kernel (issue 11, finding 3), or the launcher alone
+    // by SIGKILL: the container ends within seconds all the same.
+    for mode in ["now", "sigkill"] {
+        common::jupyter::start_and_kill(kernel_dir, mode, 120);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let left = podman(&[
+                "ps",
+                "--all",
+                "--quiet",
+                "--filter",
+                &format!("ancestor={image}"),
+            ]);
+            if String::from_utf8_lossy(&left.stdout).trim().is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: a container outlived its kernel"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
 
     // A notebook-only change keeps the key: no rebuild. An env change gives a new key.
     std::fs::write(

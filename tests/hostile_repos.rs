@@ -188,6 +188,22 @@ fn symlinked_directories_do_not_lead_out_of_the_repository() {
     );
     assert!(!text.contains("file:requirements.txt"), "{text}");
     assert!(text.contains("leaves the repository"), "{text}");
+    // `start -> /proc/self/environ` (the builder's environment, a service token with it)
+    // and `postBuild -> a script elsewhere`: refused, nothing built.
+    for (name, target) in [
+        ("start", std::path::PathBuf::from("/proc/self/environ")),
+        ("postBuild", outside.join("passwd")),
+    ] {
+        let linked = sandbox.repo(&format!("{name}-link"), &[("requirements.txt", "six\n")]);
+        std::os::unix::fs::symlink(&target, std::path::Path::new(&linked).join(name)).unwrap();
+        let output = sandbox.run(&["build", &linked, "--dry-run"]);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("{name} is a symlink that leaves the repository")),
+            "{}",
+            stderr(&output)
+        );
+    }
 }
 
 #[test]
@@ -372,4 +388,48 @@ fn remote_repositories_cannot_choose_package_sources() {
         "--dry-run",
     ]);
     assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+}
+
+/// A site index URL with a credential stays out of every artefact and every output
+/// (finding 17): the Containerfile reads it from a build secret, `key --explain`,
+/// the plan and `config show` redact it.
+#[test]
+fn index_credentials_stay_out_of_containerfiles_keys_and_output() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(
+        "base-image = \"localhost/hpcbinder-test/any:1\"\npip-index-url = \"https://builder:s3cret@127.0.0.1:9/simple\"\n",
+    );
+    let repo = sandbox.repo("indexed", &[("requirements.txt", "six\n")]);
+    let out = sandbox.path().join("context");
+    sandbox.ok(&[
+        "build",
+        &repo,
+        "--target",
+        "podman",
+        "--containerfile-only",
+        out.to_str().unwrap(),
+    ]);
+    let containerfile = std::fs::read_to_string(out.join("Containerfile")).unwrap();
+    assert!(
+        containerfile.contains("RUN --mount=type=secret,id=pip-index export UV_INDEX_URL=\"$(cat /run/secrets/pip-index)\""),
+        "{containerfile}"
+    );
+    for (what, text) in [
+        ("Containerfile", containerfile),
+        ("key --explain", sandbox.ok(&["key", &repo, "--explain"])),
+        (
+            "the plan",
+            sandbox.ok(&["build", &repo, "--target", "podman", "--dry-run", "--json"]),
+        ),
+        ("config show", sandbox.ok(&["config", "show"])),
+        (
+            "config show --json",
+            sandbox.ok(&["config", "show", "--json"]),
+        ),
+    ] {
+        assert!(
+            !text.contains("s3cret"),
+            "{what} shows the credential:\n{text}"
+        );
+    }
 }

@@ -492,3 +492,60 @@ fn ipykernel_comes_from_the_python_index_when_the_channels_lack_it() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("ipykernel"), "{}", stderr(&output));
 }
+
+/// A package whose `paths.json` leads out of the prefix (`..`, or a file under a symlink
+/// the environment makes) is refused before anything is linked: the file it names
+/// survives, and nothing is left ready (issue 10, finding 15).
+#[test]
+fn a_package_path_that_leaves_the_prefix_is_refused_before_linking() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let victim = sandbox.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let outside = sandbox.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let mut channel = Channel::new(&sandbox.path().join("channel"));
+    let python = channel.add_python_stub();
+    // From <store>/e/<key16>, enough `..` to reach the root, then the victim's path.
+    let climb = "../".repeat(32);
+    let entry = |path: String| serde_json::json!({"_path": path, "path_type": "hardlink", "sha256": "0".repeat(64), "size_in_bytes": 7});
+    let mut dotdot = Package::noarch_python("hpcb-dotdot", "1.0");
+    dotdot
+        .files
+        .push(("share/ok.txt".into(), "ok\n".into(), false));
+    dotdot.raw_paths.push(entry(format!(
+        "{climb}{}",
+        victim.display().to_string().trim_start_matches('/')
+    )));
+    channel.add(&dotdot);
+    let mut through = Package::noarch_python("hpcb-through", "1.0");
+    through
+        .symlinks
+        .push(("share/evil".into(), outside.display().to_string()));
+    through.raw_paths.push(entry("share/evil/owned.txt".into()));
+    channel.add(&through);
+    for (name, why) in [
+        ("hpcb-dotdot", "leaves the environment through `..`"),
+        ("hpcb-through", "goes through a symlink"),
+    ] {
+        let env = format!(
+            "channels:\n  - {}\n  - nodefaults\ndependencies:\n  - python={python}\n  - {name}\n",
+            channel.url()
+        );
+        let repo = sandbox.repo(name, &[("environment.yml", &env)]);
+        let output = sandbox.run(&["build", &repo, "--no-kernel"]);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(&format!("the package {name} would write"))
+                && stderr(&output).contains(why),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(std::fs::read_dir(sandbox.store().join("e"))
+        .unwrap()
+        .next()
+        .is_none());
+}

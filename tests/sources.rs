@@ -291,3 +291,57 @@ fn archive_providers_are_rejected_clearly() {
         );
     }
 }
+
+/// Submodules follow the rules of the repository itself (issue 10, finding 6): a
+/// transport git would run a command for is refused, and with `source-hosts` set, a host
+/// outside it is refused for the repository and for each submodule, before git fetches.
+#[test]
+fn submodules_follow_the_sites_source_rules() {
+    let sandbox = Sandbox::new();
+    let marker = sandbox.path().join("pwned");
+    let parent = GitRepo::init(&sandbox.path().join("parent"));
+    parent.write("requirements.txt", "six\n");
+    parent.write(
+        ".gitmodules",
+        &format!(
+            "[submodule \"x\"]\n\tpath = vendor/x\n\turl = ext::sh -c touch% {}\n",
+            marker.display()
+        ),
+    );
+    parent.commit("ext submodule");
+    let output = sandbox.run(&["detect", &parent.url()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not a git transport hpcbinder allows"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!marker.exists());
+
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        "source-hosts = [\"github.com\"]\n",
+    )
+    .unwrap();
+    parent.write(
+        ".gitmodules",
+        "[submodule \"x\"]\n\tpath = vendor/x\n\turl = https://evil.example/x.git\n",
+    );
+    parent.commit("foreign submodule");
+    let output = sandbox.run(&["detect", &parent.url()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(
+            "https://evil.example/x.git is on evil.example, which is not one of the site's source-hosts (github.com)"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    let output = sandbox.run(&["key", "https://evil.example/repo.git"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not one of the site's source-hosts"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -93,16 +93,21 @@ fn different_keys_build_in_parallel() {
 fn killed_builds_leave_nothing_ready_and_the_next_build_recovers() {
     let sandbox = Sandbox::new();
     sandbox.native_site_config("");
-    let flag = sandbox.path().join("post-build-started");
+    // postBuild runs sandboxed (no environment of ours, no /tmp): a file in the
+    // repository makes it slow, and it says it started in the prefix it builds.
     let repo = sandbox.repo(
         "slow",
         &[
             ("requirements.txt", "six==1.16.0\n"),
-            ("postBuild", "#!/bin/sh\nif [ -n \"$SLOW_POST_BUILD\" ]; then touch \"$SLOW_POST_BUILD\"; sleep 60; fi\n"),
+            ("slow", ""),
+            ("postBuild", "#!/bin/sh\nif [ -f slow ]; then touch \"$VIRTUAL_ENV/post-build-started\"; sleep 60; fi\n"),
         ],
     );
     let key = sandbox.key(&[&repo]);
     let marker = sandbox.store().join(format!("e/{}.toml", &key[..16]));
+    let flag = sandbox
+        .store()
+        .join(format!("e/{}/post-build-started", &key[..16]));
     // Kill early (venv creation, resolution) and during postBuild.
     for delay in [
         Some(Duration::from_millis(50)),
@@ -113,7 +118,6 @@ fn killed_builds_leave_nothing_ready_and_the_next_build_recovers() {
         let mut child = sandbox
             .command()
             .args(["build", "--no-kernel", &repo])
-            .env("SLOW_POST_BUILD", &flag)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -136,6 +140,7 @@ fn killed_builds_leave_nothing_ready_and_the_next_build_recovers() {
         );
     }
     // The killed postBuild's sleep may still hold files; the next builder clears the prefix.
+    std::fs::remove_file(std::path::Path::new(&repo).join("slow")).unwrap();
     let out = sandbox.ok(&["build", "--json", "--no-verify", &repo]);
     assert!(out.contains("Removed an unfinished build"), "{out}");
     let ready: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
@@ -245,17 +250,20 @@ fn group_shared_store_keeps_setgid_and_the_group() {
 fn a_killed_build_leaves_no_child_running() {
     let sandbox = Sandbox::new();
     sandbox.native_site_config("");
-    let flag = sandbox.path().join("post-build-started");
     let repo = sandbox.repo(
         "killed",
         &[
             ("requirements.txt", "six==1.16.0\n"),
             (
                 "postBuild",
-                "#!/bin/sh\ntouch \"$STARTED\"\nexec sleep 31.4159\n",
+                "#!/bin/sh\ntouch \"$VIRTUAL_ENV/post-build-started\"\nexec sleep 31.4159\n",
             ),
         ],
     );
+    let key = sandbox.key(&[&repo]);
+    let flag = sandbox
+        .store()
+        .join(format!("e/{}/post-build-started", &key[..16]));
     let running = || -> usize {
         std::fs::read_dir("/proc")
             .unwrap()
@@ -267,7 +275,6 @@ fn a_killed_build_leaves_no_child_running() {
     let mut child = sandbox
         .command()
         .args(["build", "--no-kernel", &repo])
-        .env("STARTED", &flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -286,4 +293,161 @@ fn a_killed_build_leaves_no_child_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(running(), 0, "postBuild outlived its killed builder");
+}
+
+/// Twelve registrations of one kernel at once (issue 11, findings 1 and 6): all succeed,
+/// a reader listing the kernels directory as Jupyter does never sees a kernel without a
+/// complete kernel.json, and no temporary directory is left that Jupyter would list.
+#[test]
+fn twelve_registrations_of_one_kernel_all_succeed_and_nothing_half_written_is_visible() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo("popular", &[("requirements.txt", "six==1.16.0\n")]);
+    let first = spawn_build(&sandbox, &repo, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let kernels = sandbox.path().join("jupyter/kernels");
+    // Jupyter's rule: a directory whose lowercased name is `[a-z0-9._-]+` is a kernel.
+    let listed = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .to_lowercase()
+                            .chars()
+                            .all(|c| {
+                                c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)
+                            })
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (done, kernels) = (done.clone(), kernels.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for kernel in listed(&kernels) {
+                    // A kernel that vanished between listing and reading is fine (it was
+                    // being replaced); one that is there must be whole.
+                    if let Ok(text) = std::fs::read_to_string(kernel.join("kernel.json")) {
+                        let parsed: serde_json::Value = serde_json::from_str(&text)
+                            .unwrap_or_else(|e| panic!("{}: {e}", kernel.display()));
+                        assert!(parsed["argv"].is_array());
+                        seen += 1;
+                    } else {
+                        assert!(
+                            !kernel.exists() || !kernel.join("kernel-helper.sh").exists(),
+                            "{} is listed without its kernel.json",
+                            kernel.display()
+                        );
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let children: Vec<Child> = (0..12).map(|_| spawn_build(&sandbox, &repo, &[])).collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0, "the reader saw the kernel");
+    let kernels_listed = listed(&kernels);
+    assert_eq!(kernels_listed.len(), 1, "{kernels_listed:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&kernels)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Removing a build's lock file (a cleanup job, a member with rights to) does not let a
+/// second builder in (issue 11, finding 4): the second sees the live builder and stops
+/// without touching its prefix; the first still publishes; the result is complete.
+#[test]
+fn a_removed_lock_file_does_not_let_a_second_builder_in() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "slow",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            (
+                "postBuild",
+                "#!/bin/sh\nsleep 4\necho done > \"$VIRTUAL_ENV/post-build-done\"\n",
+            ),
+        ],
+    );
+    let key16 = sandbox.key(&[&repo])[..16].to_string();
+    let lock = sandbox.store().join(format!("locks/{key16}.lock"));
+    let builder = sandbox.store().join(format!("e/{key16}/hpcbinder/builder"));
+    let first = spawn_build(&sandbox, &repo, &["--no-kernel"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(lock.exists() && builder.exists()) {
+        assert!(Instant::now() < deadline, "the first build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(&lock).unwrap();
+    let second = spawn_build(&sandbox, &repo, &["--no-kernel"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("is still building it, though its lock file was removed"),
+        "{}",
+        stderr(&second)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let prefix = last_event(&first)["prefix"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&prefix)
+        .join("post-build-done")
+        .is_file());
+    let again = spawn_build(&sandbox, &repo, &["--no-kernel"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(last_event(&again)["reused"], true, "{}", stderr(&again));
+}
+
+/// An environment whose verification never finished (killed mid-cell, or built with
+/// `--no-verify`) is verified by the next build that reuses it, once (issue 11).
+#[test]
+fn an_unverified_environment_is_verified_on_its_next_reuse_once() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo("unverified", &[("requirements.txt", "six==1.16.0\n")]);
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--json", repo.as_str()];
+        args.extend_from_slice(extra);
+        let output = sandbox.run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        last_event(&output)
+    };
+    let first = build(&["--no-verify"]);
+    assert_eq!(first["verified"], serde_json::Value::Null);
+    let second = build(&[]);
+    assert_eq!(second["reused"], true);
+    assert!(
+        second["verified"].is_string(),
+        "verified on reuse: {second}"
+    );
+    let third = build(&[]);
+    assert_eq!(third["reused"], true);
+    assert_eq!(
+        third["verified"],
+        serde_json::Value::Null,
+        "only once: {third}"
+    );
 }

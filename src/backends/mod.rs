@@ -11,6 +11,7 @@ mod conda;
 pub mod container;
 mod process;
 mod python;
+pub mod sandbox;
 mod venv;
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,8 @@ pub struct Context<'a> {
     pub reporter: &'a dyn Reporter,
     /// uv, found or bootstrapped on first use ([`Context::uv`]).
     pub uv: std::sync::OnceLock<Option<PathBuf>>,
+    /// The sandbox repository code runs in, for builds that run any ([`sandbox`]).
+    pub jail: Option<sandbox::Jail>,
 }
 
 impl Context<'_> {
@@ -126,14 +129,21 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
         // Before any lock or store entry: nothing to clean up after a refusal.
         container::supported(request.spec)?;
     }
-    let store = Store::open(&request.settings.store)?;
+    let store = Store::open(&request.settings.store, &request.settings.store_maintainers)?;
     let key = &request.key.key;
     let key16 = request.key.short();
-    let (ready, reused) = match store.lookup(key) {
+    let slot = store.slot(key16)?;
+    if let Some(why) = &slot.passed_over {
+        reporter.warning(format!(
+            "{why}; using your own copy {}",
+            store.prefix(&slot).display()
+        ));
+    }
+    let (ready, reused) = match store.lookup(&slot, key) {
         Some(ready) => (ready, true),
         None => {
-            let lock = store.lock(key16, reporter)?;
-            match store.lookup(key) {
+            let mut lock = store.lock(&slot.name, reporter)?;
+            match store.lookup(&slot, key) {
                 Some(ready) => {
                     reporter.phase(
                         Phase::Built,
@@ -142,32 +152,38 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
                     (ready, true)
                 }
                 None => {
-                    if lock.clear_partial(&store, key16)? {
+                    if lock.clear_partial(&store, &slot)? {
                         reporter.phase(
                             Phase::Building,
                             format!("Removed an unfinished build of {key16}"),
                         );
                     }
-                    let prefix = store.prefix(key16);
-                    let context = Context {
+                    let prefix = store.prefix(&slot);
+                    let mut context = Context {
                         request,
                         meta: prefix.join("hpcbinder"),
                         prefix,
                         store: &store,
                         reporter,
                         uv: std::sync::OnceLock::new(),
+                        jail: None,
                     };
-                    match build_new(&context) {
+                    let built = lock
+                        .mark_builder(&context.prefix)
+                        .map_err(|e| store::classify(e, &context.prefix).into())
+                        .and_then(|()| build_new(&mut context));
+                    match built {
                         Ok((locks, artifact)) => {
                             let ready = ready_record(&context, locks, artifact);
-                            lock.publish(&store, &ready)?;
+                            lock.verify()?;
+                            lock.publish(&store, &slot, &ready)?;
                             reporter
                                 .phase(Phase::Built, format!("Built {}", context.prefix.display()));
                             (ready, false)
                         }
                         Err(error) => {
                             // Leave nothing behind that a later run could mistake for a result.
-                            let _ = lock.clear_partial(&store, key16);
+                            let _ = lock.clear_partial(&store, &slot);
                             return Err(error);
                         }
                     }
@@ -196,17 +212,32 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
         verification: None,
     };
     if request.register_kernel {
-        // A reused environment was verified when it was built: registering is all we do,
-        // which keeps the cache-hit path fast.
-        let verify = request.verify && !reused;
+        // A reused environment verified once (`e/<slot>.verified`) is only registered,
+        // which keeps the cache-hit path fast; one whose verification never finished (it
+        // was killed mid-cell, or built with --no-verify) is verified now.
+        let verify = request.verify && !(reused && store.is_verified(&slot));
         register_kernel(request, &ready, verify, &mut outcome, reporter)?;
+        if outcome.verified.is_some() {
+            if let Err(error) = store.mark_verified(&slot) {
+                // Not fatal: the next build verifies again.
+                reporter.warning(format!("could not record the verification: {error}"));
+            }
+        }
     }
     Ok(outcome)
 }
 
-fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artifact>)> {
+fn build_new(context: &mut Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artifact>)> {
     let request = context.request;
     fs_err::create_dir_all(&context.meta).map_err(|e| store::classify(e, &context.meta))?;
+    let spec = request.spec;
+    // postBuild runs on the host for native targets (inside the image for containers);
+    // a local package's build backend runs on the host for every target, when its
+    // metadata is resolved into the lock.
+    if spec.installs_repo || (spec.post_build.is_some() && !request.target.is_container()) {
+        context.jail = sandbox::jail(context)?;
+    }
+    let context = &*context;
     context.reporter.phase(
         Phase::Building,
         format!(
@@ -218,7 +249,7 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artif
     if request.target.is_container() {
         // postBuild and start run inside the image (see the Containerfile).
         let (locks, artifact) = container::build(context)?;
-        store::harden_permissions(&context.prefix)
+        store::harden_permissions(&context.prefix, context.store.sharing())
             .map_err(|e| store::classify(e, &context.prefix))?;
         return Ok((locks, Some(artifact)));
     }
@@ -239,17 +270,10 @@ fn build_new(context: &Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artif
             .phase(Phase::Building, format!("Running {post_build}"));
         process::post_build(context, post_build)?;
     }
-    // Files installed from wheels get 0644/0755 from uv, so under a umask that keeps
-    // group-read and drops world-write only the top of a venv needs checking (uv's own
-    // `.lock` there is 0666 on purpose); walking every file of site-packages would be
-    // the slowest step of a warm build. Conda packages carry their own modes: all checked.
-    let uv_made = request.target == Target::Venv && context.uv().is_some();
-    let depth = if uv_made && store::umask_is_shareable() {
-        2
-    } else {
-        usize::MAX
-    };
-    store::harden_permissions_to_depth(&context.prefix, depth)
+    // Every level: directories become read-only, so that nothing run from the
+    // environment later can add entries there (see `Sharing::result_mode`).
+    let sharing = context.store.sharing();
+    store::harden_permissions(&context.prefix, sharing)
         .map_err(|e| store::classify(e, &context.prefix))?;
     Ok((locks, None))
 }
@@ -403,7 +427,11 @@ fn kernel_spec(
             } else {
                 "VIRTUAL_ENV"
             };
-            let helper = kernel::native_helper(&ready.prefix, variable, modules);
+            let owner = {
+                use std::os::unix::fs::MetadataExt;
+                fs_err::metadata(&ready.prefix)?.uid()
+            };
+            let helper = kernel::native_helper(&ready.prefix, owner, variable, modules);
             let command = ["-m", "ipykernel_launcher", "-f", "{connection_file}"].map(String::from);
             let mut argv = vec![python];
             argv.extend(command);

@@ -306,7 +306,8 @@ pub fn activation(context: &Context<'_>) -> Vec<(String, String)> {
     vars
 }
 
-/// Run `postBuild` from the repository root, inside the environment, as the user.
+/// Run `postBuild` from the repository root, inside the environment, as the user, in the
+/// build's sandbox when it has one ([`super::sandbox`]).
 pub fn post_build(context: &Context<'_>, script: &str) -> anyhow::Result<()> {
     let path = context.repo().join(script);
     let log_path = context.meta.join("postBuild.log");
@@ -324,6 +325,9 @@ pub fn post_build(context: &Context<'_>, script: &str) -> anyhow::Result<()> {
     command
         .current_dir(context.repo())
         .envs(activation(context));
+    if let Some(jail) = &context.jail {
+        command = jail.wrap(&command);
+    }
     let status = with_death_signal(&command)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.into_file()))

@@ -30,6 +30,9 @@ pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Comman
             crate::store::package_cache_at(&settings.store, "uv"),
         )
         .env("UV_PYTHON_DOWNLOADS", "never")
+        // Installs write their bytecode at build time: a finished environment is read-only,
+        // so a kernel could not (and must not) write `__pycache__` into it later.
+        .env("UV_COMPILE_BYTECODE", "1")
         .env_remove("VIRTUAL_ENV")
         .env_remove("CONDA_PREFIX");
     // Sites behind TLS-intercepting proxies: trust the site's bundle, not only uv's own roots.
@@ -38,21 +41,57 @@ pub fn uv_command(uv: &Path, settings: &Settings, subcommand: &[&str]) -> Comman
             .env("SSL_CERT_FILE", bundle)
             .env("UV_NATIVE_TLS", "1");
     }
-    index_args(&mut command, settings);
+    index_args(&mut command, settings, true);
     command
 }
 
-/// `--index-url`, `--find-links`, `--no-index` (shared by uv and pip).
-pub fn index_args(command: &mut Command, settings: &Settings) {
+/// The site's index, find-links and no-index, for uv (`uv: true`) or pip. URLs go in
+/// environment variables: an index URL may carry a token, and a process's arguments are
+/// visible to every user of a login node (`ps`), its environment only to its owner. uv
+/// has no variable for `--no-index`, which is no secret.
+pub fn index_args(command: &mut Command, settings: &Settings, uv: bool) {
+    let (index, links) = if uv {
+        ("UV_INDEX_URL", "UV_FIND_LINKS")
+    } else {
+        ("PIP_INDEX_URL", "PIP_FIND_LINKS")
+    };
     if let Some(url) = &settings.pip.index_url {
-        command.args(["--index-url", url]);
+        command.env(index, url);
     }
-    for link in &settings.pip.find_links {
-        command.args(["--find-links", link]);
+    if !settings.pip.find_links.is_empty() {
+        // uv splits on commas, pip on whitespace.
+        let separator = if uv { "," } else { " " };
+        command.env(links, settings.pip.find_links.join(separator));
     }
     if settings.pip.no_index {
         command.arg("--no-index");
     }
+}
+
+/// Run a package step of a build (uv, or pip): inside the build's sandbox when the build
+/// installs the repository itself (the installer then runs its build backend), with a
+/// private uv cache there so that the repository's code cannot change the user's own.
+pub fn run_package_step(
+    context: &Context<'_>,
+    step: &str,
+    command: &mut Command,
+    fault: Fault,
+) -> anyhow::Result<()> {
+    match jail_for_packages(context) {
+        Some(jail) => {
+            command.env("UV_CACHE_DIR", jail.scratch().join("uv-cache"));
+            process::run(context, step, &mut jail.wrap(command), fault)
+        }
+        None => process::run(context, step, command, fault),
+    }
+}
+
+/// The build's sandbox, when its package steps run repository code.
+pub fn jail_for_packages<'a>(context: &'a Context<'_>) -> Option<&'a super::sandbox::Jail> {
+    context
+        .jail
+        .as_ref()
+        .filter(|_| context.request.spec.installs_repo)
 }
 
 /// Resolve the requirements in `input` for `python` into a lock with hashes at `lock`
@@ -78,5 +117,5 @@ pub fn compile_lock(
     ];
     let mut command = uv_command(uv, context.request.settings, &args);
     command.current_dir(cwd);
-    process::run(context, "uv pip compile", &mut command, Fault::Spec)
+    run_package_step(context, "uv pip compile", &mut command, Fault::Spec)
 }

@@ -52,7 +52,7 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
     let uv_run = |step: &str, args: &[&str], cwd: &Path, fault: Fault| {
         let mut command = python::uv_command(uv, settings, args);
         command.current_dir(cwd);
-        process::run(context, step, &mut command, fault)
+        python::run_package_step(context, step, &mut command, fault)
     };
     let interpreter_arg = interpreter.display().to_string();
     let make_venv = || {
@@ -106,7 +106,7 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
         command
             .current_dir(&project)
             .env("UV_PROJECT_ENVIRONMENT", &context.prefix);
-        process::run(context, "uv sync --frozen", &mut command, Fault::Spec)?;
+        python::run_package_step(context, "uv sync --frozen", &mut command, Fault::Spec)?;
         fs_err::copy(&lock, context.meta.join("uv.lock"))?;
         locks.push("hpcbinder/uv.lock".into());
     } else if let Some(lock) = pylock {
@@ -513,15 +513,15 @@ fn with_pip(context: &Context<'_>, interpreter: &Path) -> anyhow::Result<Vec<Str
         .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
         .arg(&input)
         .current_dir(context.repo());
-    python::index_args(&mut install, request.settings);
-    process::run(context, "pip install", &mut install, Fault::Spec)?;
+    python::index_args(&mut install, request.settings, false);
+    python::run_package_step(context, "pip install", &mut install, Fault::Spec)?;
     if installs_package(context) {
         let mut package = Command::new(&python);
         package
             .args(["-m", "pip", "install", "--disable-pip-version-check"])
             .arg(context.repo());
-        python::index_args(&mut package, request.settings);
-        process::run(
+        python::index_args(&mut package, request.settings, false);
+        python::run_package_step(
             context,
             "pip install <repository>",
             &mut package,

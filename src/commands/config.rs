@@ -13,6 +13,20 @@ struct Entry {
     origin: Origin,
 }
 
+/// A value with the credentials in its URLs replaced (an index URL may carry a token).
+fn redacted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) => serde_json::Value::String(crate::source::redact(&s)),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(redacted).collect())
+        }
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.into_iter().map(|(k, v)| (k, redacted(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// Print the resolved settings.
 pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Result<ExitStatus> {
     let values = serde_json::to_value(settings)?;
@@ -20,7 +34,7 @@ pub fn show(settings: &Settings, printer: &Printer, json: bool) -> anyhow::Resul
         .iter()
         .map(|(key, _)| Entry {
             key,
-            value: values[key.replace('-', "_")].clone(),
+            value: redacted(values[key.replace('-', "_")].clone()),
             origin: settings.origin(key),
         })
         .collect();

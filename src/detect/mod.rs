@@ -444,6 +444,17 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
         ("start", &mut spec.start),
     ] {
         if files.exists(name) {
+            // `start -> /proc/self/environ` would copy the builder's environment into the
+            // environment; `postBuild -> /outside/script` would run a file of this machine.
+            if !files.inside(&files.display(name)) {
+                return Err(DetectError::Unsupported {
+                    message: format!(
+                        "{} is a symlink that leaves the repository (or is broken)",
+                        files.display(name)
+                    ),
+                    hint: "hpcbinder runs only files inside the repository: put the script itself there".into(),
+                });
+            }
             if files.is_regular_file(name) {
                 *slot = Some(files.display(name));
                 used.add(&files, name);

@@ -54,9 +54,15 @@ fn module_line(modules: &[String]) -> String {
     )
 }
 
-/// The helper for a native environment: modules, activation (`activation_variable` is
-/// `CONDA_PREFIX` or `VIRTUAL_ENV`), activate.d scripts, `start`, exec.
-pub fn native_helper(prefix: &Path, activation_variable: &str, modules: &[String]) -> String {
+/// The helper for a native environment: a check that nobody but `owner` (the uid that
+/// built it) owns or can write any file of it, modules, activation (`activation_variable`
+/// is `CONDA_PREFIX` or `VIRTUAL_ENV`), activate.d scripts, `start`, exec.
+pub fn native_helper(
+    prefix: &Path,
+    owner: u32,
+    activation_variable: &str,
+    modules: &[String],
+) -> String {
     let prefix = prefix.display().to_string();
     let activate =
         format!("{activation_variable}=\"$hpcbinder_prefix\"\nexport {activation_variable}");
@@ -65,6 +71,7 @@ pub fn native_helper(prefix: &Path, activation_variable: &str, modules: &[String
         .replace("{{activate}}", &activate)
         .replace("{{prefix_comment}}", &crate::shell::comment(&prefix))
         .replace("{{prefix}}", &crate::shell::quote(&prefix))
+        .replace("{{owner}}", &owner.to_string())
 }
 
 /// The helper for an image: modules, engine variables, then the engine's exec line.
@@ -91,32 +98,79 @@ impl KernelSpec {
         argv
     }
 
-    /// Write the kernelspec into `kernels_dir/<name>/`, replacing an older one whole: the
-    /// new one is assembled beside it and renamed into place.
+    /// Write the kernelspec into `kernels_dir/<name>/`, replacing an older one whole.
+    ///
+    /// The new one is assembled beside it under a name Jupyter never lists (`+` is not a
+    /// kernel-name character, so not even a crash leaves a visible half-written kernel),
+    /// then, under a per-name lock so concurrent registrations take turns, the old one is
+    /// renamed away and the new one renamed into place.
     pub fn install(&self, kernels_dir: &Path) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         fs_err::create_dir_all(kernels_dir)?;
         let target = kernels_dir.join(&self.name);
-        let staging = kernels_dir.join(crate::store::temp_name(&self.name));
-        fs_err::create_dir_all(&staging)?;
-        let helper_final = target.join("kernel-helper.sh");
-        let helper = staging.join("kernel-helper.sh");
-        fs_err::write(&helper, &self.helper)?;
-        fs_err::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
-        let json = KernelJson {
-            argv: self.argv(&helper_final),
-            display_name: &self.display_name,
-            language: &self.language,
-            interrupt_mode: "signal",
-            metadata: serde_json::json!({ "hpcbinder": self.metadata }),
+        let hidden = |what: &str| {
+            kernels_dir.join(format!(
+                ".{}+{what}-{}",
+                self.name,
+                uuid::Uuid::new_v4().simple()
+            ))
         };
-        let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
-        fs_err::write(staging.join("kernel.json"), text + "\n")?;
-        if target.exists() {
-            fs_err::remove_dir_all(&target)?;
+        let staging = hidden("new");
+        let result = (|| {
+            fs_err::create_dir(&staging)?;
+            let helper_final = target.join("kernel-helper.sh");
+            let helper = staging.join("kernel-helper.sh");
+            fs_err::write(&helper, &self.helper)?;
+            fs_err::set_permissions(&helper, std::fs::Permissions::from_mode(0o755))?;
+            let json = KernelJson {
+                argv: self.argv(&helper_final),
+                display_name: &self.display_name,
+                language: &self.language,
+                interrupt_mode: "signal",
+                metadata: serde_json::json!({ "hpcbinder": self.metadata }),
+            };
+            let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
+            fs_err::write(staging.join("kernel.json"), text + "\n")?;
+            let lock = fs_err::File::create(kernels_dir.join(format!(".{}+lock", self.name)))?;
+            lock.file().lock()?;
+            let old = hidden("old");
+            let moved = match fs_err::rename(&target, &old) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            };
+            fs_err::rename(&staging, &target)?;
+            if moved {
+                let _ = fs_err::remove_dir_all(&old);
+            }
+            remove_stale(kernels_dir, &self.name);
+            Ok(target.clone())
+        })();
+        if result.is_err() {
+            let _ = fs_err::remove_dir_all(&staging);
         }
-        fs_err::rename(&staging, &target)?;
-        Ok(target)
+        result
+    }
+}
+
+/// Remove what crashed registrations of `name` left (hidden `.<name>+...` directories an
+/// hour old: a live registration's are seconds old).
+fn remove_stale(kernels_dir: &Path, name: &str) {
+    let prefix = format!(".{name}+");
+    let Ok(entries) = fs_err::read_dir(kernels_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if stale && file_name.starts_with(&prefix) && entry.path().is_dir() {
+            let _ = fs_err::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -140,9 +194,15 @@ mod tests {
 
     #[test]
     fn helper_quotes_the_prefix_and_modules() {
-        let prefix = "/store/e/ab$c `id` 'q'";
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("ab$c `id` 'q'");
+        fs_err::create_dir(&prefix).unwrap();
+        let marker = dir.path().join("ab$c `id` 'q'.toml");
+        fs_err::write(&marker, "").unwrap();
+        let prefix = prefix.to_str().unwrap();
         let helper = native_helper(
             Path::new(prefix),
+            crate::store::current_uid(),
             "CONDA_PREFIX",
             &["gcc/12".into(), "x'y".into()],
         );
@@ -152,7 +212,6 @@ mod tests {
         );
         assert!(helper.ends_with("exec \"$@\"\n"));
         // Run it: the environment variable holds the prefix literally.
-        let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("kernel-helper.sh");
         fs_err::write(&script, &helper).unwrap();
         let output = std::process::Command::new("sh")
@@ -161,5 +220,30 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8(output.stdout).unwrap(), prefix);
+        // Something another user could have changed: refused, saying which file.
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [(Path::new(prefix), 0o775), (marker.as_path(), 0o666)] {
+            let before = fs_err::metadata(path).unwrap().permissions().mode();
+            fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let output = std::process::Command::new("sh")
+                .arg(&script)
+                .args(["true"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("owned or writable by another user"),
+                "{stderr}"
+            );
+            fs_err::set_permissions(path, std::fs::Permissions::from_mode(before)).unwrap();
+        }
+        fs_err::remove_file(&marker).unwrap();
+        let output = std::process::Command::new("sh")
+            .arg(&script)
+            .args(["true"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "no marker, no kernel");
     }
 }

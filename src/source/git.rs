@@ -31,9 +31,11 @@ pub fn checkout(
     reference: Option<&str>,
     slug: String,
     cache_dir: &Path,
+    policy: &Policy,
     reporter: &dyn Reporter,
 ) -> Result<Checkout, SourceError> {
     let origin = redact(url);
+    policy.check(url, None)?;
     // Credentials in the URL are never written to disk (the clone's config is readable by
     // others): the clone knows the URL without them, and each fetch gets them from a
     // credential helper reading this process's environment.
@@ -75,14 +77,14 @@ pub fn checkout(
     };
     reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
     check_out(&repo, commit, &path)?;
-    // Submodules from `file://` only when the repository itself is local: a remote
-    // repository must not make us read this machine's files.
-    update_submodules(
-        &path,
-        url.starts_with("file://"),
-        &origin,
-        credentials.as_ref(),
-    )?;
+    // Submodules follow the rules of the repository itself ([`Policy`]); `file://` only
+    // when the repository itself is local: a remote one must not make us read this
+    // machine's files.
+    let policy = Policy {
+        allow_local: policy.allow_local && url.starts_with("file://"),
+        ..policy.clone()
+    };
+    update_submodules(&path, &policy, url, &origin, credentials.as_ref(), 0)?;
     Ok(Checkout {
         root: path,
         identity: Identity {
@@ -146,7 +148,8 @@ fn run_git(
             .args(["-c", "credential.helper="])
             .args(["-c", CREDENTIAL_HELPER])
             .env("HPCBINDER_GIT_USERNAME", &credentials.username)
-            .env("HPCBINDER_GIT_PASSWORD", &credentials.password);
+            .env("HPCBINDER_GIT_PASSWORD", &credentials.password)
+            .env("HPCBINDER_GIT_HOST", &credentials.host);
     }
     let output = command
         .args(args)
@@ -182,11 +185,14 @@ fn run_git(
 struct Credentials {
     username: String,
     password: String,
+    /// `host[:port]` they belong to: git asks for submodules' hosts too, and gets nothing.
+    host: String,
 }
 
 /// git's credential helper protocol, answered from the environment of the one git
 /// process that needs it (`/proc/<pid>/environ` is readable by this user only).
-const CREDENTIAL_HELPER: &str = "credential.helper=!f() { test \"$1\" = get || return 0; echo \"username=${HPCBINDER_GIT_USERNAME}\"; echo \"password=${HPCBINDER_GIT_PASSWORD}\"; }; f";
+/// Only for the origin's own host: a submodule elsewhere must not receive them.
+const CREDENTIAL_HELPER: &str = "credential.helper=!f() { test \"$1\" = get || return 0; h=; while IFS= read -r l; do case \"$l\" in host=*) h=\"${l#host=}\";; esac; done; test \"$h\" = \"$HPCBINDER_GIT_HOST\" || return 0; echo \"username=${HPCBINDER_GIT_USERNAME}\"; echo \"password=${HPCBINDER_GIT_PASSWORD}\"; }; f";
 
 /// The URL without its userinfo, and the credentials it held (http, https, git).
 fn split_credentials(url: &str) -> (String, Option<Credentials>) {
@@ -204,6 +210,10 @@ fn split_credentials(url: &str) -> (String, Option<Credentials>) {
     let credentials = Credentials {
         username: decode(parsed.username()),
         password: decode(parsed.password().unwrap_or_default()),
+        host: match parsed.port() {
+            Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
+            None => parsed.host_str().unwrap_or_default().to_string(),
+        },
     };
     let _ = parsed.set_username("");
     let _ = parsed.set_password(None);
@@ -315,17 +325,42 @@ fn check_out(repo: &Repository, commit: Oid, path: &Path) -> Result<(), SourceEr
     repo.set_head_detached(commit).map_err(git_error)
 }
 
-/// Check out every submodule (recursively) at the commit the tree records.
+/// Check out every submodule (recursively, at most 8 deep) at the commit the tree
+/// records, each URL checked against `policy` before git sees it.
 fn update_submodules(
     path: &Path,
-    allow_file: bool,
+    policy: &Policy,
+    parent_url: &str,
     origin: &str,
     credentials: Option<&Credentials>,
+    depth: usize,
 ) -> Result<(), SourceError> {
     if !path.join(".gitmodules").is_file() {
         return Ok(());
     }
-    let protocol = if allow_file {
+    if depth >= 8 {
+        return Err(SourceError::Hostile {
+            reason: format!("{origin} nests submodules more than 8 deep"),
+        });
+    }
+    let listed = |key: &str| -> Result<Vec<(String, String)>, SourceError> {
+        let text = run_git(
+            path,
+            &["config", "-f", ".gitmodules", "--get-regexp", key],
+            origin,
+            None,
+        )
+        .unwrap_or_default();
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect())
+    };
+    for (_, url) in listed(r"^submodule\..*\.url$")? {
+        policy.check(&url, Some(parent_url))?;
+    }
+    let protocol = if policy.allow_local {
         "protocol.file.allow=always"
     } else {
         "protocol.file.allow=never"
@@ -335,15 +370,140 @@ fn update_submodules(
         &[
             "-c",
             protocol,
+            "-c",
+            "protocol.ext.allow=never",
             "submodule",
             "update",
             "--init",
-            "--recursive",
             "--force",
             "--quiet",
         ],
         origin,
         credentials,
-    )
-    .map(|_| ())
+    )?;
+    for (name, sub_path) in listed(r"^submodule\..*\.path$")? {
+        let sub_name = name
+            .strip_prefix("submodule.")
+            .and_then(|n| n.strip_suffix(".path"))
+            .unwrap_or_default();
+        let url = listed(&format!(r"^submodule\.{}\.url$", regex_escape(sub_name)))?
+            .into_iter()
+            .next()
+            .map(|(_, url)| url)
+            .unwrap_or_default();
+        let sub_url = resolve_relative(&url, parent_url);
+        update_submodules(
+            &path.join(&sub_path),
+            policy,
+            &sub_url,
+            origin,
+            credentials,
+            depth + 1,
+        )?;
+    }
+    Ok(())
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// A submodule URL relative to its parent's (`../lib.git`), made absolute as git does.
+fn resolve_relative(url: &str, parent: &str) -> String {
+    if !(url.starts_with("./") || url.starts_with("../")) {
+        return url.to_string();
+    }
+    let mut base = parent.trim_end_matches('/').to_string();
+    let mut rest = url;
+    loop {
+        if let Some(r) = rest.strip_prefix("./") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("../") {
+            rest = r;
+            if let Some(index) = base.rfind('/') {
+                base.truncate(index);
+            }
+        } else {
+            break;
+        }
+    }
+    format!("{base}/{rest}")
+}
+
+/// Where repositories and their submodules may come from: the site's hosts
+/// (`source-hosts`; empty means any), and local paths (`file://`) only when allowed (a
+/// local repository on the command line, never the service).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Allowed hosts; empty allows any.
+    pub hosts: Vec<String>,
+    /// `file://` URLs and paths are allowed.
+    pub allow_local: bool,
+}
+
+impl Policy {
+    /// Refuse `url` (relative URLs resolve against `parent`) unless the policy allows it.
+    pub fn check(&self, url: &str, parent: Option<&str>) -> Result<(), SourceError> {
+        let absolute = match parent {
+            Some(parent) => resolve_relative(url, parent),
+            None => url.to_string(),
+        };
+        let refuse = |why: String| {
+            Err(SourceError::Hostile {
+                reason: format!("{} {why}", redact(&absolute)),
+            })
+        };
+        let is_local = absolute.starts_with("file:") || absolute.starts_with('/');
+        if is_local {
+            return if self.allow_local {
+                Ok(())
+            } else {
+                refuse(
+                    "is on this machine; only a local repository may use local submodules".into(),
+                )
+            };
+        }
+        // `<transport>::<address>`: a remote helper (`ext::` runs a command).
+        if let Some((transport, _)) = absolute.split_once("::") {
+            if !transport.contains('/') {
+                return refuse(format!(
+                    "uses `{transport}::`, which is not a git transport hpcbinder allows (https, http, ssh, git)"
+                ));
+            }
+        }
+        // scp-like `user@host:path`.
+        let host = if let Some((user_host, _)) = absolute
+            .split_once(':')
+            .filter(|(before, after)| !before.contains('/') && !after.starts_with("//"))
+        {
+            user_host
+                .rsplit('@')
+                .next()
+                .unwrap_or(user_host)
+                .to_string()
+        } else {
+            match url::Url::parse(&absolute) {
+                Ok(parsed) if ["https", "http", "ssh", "git"].contains(&parsed.scheme()) => {
+                    parsed.host_str().unwrap_or_default().to_string()
+                }
+                Ok(parsed) => {
+                    return refuse(format!("uses `{}:`, which is not a git transport hpcbinder allows (https, http, ssh, git)", parsed.scheme()))
+                }
+                Err(_) => return refuse("is not a URL".into()),
+            }
+        };
+        if self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+            Ok(())
+        } else {
+            refuse(format!(
+                "is on {host}, which is not one of the site's source-hosts ({})",
+                self.hosts.join(", ")
+            ))
+        }
+    }
 }

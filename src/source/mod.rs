@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::diagnostic::{Blame, Diagnostic};
 use crate::events::{Phase, Reporter, ReporterExt};
+pub use git::Policy;
 pub use local::tree_digest;
 pub use spec::{redact, RepoSpec};
 
@@ -177,6 +178,7 @@ pub struct Checkout {
 pub fn checkout(
     spec: &RepoSpec,
     cache_dir: &Path,
+    policy: &git::Policy,
     reporter: &dyn Reporter,
 ) -> Result<Checkout, SourceError> {
     match spec {
@@ -198,7 +200,7 @@ pub fn checkout(
             let url = format!("file://{}", absolute.display());
             reporter.phase(Phase::Fetching, format!("Resolving {reference} in {url}"));
             let slug = local::slug_for_dir(&absolute);
-            git::checkout(&url, Some(reference), slug, cache_dir, reporter)
+            git::checkout(&url, Some(reference), slug, cache_dir, policy, reporter)
         }
         RepoSpec::Git {
             url,
@@ -206,7 +208,14 @@ pub fn checkout(
             slug,
         } => {
             reporter.phase(Phase::Fetching, format!("Fetching {}", redact(url)));
-            git::checkout(url, reference.as_deref(), slug.clone(), cache_dir, reporter)
+            git::checkout(
+                url,
+                reference.as_deref(),
+                slug.clone(),
+                cache_dir,
+                policy,
+                reporter,
+            )
         }
     }
 }

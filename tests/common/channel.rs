@@ -20,6 +20,8 @@ pub struct Package {
     pub files: Vec<(String, String, bool)>,
     /// (path in the package, target)
     pub symlinks: Vec<(String, String)>,
+    /// `paths.json` entries written as they are, with no file behind them (hostile packages).
+    pub raw_paths: Vec<Value>,
 }
 
 impl Package {
@@ -50,6 +52,7 @@ impl Package {
             depends: vec!["python".into()],
             files: Vec::new(),
             symlinks: Vec::new(),
+            raw_paths: Vec::new(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl Channel {
         let info = root.join("info");
         std::fs::create_dir_all(&info).unwrap();
         std::fs::write(info.join("index.json"), index.to_string()).unwrap();
+        entries.extend(package.raw_paths.iter().cloned());
         std::fs::write(
             info.join("paths.json"),
             json!({"paths_version": 1, "paths": entries}).to_string(),
@@ -211,6 +215,7 @@ impl Channel {
                 ("bin/python3".into(), format!("python{minor}")),
                 ("bin/python".into(), format!("python{minor}")),
             ],
+            raw_paths: Vec::new(),
         });
         minor
     }

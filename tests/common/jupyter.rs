@@ -189,3 +189,50 @@ pub fn run_cell(kernel_dir: &Path, code: &str, expected: &str, seconds: u64) {
         "the kernel still runs after shutdown"
     );
 }
+
+/// Start the kernel as Jupyter does, wait until it answers, then end it the hard way:
+/// `shutdown_kernel(now=True)` (what Jupyter does to a hung kernel) for `"now"`, or
+/// SIGKILL of the process Jupyter started, alone, for `"sigkill"`.
+const KILL_SCRIPT: &str = r#"
+import os, signal, sys
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+kernel_dir, mode, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+specs = KernelSpecManager(kernel_dirs=[os.path.dirname(kernel_dir)], ensure_native_kernel=False)
+manager = KernelManager(kernel_name=os.path.basename(kernel_dir), kernel_spec_manager=specs)
+manager.start_kernel()
+client = manager.blocking_client()
+client.start_channels()
+client.wait_for_ready(timeout=timeout)
+client.stop_channels()
+if mode == "now":
+    manager.shutdown_kernel(now=True)
+else:
+    os.kill(manager.provisioner.process.pid, signal.SIGKILL)
+    manager.provisioner.process.wait()
+"#;
+
+/// [`KILL_SCRIPT`] for the kernelspec in `kernel_dir`; panics when the kernel never
+/// answered.
+pub fn start_and_kill(kernel_dir: &Path, mode: &str, seconds: u64) {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(KILL_SCRIPT)
+        .arg(kernel_dir)
+        .arg(mode)
+        .arg(seconds.to_string())
+        .env("JUPYTER_RUNTIME_DIR", scratch.path().join("runtime"))
+        .env("JUPYTER_CONFIG_DIR", scratch.path().join("config"))
+        .env("JUPYTER_DATA_DIR", scratch.path().join("data"))
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env_remove("JUPYTER_CONFIG_PATH")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "jupyter_client ({mode}): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 //! `--from-lock` (or a repository's `pixi.lock`) installs the locked records without a solve.
 
 mod locks;
+mod paths;
 mod pip;
 mod progress;
 mod solve;
@@ -145,8 +146,7 @@ async fn link(
             Phase::Building,
             format!("Fetching the packages listed in {}", lock.display()),
         );
-        let (records, pins) =
-            explicit_records(&lock, &spec.parsed.locked, &package_cache).await?;
+        let (records, pins) = explicit_records(&lock, &spec.parsed.locked, &package_cache).await?;
         // conda-lock's pip packages: resolved with the pip section, then held to their hashes.
         pip_lines.extend(pins.iter().map(|pin| format!("{} @ {}", pin.name, pin.url)));
         pip_pins = pins;
@@ -179,6 +179,11 @@ async fn link(
         (solved.records, solved.specs, solved.channels)
     };
 
+    context.reporter.phase(
+        Phase::Fetching,
+        format!("Fetching and checking {} conda packages", records.len()),
+    );
+    paths::check(&records, &package_cache).await?;
     context.reporter.phase(
         Phase::Building,
         format!("Linking {} conda packages", records.len()),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::backends::process::{self, BuildError, Fault};
+use crate::backends::process::{BuildError, Fault};
 use crate::backends::{python, spec_has_ipykernel, Context};
 use crate::events::{Phase, ReporterExt};
 
@@ -139,7 +139,7 @@ pub(super) fn install_pip(context: &Context<'_>, python: &Path, lock: &Path) -> 
         &["pip", "install", "--python", &python, "-r", &lock],
     );
     install.current_dir(pip_base(context));
-    process::run(
+    python::run_package_step(
         context,
         "uv pip install (pip section)",
         &mut install,

@@ -103,7 +103,7 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
         }
         None => fs_err::write(support.join("ca-bundle.crt"), "")?,
     }
-    copy_repository(context.repo(), &dir.join("repo"))?;
+    super::sandbox::copy_repository(context.repo(), &dir.join("repo"))?;
     let text = containerfile_text(request, env, Some(&env_dir))?;
     let containerfile = dir.join("Containerfile");
     fs_err::write(&containerfile, text)?;
@@ -255,6 +255,7 @@ fn containerfile_text(
             env,
             cran: &key::cran_repository(request.spec, settings),
             index: &index_inside(settings, wheels_into)?,
+            index_secret: index_has_credential(settings),
         },
     ))
 }
@@ -265,17 +266,23 @@ pub fn write_context(
     dir: &Path,
     reporter: &dyn crate::events::Reporter,
 ) -> anyhow::Result<PathBuf> {
-    let store = crate::store::Store::open(&request.settings.store)?;
+    let store =
+        crate::store::Store::open(&request.settings.store, &request.settings.store_maintainers)?;
     fs_err::create_dir_all(dir)?;
     let dir = fs_err::canonicalize(dir)?;
-    let context = Context {
+    let mut context = Context {
         request,
         meta: dir.join("hpcbinder"),
         prefix: dir.clone(),
         store: &store,
         reporter,
         uv: std::sync::OnceLock::new(),
+        jail: None,
     };
+    if request.spec.installs_repo {
+        // Resolving the lock builds the repository's package metadata: sandboxed.
+        context.jail = super::sandbox::jail(&context)?;
+    }
     let (containerfile, _) = assemble(&context, &dir)?;
     Ok(containerfile)
 }
@@ -316,10 +323,22 @@ fn uv_export(context: &Context<'_>, uv: &Path, needs_ipykernel: bool) -> anyhow:
 
 /// uv index flags for inside the build; local `pip-find-links` directories are copied into
 /// `env_dir` (when given: `None` only renders the flags).
+/// Whether the site's index URL carries a credential (user info, a token parameter).
+pub fn index_has_credential(settings: &Settings) -> bool {
+    settings
+        .pip
+        .index_url
+        .as_ref()
+        .is_some_and(|url| crate::source::redact(url) != *url)
+}
+
 fn index_inside(settings: &Settings, env_dir: Option<&Path>) -> anyhow::Result<String> {
     let mut flags = Vec::new();
     if let Some(url) = &settings.pip.index_url {
-        flags.push(format!("--index-url {url}"));
+        // One with a credential comes from the build secret instead.
+        if !index_has_credential(settings) {
+            flags.push(format!("--index-url {}", crate::shell::quote(url)));
+        }
     }
     for (n, link) in settings.pip.find_links.iter().enumerate() {
         let local = link.strip_prefix("file://").unwrap_or(link);
@@ -343,27 +362,6 @@ fn index_inside(settings: &Settings, env_dir: Option<&Path>) -> anyhow::Result<S
         flags.push("--no-index".into());
     }
     Ok(flags.join(" "))
-}
-
-/// Copy the repository (without `.git`) into the build context, keeping symlinks.
-fn copy_repository(from: &Path, to: &Path) -> anyhow::Result<()> {
-    for entry in walkdir::WalkDir::new(from)
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git")
-    {
-        let entry = entry?;
-        let relative = entry.path().strip_prefix(from)?;
-        let target = to.join(relative);
-        let file_type = entry.file_type();
-        if file_type.is_dir() {
-            fs_err::create_dir_all(&target)?;
-        } else if file_type.is_symlink() {
-            std::os::unix::fs::symlink(fs_err::read_link(entry.path())?, &target)?;
-        } else {
-            fs_err::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether a target's engine can run a kernel on this machine, and if not, why.

@@ -26,7 +26,13 @@ pub struct RenderInputs<'a> {
     pub cran: &'a str,
     /// uv index flags inside the build (`--find-links /opt/hpcbinder/wheels/0 --no-index`).
     pub index: &'a str,
+    /// The index URL carries a credential: it comes from the build secret `pip-index`
+    /// ([`INDEX_SECRET`]), never from the Containerfile or the image's history.
+    pub index_secret: bool,
 }
+
+/// The build secret that holds an index URL with a credential.
+pub const INDEX_SECRET: &str = "pip-index";
 
 /// How the environment gets into the image.
 pub enum EnvLayer<'a> {
@@ -79,6 +85,14 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
             .replace("{{buildpack}}", spec.buildpack.name())
             .replace("{{base_image}}", inputs.base_image)
             .replace("{{index}}", inputs.index)
+            .replace(
+                "{{index_secret}}",
+                if inputs.index_secret {
+                    "--mount=type=secret,id=pip-index export UV_INDEX_URL=\"$(cat /run/secrets/pip-index)\" \\\n && "
+                } else {
+                    ""
+                },
+            )
     };
     let mut out = fill(BASE);
     if !spec.apt.is_empty() {

@@ -131,6 +131,20 @@ pub fn build(
     if let Some(isolation) = &settings.container.podman_isolation {
         command.arg(format!("--isolation={isolation}"));
     }
+    // An index URL with a credential: a build secret read from this process's
+    // environment (never a file, a build argument or a Containerfile line).
+    if let (Some(url), true) = (
+        &settings.pip.index_url,
+        super::index_has_credential(settings),
+    ) {
+        command
+            .env("HPCBINDER_INDEX_SECRET", url)
+            .arg("--secret")
+            .arg(format!(
+                "id={},env=HPCBINDER_INDEX_SECRET",
+                super::render::INDEX_SECRET
+            ));
+    }
     command
         .args(&settings.container.podman_build_args)
         .arg("--file")

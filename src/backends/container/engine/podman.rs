@@ -64,8 +64,14 @@ pub(super) fn run_line(
         .iter()
         .map(|a| format!("{} ", quote(a)))
         .collect();
+    // The container ends with the process Jupyter started, however that dies: a watchdog
+    // outside Jupyter's process group removes it once this process (then `podman run`) is
+    // gone, even after a SIGKILL; `--init` forwards SIGTERM to the kernel, which as PID 1
+    // would ignore it.
     format!(
-        "exec {program} run --rm -i --network host --user 0:0 {run_args}-v \"$runtime_dir:$runtime_dir\" {} {launch} \"$connection_file\"",
+        "name=\"hpcbinder-kernel-$$-$(date +%s%N)\"\n\
+         setsid sh -c 'while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; exec \"$2\" rm -f -t 0 \"$3\"' watchdog \"$$\" {program} \"$name\" </dev/null >/dev/null 2>&1 &\n\
+         exec {program} run --rm -i --init --name \"$name\" --network host --user 0:0 {run_args}-v \"$runtime_dir:$runtime_dir\" {} {launch} \"$connection_file\"",
         quote(&artifact.image)
     )
 }

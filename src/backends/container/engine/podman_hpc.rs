@@ -111,8 +111,8 @@ fn migrated_squashfs(squash_dir: &Path, reference: &str) -> Option<PathBuf> {
     squashfs.is_file().then_some(squashfs)
 }
 
-/// Make what this user owns in a shared directory group-readable (never world-writable);
-/// entries of other users are left as they are.
+/// Make what this user owns in a shared directory group-readable and writable only by
+/// its owner; entries of other users are left as they are.
 fn share_with_group(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten() {
@@ -123,7 +123,13 @@ fn share_with_group(dir: &Path) {
             continue;
         }
         let mode = metadata.permissions().mode() & 0o7777;
-        let new = crate::store::shared_mode(mode, metadata.is_file());
+        let mut new = (mode & !0o022) | 0o040;
+        if mode & 0o100 != 0 {
+            new |= 0o010;
+        }
+        if metadata.is_file() {
+            new &= !0o6000;
+        }
         if new != mode {
             // Not ours (EPERM) is fine: its owner decides.
             let _ = fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new));

@@ -4,15 +4,22 @@
 //! <store>/store.toml        layout version
 //! <store>/e/<key16>/        an environment, built in place (conda embeds its prefix)
 //! <store>/e/<key16>.toml    its metadata = the ready marker, written last, atomically
+//! <store>/e/<key16>-u<uid>/ a user's private copy, when e/<key16> belongs to someone
+//!                           they do not trust (see [`trust`])
 //! <store>/locks/<key16>.lock  held (OS file lock) while that key is built
-//! <store>/pkgs/             package caches (conda, uv): same filesystem, so hardlinks
-//! <store>/cache/            source clones, repodata
+//! <store>/pkgs/u<uid>/      a user's package caches (conda, uv): same filesystem, so
+//!                           hardlinks; per user, as environments share their inodes
+//! <store>/cache/u<uid>/     a user's source clones and repodata
+//! <store>/tools/            tools installed once (uv)
 //! ```
 //!
-//! Rules: nothing without a marker is trusted; one build per key at a time (lock, then
+//! Rules: nothing without a marker is trusted, nor anything a user outside the store's
+//! trusted set could have written ([`trust`]); one build per key at a time (lock, then
 //! re-check the marker); a prefix left without a marker by a crash is removed by the next
 //! builder, under the lock. Lock failures of filesystems without locks (ENOLCK, ENOSYS)
 //! are reported as such, never taken for "somebody else holds it".
+
+pub mod trust;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -63,6 +70,22 @@ pub enum StoreError {
         /// The version found.
         found: u32,
     },
+    /// Something in the store that another user could have changed.
+    #[error("{path} is not safe to use: {why}")]
+    Unsafe {
+        /// The entry.
+        path: PathBuf,
+        /// Why.
+        why: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A configured maintainer that is no user here.
+    #[error("store-maintainers names `{name}`, which is not a user on this machine")]
+    UnknownUser {
+        /// As configured.
+        name: String,
+    },
     /// Any other I/O error (fs-err names the path).
     #[error(transparent)]
     Io(std::io::Error),
@@ -81,6 +104,8 @@ impl Diagnostic for StoreError {
             ),
             Self::Full { .. } => Some("free space in the store or point --store at a larger filesystem".into()),
             Self::Layout { .. } => Some("use a store made by the same hpcbinder version, or a new --store".into()),
+            Self::Unsafe { hint, .. } => Some(hint.clone()),
+            Self::UnknownUser { .. } => Some("fix store-maintainers in the config (`hpcbinder config show` says which file)".into()),
             Self::Io(_) => None,
         }
     }
@@ -139,6 +164,18 @@ struct StoreFile {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    trust: trust::Trust,
+    sharing: trust::Sharing,
+}
+
+/// Where one key's environment lives for this user: the shared entry, or a private one
+/// when the shared entry belongs to someone this user does not trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// `e/<key16>` or `e/<key16>-u<uid>`.
+    pub name: String,
+    /// Why the shared entry was passed over, when it was.
+    pub passed_over: Option<String>,
 }
 
 /// The ready marker's contents: what was built, from what, and when.
@@ -194,11 +231,9 @@ pub struct Artifact {
 }
 
 impl Store {
-    /// Open (creating when missing) the store at `root`.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
-        let store = Self {
-            root: root.to_path_buf(),
-        };
+    /// Open (creating when missing) the store at `root`, trusting results of this user,
+    /// root, the store's owner and `maintainers` (user names or ids).
+    pub fn open(root: &Path, maintainers: &[String]) -> Result<Self, StoreError> {
         let file = root.join("store.toml");
         match fs_err::read_to_string(&file) {
             Ok(text) => {
@@ -217,13 +252,22 @@ impl Store {
                     layout: LAYOUT_VERSION,
                 })
                 .expect("serialises");
-                write_atomic(&file, text.as_bytes()).map_err(|e| classify(e, root))?;
+                let sharing = trust::Sharing::of(root);
+                write_atomic(&file, text.as_bytes(), sharing.file_mode())
+                    .map_err(|e| classify(e, root))?;
             }
             Err(e) => return Err(classify(e, &file)),
         }
-        for dir in ["e", "locks", "pkgs", "cache"] {
-            let path = root.join(dir);
-            fs_err::create_dir_all(&path).map_err(|e| classify(e, &path))?;
+        let store = Self {
+            root: root.to_path_buf(),
+            trust: trust::Trust::for_store(root, maintainers)?,
+            sharing: trust::Sharing::of(root),
+        };
+        for dir in ["e", "locks", "pkgs", "cache", "tools"] {
+            trust::shared_dir(&root.join(dir), store.sharing)?;
+        }
+        for dir in ["pkgs", "cache"] {
+            trust::private_dir(&root.join(dir).join(format!("u{}", current_uid())))?;
         }
         Ok(store)
     }
@@ -233,47 +277,129 @@ impl Store {
         &self.root
     }
 
-    /// The prefix of a key (`e/<key16>`).
-    pub fn prefix(&self, key16: &str) -> PathBuf {
-        self.root.join("e").join(key16)
+    /// How the store is shared.
+    pub fn sharing(&self) -> trust::Sharing {
+        self.sharing
     }
 
-    /// The marker of a key (`e/<key16>.toml`).
-    pub fn marker(&self, key16: &str) -> PathBuf {
-        self.root.join("e").join(format!("{key16}.toml"))
+    /// Whose results this user trusts here.
+    pub fn trust(&self) -> &trust::Trust {
+        &self.trust
     }
 
-    /// This user's package cache for `tool` (`pkgs/<tool>-<uid>`): environments hardlink
+    /// Where `key16` lives for this user: `e/<key16>` unless its marker or prefix belongs
+    /// to someone this user does not trust (or others could write it), then this user's
+    /// own `e/<key16>-u<uid>`.
+    pub fn slot(&self, key16: &str) -> Result<Slot, StoreError> {
+        slot_at(&self.root, &self.trust, key16)
+    }
+
+    /// The prefix of a slot (`e/<name>`).
+    pub fn prefix(&self, slot: &Slot) -> PathBuf {
+        self.root.join("e").join(&slot.name)
+    }
+
+    /// The marker of a slot (`e/<name>.toml`).
+    pub fn marker(&self, slot: &Slot) -> PathBuf {
+        self.root.join("e").join(format!("{}.toml", slot.name))
+    }
+
+    /// This user's package cache for `tool` (`pkgs/u<uid>/<tool>`): environments hardlink
     /// their files from it, so a cache another member could write would let them change
     /// this user's environments; each user has their own, on the store's filesystem.
     pub fn package_cache(&self, tool: &str) -> PathBuf {
         package_cache_at(&self.root, tool)
     }
 
-    /// The ready environment for `key`, if a valid marker says so.
-    pub fn lookup(&self, key: &str) -> Option<Ready> {
-        lookup_at(&self.root, key)
+    /// Whether the environment in `slot` was verified (a kernel started and ran a cell):
+    /// `e/<name>.verified`, trusted as a marker is.
+    pub fn is_verified(&self, slot: &Slot) -> bool {
+        let path = self.root.join("e").join(format!("{}.verified", slot.name));
+        path.exists() && self.trust.doubt(&path).is_none()
     }
 
-    /// Take the build lock of `key16`, waiting (and saying so) while another process holds it.
-    pub fn lock(&self, key16: &str, reporter: &dyn Reporter) -> Result<BuildLock, StoreError> {
-        let path = self.root.join("locks").join(format!("{key16}.lock"));
-        let file = fs_err::OpenOptions::new()
+    /// Record that the environment in `slot` was verified.
+    pub fn mark_verified(&self, slot: &Slot) -> std::io::Result<()> {
+        let path = self.root.join("e").join(format!("{}.verified", slot.name));
+        if self.is_verified(slot) {
+            return Ok(());
+        }
+        write_atomic(
+            &path,
+            format!("{}\n", now()).as_bytes(),
+            self.sharing.file_mode(),
+        )
+    }
+
+    /// The ready environment for `key` in `slot`, if a valid, trusted marker says so.
+    pub fn lookup(&self, slot: &Slot, key: &str) -> Option<Ready> {
+        lookup_in(&self.root, &self.trust, slot, key)
+    }
+
+    /// Take the build lock named `name` (a slot's, or a tool's), waiting (and saying so)
+    /// while another process holds it.
+    pub fn lock(&self, name: &str, reporter: &dyn Reporter) -> Result<BuildLock, StoreError> {
+        let path = self.root.join("locks").join(format!("{name}.lock"));
+        // A lock file removed or replaced between our open and our lock locks nothing:
+        // take it again until the file we hold is the one at the path.
+        for _ in 0..20 {
+            let lock = self.lock_once(name, &path, reporter)?;
+            if lock.still_held() {
+                return Ok(lock);
+            }
+        }
+        Err(StoreError::Unsafe {
+            path,
+            why: "it keeps being replaced while we lock it".into(),
+            hint: "stop whatever removes lock files in the store while builds run".into(),
+        })
+    }
+
+    fn lock_once(
+        &self,
+        name: &str,
+        path: &Path,
+        reporter: &dyn Reporter,
+    ) -> Result<BuildLock, StoreError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = path.to_path_buf();
+        let file = match fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| classify(e, &path))?;
+        {
+            Ok(file) => file,
+            // Another member's lock file: a read-only descriptor locks as well.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.is_file() => {
+                fs_err::File::open(&path).map_err(|e| classify(e, &path))?
+            }
+            Err(e) => return Err(classify(e, &path)),
+        };
+        if let Ok(metadata) = file.metadata() {
+            let wanted = self.sharing.file_mode();
+            if metadata.uid() == current_uid() && metadata.permissions().mode() & 0o7777 != wanted {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(wanted));
+            }
+        }
         match file.file().try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = fs_err::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
+                // Written by whoever holds it: one short line, nothing that could fake output.
+                let holder: String = holder
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(120)
+                    .collect();
                 reporter.phase(
                     Phase::Waiting,
                     format!(
-                        "Another build of {key16} is running{}; waiting for it",
+                        "Another build of {name} is running{}; waiting for it",
                         if holder.is_empty() {
                             String::new()
                         } else {
@@ -290,7 +416,15 @@ impl Store {
         let mut handle = file.file();
         let _ = handle.set_len(0);
         let _ = writeln!(handle, "pid {} on {}", std::process::id(), hostname());
-        Ok(BuildLock { _file: file })
+        let identity = file
+            .metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| classify(e, &path))?;
+        Ok(BuildLock {
+            _file: file,
+            path,
+            identity,
+        })
     }
 }
 
@@ -314,19 +448,93 @@ fn hostname() -> String {
 /// [`Store::lookup`] without opening (or creating) the store: for plans and dry runs.
 /// The prefix is the key's own (`e/<key16>`), never one a marker names: a marker that
 /// points elsewhere is not trusted.
-pub fn lookup_at(root: &Path, key: &str) -> Option<Ready> {
-    let key16 = key.get(..16)?;
-    let marker = root.join("e").join(format!("{key16}.toml"));
-    let text = fs_err::read_to_string(marker).ok()?;
+/// [`Store::slot`] of the store at `root`.
+pub fn slot_at(root: &Path, trust: &trust::Trust, key16: &str) -> Result<Slot, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let e = root.join("e");
+    let shared = [e.join(key16), e.join(format!("{key16}.toml"))]
+        .iter()
+        .find_map(|path| trust.doubt(path));
+    let Some(why) = shared else {
+        return Ok(Slot {
+            name: key16.to_string(),
+            passed_over: None,
+        });
+    };
+    let name = format!("{key16}-u{}", current_uid());
+    // This user's own entries: somebody else's under that name is a trap, not a copy.
+    for path in [e.join(&name), e.join(format!("{name}.toml"))] {
+        if let Ok(metadata) = path.symlink_metadata() {
+            if metadata.uid() != current_uid() || metadata.file_type().is_symlink() {
+                return Err(StoreError::Unsafe {
+                    why: format!(
+                        "it should be this user's own copy but belongs to {}",
+                        trust::user_name(metadata.uid())
+                    ),
+                    path,
+                    hint: "ask the store's owner to remove it; another user made it".into(),
+                });
+            }
+        }
+    }
+    Ok(Slot {
+        name,
+        passed_over: Some(why),
+    })
+}
+
+/// [`Store::lookup`] of the store at `root`.
+pub fn lookup_in(root: &Path, trust: &trust::Trust, slot: &Slot, key: &str) -> Option<Ready> {
+    use std::os::unix::fs::MetadataExt;
+    let marker = root.join("e").join(format!("{}.toml", slot.name));
+    let prefix = root.join("e").join(&slot.name);
+    if trust.doubt(&marker).is_some() || trust.doubt(&prefix).is_some() {
+        return None;
+    }
+    // The environment is its marker's owner's: a marker cannot vouch for another's files.
+    let owner = |path: &Path| path.symlink_metadata().ok().map(|m| m.uid());
+    if owner(&marker)? != owner(&prefix)? {
+        return None;
+    }
+    let text = fs_err::read_to_string(&marker).ok()?;
     let ready: Ready = toml::from_str(&text).ok()?;
-    let prefix = root.join("e").join(key16);
-    (ready.format == 1 && ready.key == key && ready.prefix == prefix && prefix.is_dir())
-        .then_some(ready)
+    (ready.format == 1
+        && ready.key == key
+        && slot.name.starts_with(key.get(..16)?)
+        && ready.prefix == prefix
+        && prefix.is_dir())
+    .then_some(ready)
+}
+
+/// Where `key` lives for this user in the store at `root`, and whether it is ready
+/// there (for plans, which open and create nothing).
+pub fn slot_and_ready(root: &Path, maintainers: &[String], key: &str) -> (Slot, bool) {
+    let key16 = key.get(..16).unwrap_or(key);
+    let trust = trust::Trust::for_store(root, maintainers).ok();
+    let slot = trust
+        .as_ref()
+        .and_then(|trust| slot_at(root, trust, key16).ok());
+    match (trust, slot) {
+        (Some(trust), Some(slot)) => {
+            let ready = lookup_in(root, &trust, &slot, key).is_some();
+            (slot, ready)
+        }
+        // The build reports the error.
+        _ => (
+            Slot {
+                name: key16.to_string(),
+                passed_over: None,
+            },
+            false,
+        ),
+    }
 }
 
 /// [`Store::package_cache`] of the store at `root`.
 pub fn package_cache_at(root: &Path, tool: &str) -> PathBuf {
-    root.join("pkgs").join(format!("{tool}-{}", current_uid()))
+    root.join("pkgs")
+        .join(format!("u{}", current_uid()))
+        .join(tool)
 }
 
 /// This user's cache directory in the store at `root` (`cache/u<uid>`: clones, repodata).
@@ -344,27 +552,101 @@ pub fn current_uid() -> u32 {
 #[derive(Debug)]
 pub struct BuildLock {
     _file: fs_err::File,
+    path: PathBuf,
+    /// The locked file's device and inode.
+    identity: (u64, u64),
 }
 
+/// The builder's mark in a prefix being built (`hpcbinder/builder`): pid and host.
+const BUILDER_FILE: &str = "hpcbinder/builder";
+
 impl BuildLock {
-    /// Publish `ready` as the marker of its key: temp file, fsync, rename, fsync the dir.
-    pub fn publish(&self, store: &Store, ready: &Ready) -> Result<(), StoreError> {
-        let text = toml::to_string(ready).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let marker = store.marker(&ready.key[..16]);
-        write_atomic(&marker, text.as_bytes()).map_err(|e| classify(e, &marker))
+    /// Whether the file we hold locked is still the one at the lock's path (nobody removed
+    /// or replaced it, which would let another builder in).
+    pub fn still_held(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        fs_err::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
     }
 
-    /// Remove what an unfinished build left at `prefix` (we hold the lock, so nobody is
+    /// An error when the lock was swapped under us and another process holds the file now
+    /// at the path: it may be building, so this build must not publish. When nobody holds
+    /// the new file, this build takes it and goes on.
+    pub fn verify(&mut self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        if self.still_held() {
+            return Ok(());
+        }
+        let retaken = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .ok()
+            .filter(|file| file.file().try_lock().is_ok());
+        if let Some(file) = retaken {
+            if let Ok(metadata) = file.metadata() {
+                self.identity = (metadata.dev(), metadata.ino());
+                self._file = file;
+                if self.still_held() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(StoreError::Unsafe {
+            path: self.path.clone(),
+            why: "the lock file was replaced while this build held it, and another build holds the new one; not publishing".into(),
+            hint: "run the build again; and stop whatever removes lock files in the store while builds run".into(),
+        })
+    }
+
+    /// Mark `prefix` as being built by this process (see [`BuildLock::clear_partial`]).
+    pub fn mark_builder(&self, prefix: &Path) -> std::io::Result<()> {
+        let path = prefix.join(BUILDER_FILE);
+        fs_err::create_dir_all(path.parent().unwrap_or(prefix))?;
+        fs_err::write(path, format!("{} {}\n", std::process::id(), hostname()))
+    }
+
+    /// Publish `ready` as the marker of `slot`: temp file, fsync, rename, fsync the dir;
+    /// readable by the store's readers, writable by nobody else.
+    pub fn publish(&self, store: &Store, slot: &Slot, ready: &Ready) -> Result<(), StoreError> {
+        let text = toml::to_string(ready).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let marker = store.marker(slot);
+        write_atomic(&marker, text.as_bytes(), store.sharing.file_mode())
+            .map_err(|e| classify(e, &marker))
+    }
+
+    /// Remove what an unfinished build left in `slot` (we hold the lock, so nobody is
     /// building it now, and without a marker nobody trusts it).
-    pub fn clear_partial(&self, store: &Store, key16: &str) -> Result<bool, StoreError> {
-        let prefix = store.prefix(key16);
-        let marker = store.marker(key16);
-        if marker.exists() {
+    pub fn clear_partial(&self, store: &Store, slot: &Slot) -> Result<bool, StoreError> {
+        let prefix = store.prefix(slot);
+        let marker = store.marker(slot);
+        let verified = store.root.join("e").join(format!("{}.verified", slot.name));
+        if verified.symlink_metadata().is_ok() {
+            fs_err::remove_file(&verified).map_err(|e| classify(e, &verified))?;
+        }
+        if marker.symlink_metadata().is_ok() {
             // A marker for another key with the same 16-hex prefix, or a stale one: both untrusted.
             fs_err::remove_file(&marker).map_err(|e| classify(e, &marker))?;
         }
         if prefix.symlink_metadata().is_err() {
             return Ok(false);
+        }
+        // A live builder on this host whose lock was taken from it: never pull its prefix
+        // from under it.
+        if let Ok(text) = fs_err::read_to_string(prefix.join(BUILDER_FILE)) {
+            let mut fields = text.split_whitespace();
+            let (pid, host) = (fields.next().unwrap_or_default(), fields.next());
+            let alive = pid != std::process::id().to_string()
+                && host == Some(hostname().as_str())
+                && Path::new("/proc").join(pid).exists();
+            if alive {
+                return Err(StoreError::Unsafe {
+                    path: prefix,
+                    why: format!("process {pid} on this host is still building it, though its lock file was removed"),
+                    hint: "wait for that build to finish, then run this one again".into(),
+                });
+            }
         }
         // A failed build's last writers (the installer's blocking tasks) may still be
         // finishing: retry a few times before giving up on a non-empty directory.
@@ -390,8 +672,10 @@ pub fn temp_name(name: &str) -> String {
     format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Write a file atomically: a temp file beside it, fsync, rename over, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Write a file atomically with `mode` (whatever the umask): a temp file beside it,
+/// fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -401,6 +685,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut file = fs_err::File::create(&temp)?;
         file.write_all(bytes)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
         fs_err::rename(&temp, path)?;
         fs_err::File::open(dir)?.sync_all()
@@ -412,7 +697,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Builds may leave read-only directories (packages, pip); make a tree deletable.
-fn make_removable(path: &Path) {
+pub fn make_removable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(path)
         .into_iter()
@@ -432,56 +717,24 @@ fn make_removable(path: &Path) {
     }
 }
 
-/// Make a finished environment safe to share with the group: everything group-readable
-/// (and group-executable where the owner can execute), nothing world-writable, and no
-/// setuid/setgid bits on files (packages and archives must not smuggle them in).
-/// Directories keep their setgid bit so a group-owned store stays group-owned.
-pub fn harden_permissions(path: &Path) -> std::io::Result<()> {
-    harden_permissions_to_depth(path, usize::MAX)
-}
-
-/// [`harden_permissions`] for the top `depth` levels of `path` only.
-pub fn harden_permissions_to_depth(path: &Path, depth: usize) -> std::io::Result<()> {
+/// Make a finished result safe to share ([`trust::Sharing::result_mode`]): readable as
+/// the store is, writable only by its owner, no setuid/setgid on files, whatever the
+/// umask was.
+pub fn harden_permissions(path: &Path, sharing: trust::Sharing) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(path).max_depth(depth) {
+    for entry in walkdir::WalkDir::new(path) {
         let entry = entry.map_err(std::io::Error::other)?;
         if entry.file_type().is_symlink() {
             continue;
         }
         let metadata = entry.metadata().map_err(std::io::Error::other)?;
         let mode = metadata.permissions().mode() & 0o7777;
-        let new = shared_mode(mode, entry.file_type().is_file());
+        let new = sharing.result_mode(mode, entry.file_type().is_dir());
         if new != mode {
             fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new))?;
         }
     }
     Ok(())
-}
-
-/// `mode` made shareable with the group: group-readable (and group-executable where the
-/// owner may execute or search), never world-writable, no setuid/setgid on files.
-pub fn shared_mode(mode: u32, is_file: bool) -> u32 {
-    let mut new = (mode & !0o002) | 0o040;
-    if mode & 0o100 != 0 {
-        new |= 0o010;
-    }
-    if is_file {
-        new &= !0o6000;
-    }
-    new
-}
-
-/// Whether this process's umask keeps files group-readable and never world-writable
-/// (read from `/proc/self/status`; unknown counts as no).
-pub fn umask_is_shareable() -> bool {
-    let Ok(status) = fs_err::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Umask:"))
-        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
-        .is_some_and(|mask| mask & 0o040 == 0 && mask & 0o002 != 0)
 }
 
 /// Seconds since the Unix epoch.
@@ -502,8 +755,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tool");
         fs_err::write(&file, "x").unwrap();
-        fs_err::set_permissions(&file, std::fs::Permissions::from_mode(0o4757)).unwrap();
-        harden_permissions(dir.path()).unwrap();
+        fs_err::set_permissions(&file, std::fs::Permissions::from_mode(0o4777)).unwrap();
+        let sharing = trust::Sharing {
+            group_writes: true,
+            world_reads: true,
+            setgid: false,
+        };
+        harden_permissions(dir.path(), sharing).unwrap();
         let mode = fs_err::metadata(&file).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755);
     }
@@ -512,9 +770,11 @@ mod tests {
     fn atomic_write_replaces_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        write_atomic(&path, b"a").unwrap();
-        write_atomic(&path, b"b").unwrap();
+        write_atomic(&path, b"a", 0o644).unwrap();
+        write_atomic(&path, b"b", 0o600).unwrap();
         assert_eq!(fs_err::read_to_string(&path).unwrap(), "b");
+        let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the mode asked for, not the umask's");
         assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -527,7 +787,7 @@ mod tests {
                 let path = &path;
                 scope.spawn(move || {
                     for _ in 0..20 {
-                        write_atomic(path, format!("writer {i}\n").as_bytes()).unwrap();
+                        write_atomic(path, format!("writer {i}\n").as_bytes(), 0o644).unwrap();
                     }
                 });
             }

@@ -1,0 +1,270 @@
+//! The sandbox repository code runs in: `postBuild`, and the uv steps that build a local
+//! package (its `setup.py` or build backend), for every target built on the host.
+//!
+//! bubblewrap (`bwrap`, unprivileged) gives the code a view of the machine where:
+//! - the whole filesystem is read-only;
+//! - the user's home, the store, `/tmp` and `/run/user` are empty (a fresh tmpfs), so
+//!   `~/.ssh`, other environments, caches and agent sockets are out of sight;
+//! - writable are only the prefix being built, a private temporary directory, and a copy
+//!   of the repository mounted over the original (build backends write `build/` and
+//!   `*.egg-info` into the source tree; the checkout itself never changes);
+//! - readable again are only the tools the step runs (uv, the base interpreter, local
+//!   wheel directories, the CA bundle);
+//! - the environment is cleared: only `PATH`, `HOME`, `LANG` and the variables the step
+//!   sets itself get through, never a service token or a git credential;
+//! - it gets its own PID, IPC and UTS namespaces and dies with hpcbinder.
+//!
+//! The network is shared: package downloads need it. `sandbox = "none"` turns this off;
+//! `auto` (the default) uses bwrap when it works here and warns when it does not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::Context;
+use crate::events::ReporterExt;
+
+/// Errors setting the sandbox up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// `sandbox = "bwrap"` and bwrap cannot run here.
+    #[error("sandbox = \"bwrap\" is configured, but bubblewrap cannot run here: {why}")]
+    Unavailable {
+        /// Why.
+        why: String,
+    },
+}
+
+impl crate::diagnostic::Diagnostic for SandboxError {
+    fn blame(&self) -> crate::diagnostic::Blame {
+        crate::diagnostic::Blame::Environment
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some("install bubblewrap (Debian: `apt-get install bubblewrap`) and allow unprivileged user namespaces, or set sandbox = \"none\" to run repository code unconfined".into())
+    }
+}
+
+/// A configured sandbox for one build.
+#[derive(Debug)]
+pub struct Jail {
+    bwrap: PathBuf,
+    home: PathBuf,
+    /// Replaced by an empty tmpfs.
+    hidden: Vec<PathBuf>,
+    /// Mounted read-only at the same path (over hidden parents).
+    readable: Vec<PathBuf>,
+    /// Mounted read-write at the same path.
+    writable: Vec<PathBuf>,
+    /// `(source, target)`: a private copy mounted read-write over the original.
+    overlays: Vec<(PathBuf, PathBuf)>,
+    /// The private temporary directory (removed with the jail).
+    scratch: tempfile::TempDir,
+}
+
+/// Whether bwrap can start a process here (user namespaces allowed, binary present).
+fn probe(bwrap: &Path) -> Result<(), String> {
+    let output = Command::new(bwrap)
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-pid",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "true",
+        ])
+        .output()
+        .map_err(|e| format!("{}: {e}", bwrap.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+/// The jail for `context`'s build, or `None` when repository code runs unconfined
+/// (`sandbox = "none"`, or `auto` without a working bwrap, after a warning event).
+pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
+    let settings = context.request.settings;
+    if settings.sandbox == "none" {
+        return Ok(None);
+    }
+    let found = crate::variables::on_path("bwrap")
+        .ok_or_else(|| "bwrap is not on PATH".to_string())
+        .and_then(|bwrap| probe(&bwrap).map(|()| bwrap));
+    let bwrap = match found {
+        Ok(bwrap) => bwrap,
+        Err(why) if settings.sandbox == "bwrap" => {
+            return Err(SandboxError::Unavailable { why }.into())
+        }
+        Err(why) => {
+            context.reporter.warning(format!(
+                "repository code (postBuild, setup.py) runs without a sandbox: {why}; install bubblewrap, or set sandbox = \"none\" to silence this"
+            ));
+            return Ok(None);
+        }
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix(".sandbox-")
+        .tempdir_in(crate::store::package_cache_at(context.store.root(), ""))?;
+    let home =
+        crate::variables::get("HOME").map_or_else(|| PathBuf::from("/nonexistent"), PathBuf::from);
+    let mut readable: Vec<PathBuf> = Vec::new();
+    if let Some(uv) = context.uv() {
+        readable.push(fs_err::canonicalize(uv).unwrap_or_else(|_| uv.to_path_buf()));
+    }
+    if let Ok(interpreter) = super::python::interpreter(context.request.spec, settings) {
+        // `<base prefix>/bin/pythonX.Y`: the base prefix holds the standard library.
+        let real = fs_err::canonicalize(&interpreter.path).unwrap_or(interpreter.path);
+        if let Some(base) = real.parent().and_then(Path::parent) {
+            readable.push(base.to_path_buf());
+        }
+    }
+    readable.extend(
+        settings
+            .pip
+            .find_links
+            .iter()
+            .filter(|link| !link.contains("://") || link.starts_with("file://"))
+            .map(|link| PathBuf::from(link.trim_start_matches("file://"))),
+    );
+    readable.extend(settings.ca_bundle());
+    // The repository: a private copy, mounted over the checkout; its git metadata (for
+    // setuptools-scm and the like) read-only.
+    let copy = scratch.path().join("repository");
+    copy_repository(context.repo(), &copy)?;
+    let git = context.repo().join(".git");
+    if git.is_dir() {
+        readable.push(git);
+    }
+    Ok(Some(Jail {
+        bwrap,
+        hidden: vec![
+            PathBuf::from("/tmp"),
+            PathBuf::from("/run/user"),
+            PathBuf::from("/var/tmp"),
+            home.clone(),
+            context.store.root().to_path_buf(),
+        ],
+        home,
+        readable,
+        writable: vec![context.prefix.clone()],
+        overlays: vec![(copy, context.repo().to_path_buf())],
+        scratch,
+    }))
+}
+
+impl Jail {
+    /// A private directory the step may write (its uv cache, its temp files).
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// `command`, to run inside the jail: same program, arguments, working directory and
+    /// the variables it sets, nothing else from hpcbinder's environment.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut jailed = Command::new(&self.bwrap);
+        jailed.args([
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ]);
+        let depth = |path: &Path| path.components().count();
+        let mut hidden: Vec<&PathBuf> = self.hidden.iter().filter(|p| p.exists()).collect();
+        hidden.sort_by_key(|p| depth(p));
+        for path in hidden {
+            jailed.arg("--tmpfs").arg(path);
+        }
+        let mut mounts: Vec<(&str, &Path, &Path)> = Vec::new();
+        mounts.extend(
+            self.readable
+                .iter()
+                .filter(|p| p.exists())
+                .map(|p| ("--ro-bind", p.as_path(), p.as_path())),
+        );
+        mounts.extend(
+            self.writable
+                .iter()
+                .map(PathBuf::as_path)
+                .chain([self.scratch.path()])
+                .filter(|p| p.exists())
+                .map(|p| ("--bind", p, p)),
+        );
+        mounts.extend(
+            self.overlays
+                .iter()
+                .map(|(from, to)| ("--bind", from.as_path(), to.as_path())),
+        );
+        // Parents before children, so a nested mount is not covered by its parent's.
+        mounts.sort_by_key(|(_, _, target)| depth(target));
+        for (kind, source, target) in mounts {
+            jailed.arg(kind).arg(source).arg(target);
+        }
+        if let Some(dir) = command.get_current_dir() {
+            jailed.arg("--chdir").arg(dir);
+        }
+        jailed.arg("--clearenv");
+        let mut set = |name: &std::ffi::OsStr, value: &std::ffi::OsStr| {
+            jailed.arg("--setenv").arg(name).arg(value);
+        };
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        set("PATH".as_ref(), &path);
+        set("HOME".as_ref(), self.home.as_os_str());
+        set("LANG".as_ref(), "C.UTF-8".as_ref());
+        set("TMPDIR".as_ref(), "/tmp".as_ref());
+        for (name, value) in command.get_envs() {
+            if let Some(value) = value {
+                set(name, value);
+            }
+        }
+        jailed
+            .arg("--")
+            .arg(command.get_program())
+            .args(command.get_args());
+        jailed
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        // What ran inside may have left read-only directories.
+        crate::store::make_removable(self.scratch.path());
+    }
+}
+
+/// Copy a repository (files, directories, symlinks as symlinks), without `.git`: the
+/// sandbox's writable copy, and a container build's context.
+pub fn copy_repository(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in walkdir::WalkDir::new(from)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || e.file_name() != ".git")
+    {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let relative = entry
+            .path()
+            .strip_prefix(from)
+            .map_err(std::io::Error::other)?;
+        let target = to.join(relative);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            fs_err::create_dir_all(&target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs_err::read_link(entry.path())?, &target)?;
+        } else {
+            fs_err::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
