@@ -429,7 +429,7 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
     let helper = std::fs::read_to_string(kernel_dir.join("kernel-helper.sh")).unwrap();
     assert!(
-        helper.contains("exec podman-hpc run --rm -i --network host")
+        helper.contains("exec podman-hpc run --rm -i --init --name \"$name\" --network host")
             && helper.contains(&format!("SQUASH_DIR='{}'", squash.display())),
         "{helper}"
     );

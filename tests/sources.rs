@@ -345,3 +345,53 @@ fn submodules_follow_the_sites_source_rules() {
         stderr(&output)
     );
 }
+
+/// A build holds its repository's clone only while it checks its commit out (issue 11,
+/// finding 5): while one ref's slow postBuild runs, another ref of the same repository
+/// builds without waiting for it.
+#[test]
+fn a_slow_build_does_not_hold_the_clone_for_other_refs() {
+    use std::time::{Duration, Instant};
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = GitRepo::init(&sandbox.path().join("shared-repo"));
+    repo.write("requirements.txt", "six==1.16.0\n");
+    repo.write("postBuild", "#!/bin/sh\nsleep 12\n");
+    let slow = repo.commit("slow");
+    repo.branch("slow", &slow);
+    std::fs::remove_file(repo.path.join("postBuild")).unwrap();
+    repo.write("requirements.txt", "six==1.16.0\n# fast\n");
+    let fast = repo.commit("fast");
+    repo.branch("fast", &fast);
+    let url = repo.url();
+    let started = Instant::now();
+    let slow_build = sandbox
+        .command()
+        .args(["build", "--no-kernel", &url, "--ref", "slow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let the slow build get past its checkout, into postBuild.
+    let store_e = sandbox.store().join("e");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&store_e).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < deadline, "the slow build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = sandbox.run(&["build", "--json", "--no-kernel", &url, "--ref", "fast"]);
+    let fast_done = started.elapsed();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !stdout(&output).contains("Waiting for another hpcbinder using the clone"),
+        "{}",
+        stdout(&output)
+    );
+    let slow_output = slow_build.wait_with_output().unwrap();
+    let slow_done = started.elapsed();
+    assert!(slow_output.status.success(), "{}", stderr(&slow_output));
+    assert!(
+        fast_done + Duration::from_secs(3) < slow_done,
+        "the fast ref finished well before the slow one ({fast_done:?} vs {slow_done:?})"
+    );
+}

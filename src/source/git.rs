@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use git2::{build::CheckoutBuilder, Oid, Repository};
+use git2::{Oid, Repository};
 use sha2::{Digest, Sha256};
 
 use super::{redact, Checkout, Identity, SourceError};
@@ -75,18 +75,32 @@ pub fn checkout(
             )?
         }
     };
-    reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
-    check_out(&repo, commit, &path)?;
-    // Submodules follow the rules of the repository itself ([`Policy`]); `file://` only
-    // when the repository itself is local: a remote one must not make us read this
-    // machine's files.
-    let policy = Policy {
-        allow_local: policy.allow_local && url.starts_with("file://"),
-        ..policy.clone()
-    };
-    update_submodules(&path, &policy, url, &origin, credentials.as_ref(), 0)?;
+    // Each commit gets its own work tree, made once and never changed after: the clone's
+    // lock is held only until it exists, so builds of other refs of the same repository
+    // (or a build with a slow postBuild) do not wait for each other.
+    let tree = git_dir
+        .join(format!("{}-trees", &digest[..16]))
+        .join(commit.to_string());
+    // Written once the tree and its submodules are complete; beside the tree, so it is
+    // never part of what the build reads.
+    let ready = tree.with_extension("ready");
+    if !ready.is_file() {
+        reporter.phase(Phase::Fetching, format!("Checking out {commit}"));
+        // Submodules follow the rules of the repository itself ([`Policy`]); `file://`
+        // only when the repository itself is local: a remote one must not make us read
+        // this machine's files.
+        let policy = Policy {
+            allow_local: policy.allow_local && url.starts_with("file://"),
+            ..policy.clone()
+        };
+        let _ = fs_err::remove_file(&ready);
+        make_tree(&path, &tree, commit, &origin)?;
+        update_submodules(&tree, &policy, url, &origin, credentials.as_ref(), 0)?;
+        fs_err::write(&ready, "")?;
+    }
+    drop(lock);
     Ok(Checkout {
-        root: path,
+        root: tree,
         identity: Identity {
             kind: "git",
             origin,
@@ -96,7 +110,7 @@ pub fn checkout(
             dirty: false,
         },
         slug,
-        _lock: Some(lock),
+        _lock: None,
     })
 }
 
@@ -311,18 +325,31 @@ fn resolve(
     Err(missing())
 }
 
-/// Force the work tree to `commit` (detached), removing stray files.
-fn check_out(repo: &Repository, commit: Oid, path: &Path) -> Result<(), SourceError> {
-    let git_error = |source| SourceError::Git {
-        path: path.to_path_buf(),
-        source,
-    };
-    let object = repo.find_object(commit, None).map_err(git_error)?;
-    let mut builder = CheckoutBuilder::new();
-    builder.force().remove_untracked(true).remove_ignored(true);
-    repo.checkout_tree(&object, Some(&mut builder))
-        .map_err(git_error)?;
-    repo.set_head_detached(commit).map_err(git_error)
+/// Make `tree` a work tree of the clone at `commit` (`git worktree add --detach`), after
+/// removing what an interrupted attempt left there.
+fn make_tree(path: &Path, tree: &Path, commit: Oid, origin: &str) -> Result<(), SourceError> {
+    if tree.exists() {
+        fs_err::remove_dir_all(tree)?;
+    }
+    let _ = run_git(path, &["worktree", "prune"], origin, None);
+    if let Some(parent) = tree.parent() {
+        fs_err::create_dir_all(parent)?;
+    }
+    let tree_arg = tree.display().to_string();
+    run_git(
+        path,
+        &[
+            "worktree",
+            "add",
+            "--detach",
+            "--force",
+            &tree_arg,
+            &commit.to_string(),
+        ],
+        origin,
+        None,
+    )
+    .map(|_| ())
 }
 
 /// Check out every submodule (recursively, at most 8 deep) at the commit the tree
