@@ -157,6 +157,27 @@ fn charliecloud_and_apptainer_images_run_under_ch_run() {
         "/opt/env 1.16.0 from-start",
         120,
     );
+    // Killed as Jupyter kills a hung kernel, or the launcher alone by SIGKILL: ch-run
+    // execs into the kernel, so nothing of it is left (issue 11, finding 3).
+    let charliecloud_kernels = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains("/mnt/hpcbinder/"))
+            .count()
+    };
+    for mode in ["now", "sigkill"] {
+        common::jupyter::start_and_kill(kernel_dir, mode, 120);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while charliecloud_kernels() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: a ch-run kernel outlived its launcher"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 
     // Apptainer: where it is installed, the kernel is verified through `apptainer exec`.
     // Without it, the SIF is written with siftool and verification is skipped (never
@@ -447,6 +468,19 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     let cell = "import six, sys; print(sys.prefix, six.__version__)";
     common::run_cell(&wrapped, cell, "/opt/env 1.16.0", 120);
     common::jupyter::run_cell(&wrapped, cell, "/opt/env 1.16.0", 120);
+    // Killed as Jupyter kills a hung kernel, or the launcher alone by SIGKILL: the
+    // container goes within seconds all the same (issue 11, finding 3).
+    for mode in ["now", "sigkill"] {
+        common::jupyter::start_and_kill(&wrapped, mode, 120);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !podman_hpc(&["ps", "--quiet"]).trim().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: a podman-hpc container outlived its kernel"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     // The kernel's container is cleaned up after its shutdown (podman's cleanup runs after
     // the client exits): wait for it before the sandbox, which holds the storage, goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -148,7 +148,7 @@ fn cached_clone_is_fetched_again_and_never_reused_for_another_origin() {
     let clone = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && !p.to_string_lossy().ends_with("-trees"))
         .expect("a cached clone");
     let other = GitRepo::init(&sandbox.path().join("other"));
     other.write("environment.yml", "dependencies: [numpy]\n");
@@ -394,4 +394,33 @@ fn a_slow_build_does_not_hold_the_clone_for_other_refs() {
         fast_done + Duration::from_secs(3) < slow_done,
         "the fast ref finished well before the slow one ({fast_done:?} vs {slow_done:?})"
     );
+}
+
+/// A valid but long ref (issue 11, finding 7): the names derived from it (kernel, image)
+/// always fit, and the build registers its kernel.
+#[test]
+fn a_long_ref_builds_and_registers_a_kernel_whose_name_fits() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = GitRepo::init(&sandbox.path().join("long-ref-repo"));
+    repo.write("requirements.txt", "six==1.16.0\n");
+    let commit = repo.commit("one");
+    let long = format!("feature/{}/{}", "x".repeat(200), "y".repeat(200));
+    repo.branch(&long, &commit);
+    let output = sandbox.run(&[
+        "build",
+        "--json",
+        "--no-verify",
+        &repo.url(),
+        "--ref",
+        &long,
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ready: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    let kernel = ready["kernel"].as_str().unwrap();
+    assert!(kernel.len() <= 100, "{kernel}");
+    assert!(std::path::Path::new(ready["kernel_dir"].as_str().unwrap())
+        .join("kernel.json")
+        .is_file());
 }
