@@ -135,58 +135,40 @@ fn main() {
             c.args(["build", &repo, "--no-kernel"]);
             c
         });
-        let venv = sandbox.path().join(format!("uv-venv-{run}"));
-        let start = Instant::now();
-        let status = Command::new(&deps.uv)
-            .args(["venv", "-q", "--python", &python])
-            .arg(&venv)
-            .env("UV_CACHE_DIR", &uv_cache)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status = Command::new(&deps.uv)
-            .args([
-                "pip",
-                "install",
-                "-q",
-                "--compile-bytecode",
-                "--no-index",
-                "--find-links",
-            ])
-            .arg(&deps.wheelhouse)
-            .arg("--python")
-            .arg(venv.join("bin/python"))
-            .arg("-r")
-            .arg(&requirements_file)
-            .env("UV_CACHE_DIR", &uv_cache)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let uv_compiled = start.elapsed();
-        let plain = sandbox.path().join(format!("uv-plain-venv-{run}"));
-        let start = Instant::now();
-        let status = Command::new(&deps.uv)
-            .args(["venv", "-q", "--python", &python])
-            .arg(&plain)
-            .env("UV_CACHE_DIR", &uv_cache)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status = Command::new(&deps.uv)
-            .args(["pip", "install", "-q", "--no-index", "--find-links"])
-            .arg(&deps.wheelhouse)
-            .arg("--python")
-            .arg(plain.join("bin/python"))
-            .arg("-r")
-            .arg(&requirements_file)
-            .env("UV_CACHE_DIR", &uv_cache)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        // uv alone, compiling bytecode as hpcbinder does, and without.
+        let uv_alone = |venv: &std::path::Path, compile: bool| {
+            let start = Instant::now();
+            let status = Command::new(&deps.uv)
+                .args(["venv", "-q", "--python", &python])
+                .arg(venv)
+                .env("UV_CACHE_DIR", &uv_cache)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let mut install = Command::new(&deps.uv);
+            install.args(["pip", "install", "-q"]);
+            if compile {
+                install.arg("--compile-bytecode");
+            }
+            let status = install
+                .args(["--no-index", "--find-links"])
+                .arg(&deps.wheelhouse)
+                .arg("--python")
+                .arg(venv.join("bin/python"))
+                .arg("-r")
+                .arg(&requirements_file)
+                .env("UV_CACHE_DIR", &uv_cache)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed()
+        };
+        let uv_compiled = uv_alone(&sandbox.path().join(format!("uv-venv-{run}")), true);
+        let uv_without = uv_alone(&sandbox.path().join(format!("uv-plain-venv-{run}")), false);
         if run > 0 {
             ours.push(elapsed);
             uv.push(uv_compiled);
-            uv_plain.push(start.elapsed());
+            uv_plain.push(uv_without);
         }
     }
     let mut pip = Vec::new();

@@ -439,6 +439,18 @@ fn lock_error(error: std::io::Error, path: &Path) -> StoreError {
     }
 }
 
+/// A running process's start time (clock ticks since boot, `/proc/<pid>/stat` field 22);
+/// `None` when it is gone or a zombie.
+fn process_start(pid: u32) -> Option<String> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is rest[19].
+    (!matches!(fields.first(), Some(&"Z") | Some(&"X")))
+        .then(|| fields.get(19).map(|s| s.to_string()))?
+}
+
 fn hostname() -> String {
     fs_err::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -604,7 +616,9 @@ impl BuildLock {
     pub fn mark_builder(&self, prefix: &Path) -> std::io::Result<()> {
         let path = prefix.join(BUILDER_FILE);
         fs_err::create_dir_all(path.parent().unwrap_or(prefix))?;
-        fs_err::write(path, format!("{} {}\n", std::process::id(), hostname()))
+        let pid = std::process::id();
+        let started = process_start(pid).unwrap_or_default();
+        fs_err::write(path, format!("{pid} {started} {}\n", hostname()))
     }
 
     /// Publish `ready` as the marker of `slot`: temp file, fsync, rename, fsync the dir;
@@ -636,10 +650,15 @@ impl BuildLock {
         // from under it.
         if let Ok(text) = fs_err::read_to_string(prefix.join(BUILDER_FILE)) {
             let mut fields = text.split_whitespace();
-            let (pid, host) = (fields.next().unwrap_or_default(), fields.next());
-            let alive = pid != std::process::id().to_string()
+            let pid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let started = fields.next().unwrap_or_default();
+            let host = fields.next();
+            // The same process (its start time: pids are reused), running (a killed
+            // builder can linger as a zombie until its parent reaps it), on this host.
+            let alive = pid != 0
+                && pid != std::process::id()
                 && host == Some(hostname().as_str())
-                && Path::new("/proc").join(pid).exists();
+                && process_start(pid).as_deref() == Some(started);
             if alive {
                 return Err(StoreError::Unsafe {
                     path: prefix,
@@ -806,6 +825,18 @@ mod tests {
 #[cfg(test)]
 mod lock_tests {
     use super::*;
+
+    #[test]
+    fn a_builder_is_alive_only_while_its_process_runs() {
+        assert!(process_start(std::process::id()).is_some());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Exited, not reaped yet: a zombie, which builds nothing.
+        assert_eq!(process_start(pid), None);
+        child.wait().unwrap();
+        assert_eq!(process_start(pid), None);
+    }
 
     #[test]
     fn filesystems_without_locks_are_not_taken_for_held_locks() {

@@ -118,6 +118,21 @@ pub fn python() -> &'static Path {
     })
 }
 
+/// `python -c <code>` with nothing from the developer's Jupyter setup: config, data and
+/// connection files in `scratch`.
+fn script(code: &str, scratch: &Path) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg("-c")
+        .arg(code)
+        .env("JUPYTER_RUNTIME_DIR", scratch.join("runtime"))
+        .env("JUPYTER_CONFIG_DIR", scratch.join("config"))
+        .env("JUPYTER_DATA_DIR", scratch.join("data"))
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env_remove("JUPYTER_CONFIG_PATH");
+    command
+}
+
 fn imports_jupyter_client(python: &Path) -> bool {
     Command::new(python)
         .args(["-c", "import jupyter_client"])
@@ -133,19 +148,11 @@ fn imports_jupyter_client(python: &Path) -> bool {
 pub fn run_cell(kernel_dir: &Path, code: &str, expected: &str, seconds: u64) {
     let scratch = tempfile::tempdir().unwrap();
     let result = scratch.path().join("result.json");
-    let output = Command::new(python())
-        .arg("-c")
-        .arg(SCRIPT)
+    let output = script(SCRIPT, scratch.path())
         .arg(kernel_dir)
         .arg(code)
         .arg(seconds.to_string())
         .arg(&result)
-        // Nothing from the developer's Jupyter setup; connection files in a fresh directory.
-        .env("JUPYTER_RUNTIME_DIR", scratch.path().join("runtime"))
-        .env("JUPYTER_CONFIG_DIR", scratch.path().join("config"))
-        .env("JUPYTER_DATA_DIR", scratch.path().join("data"))
-        .env("JUPYTER_PLATFORM_DIRS", "1")
-        .env_remove("JUPYTER_CONFIG_PATH")
         .output()
         .unwrap();
     let log = || {
@@ -217,17 +224,10 @@ else:
 /// answered.
 pub fn start_and_kill(kernel_dir: &Path, mode: &str, seconds: u64) {
     let scratch = tempfile::tempdir().unwrap();
-    let output = Command::new(python())
-        .arg("-c")
-        .arg(KILL_SCRIPT)
+    let output = script(KILL_SCRIPT, scratch.path())
         .arg(kernel_dir)
         .arg(mode)
         .arg(seconds.to_string())
-        .env("JUPYTER_RUNTIME_DIR", scratch.path().join("runtime"))
-        .env("JUPYTER_CONFIG_DIR", scratch.path().join("config"))
-        .env("JUPYTER_DATA_DIR", scratch.path().join("data"))
-        .env("JUPYTER_PLATFORM_DIRS", "1")
-        .env_remove("JUPYTER_CONFIG_PATH")
         .output()
         .unwrap();
     assert!(
