@@ -85,6 +85,42 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
         "",
         "containers left behind"
     );
+    // SIGTERM (`podman stop`) ends a running kernel's container promptly: the kernel is
+    // not PID 1 (`--init`), so it does not ignore the signal (issue 11, finding 3).
+    let hold = sandbox.path().join("release-kernel");
+    let (mut command, _scratch) = common::jupyter::start_and_kill_command(
+        kernel_dir,
+        &format!("hold:{}", hold.display()),
+        120,
+    );
+    let mut holder = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let running = loop {
+        let ids = podman(&["ps", "--quiet", "--filter", &format!("ancestor={image}")]);
+        let ids = String::from_utf8_lossy(&ids.stdout).trim().to_string();
+        if !ids.is_empty() {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let stopping = std::time::Instant::now();
+    let stopped = podman(&["stop", "--time", "10", &running]);
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "SIGTERM took {:?} (podman waited for its SIGKILL)",
+        stopping.elapsed()
+    );
+    std::fs::write(&hold, "").unwrap();
+    let _ = holder.wait();
     // Killed as Jupyter kills a hung kernel (issue 11, finding 3), or the launcher alone
     // by SIGKILL: the container ends within seconds all the same.
     for mode in ["now", "sigkill"] {

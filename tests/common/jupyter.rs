@@ -213,7 +213,14 @@ client = manager.blocking_client()
 client.start_channels()
 client.wait_for_ready(timeout=timeout)
 client.stop_channels()
-if mode == "now":
+if mode.startswith("hold:"):
+    # Keep the kernel until the file named after `hold:` appears (the caller stops the
+    # kernel's container meanwhile), then clean up as Jupyter would.
+    import time
+    while not os.path.exists(mode[len("hold:"):]):
+        time.sleep(0.1)
+    manager.shutdown_kernel(now=True)
+elif mode == "now":
     manager.shutdown_kernel(now=True)
 else:
     os.kill(manager.provisioner.process.pid, signal.SIGKILL)
@@ -223,11 +230,8 @@ else:
 /// [`KILL_SCRIPT`] for the kernelspec in `kernel_dir`; panics when the kernel never
 /// answered.
 pub fn start_and_kill(kernel_dir: &Path, mode: &str, seconds: u64) {
-    let scratch = tempfile::tempdir().unwrap();
-    let output = script(KILL_SCRIPT, scratch.path())
-        .arg(kernel_dir)
-        .arg(mode)
-        .arg(seconds.to_string())
+    let output = start_and_kill_command(kernel_dir, mode, seconds)
+        .0
         .output()
         .unwrap();
     assert!(
@@ -235,4 +239,17 @@ pub fn start_and_kill(kernel_dir: &Path, mode: &str, seconds: u64) {
         "jupyter_client ({mode}): {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The command [`start_and_kill`] runs (to spawn it, for `hold:<file>`), with the scratch
+/// directory it must outlive.
+pub fn start_and_kill_command(
+    kernel_dir: &Path,
+    mode: &str,
+    seconds: u64,
+) -> (Command, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut command = script(KILL_SCRIPT, scratch.path());
+    command.arg(kernel_dir).arg(mode).arg(seconds.to_string());
+    (command, scratch)
 }
