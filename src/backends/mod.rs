@@ -230,13 +230,7 @@ pub fn build(request: &BuildRequest<'_>, reporter: &dyn Reporter) -> anyhow::Res
 fn build_new(context: &mut Context<'_>) -> anyhow::Result<(Vec<String>, Option<Artifact>)> {
     let request = context.request;
     fs_err::create_dir_all(&context.meta).map_err(|e| store::classify(e, &context.meta))?;
-    let spec = request.spec;
-    // postBuild runs on the host for native targets (inside the image for containers);
-    // a local package's build backend runs on the host for every target, when its
-    // metadata is resolved into the lock.
-    if spec.installs_repo || (spec.post_build.is_some() && !request.target.is_container()) {
-        context.jail = sandbox::jail(context)?;
-    }
+    context.jail = sandbox::jail(context)?;
     let context = &*context;
     context.reporter.phase(
         Phase::Building,

@@ -84,11 +84,19 @@ fn probe(bwrap: &Path) -> Result<(), String> {
     }
 }
 
-/// The jail for `context`'s build, or `None` when repository code runs unconfined
-/// (`sandbox = "none"`, or `auto` without a working bwrap, after a warning event).
+/// The jail for `context`'s build, or `None` when it runs no repository code on this
+/// host, or when that code runs unconfined (`sandbox = "none"`, or `auto` without a
+/// working bwrap, after a warning event).
+///
+/// Repository code runs here when the build installs the repository itself (its build
+/// backend resolves the lock's metadata, for every target) and for a native target's
+/// postBuild (a container's runs inside the image build).
 pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
-    let settings = context.request.settings;
-    if settings.sandbox == "none" {
+    let request = context.request;
+    let settings = request.settings;
+    let runs_repository_code = request.spec.installs_repo
+        || (request.spec.post_build.is_some() && !request.target.is_container());
+    if !runs_repository_code || settings.sandbox == "none" {
         return Ok(None);
     }
     let found = crate::variables::on_path("bwrap")

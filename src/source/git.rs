@@ -370,22 +370,33 @@ fn update_submodules(
             reason: format!("{origin} nests submodules more than 8 deep"),
         });
     }
-    let listed = |key: &str| -> Result<Vec<(String, String)>, SourceError> {
-        let text = run_git(
-            path,
-            &["config", "-f", ".gitmodules", "--get-regexp", key],
-            origin,
-            None,
-        )
-        .unwrap_or_default();
-        Ok(text
-            .lines()
-            .filter_map(|line| line.split_once(' '))
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect())
-    };
-    for (_, url) in listed(r"^submodule\..*\.url$")? {
-        policy.check(&url, Some(parent_url))?;
+    // Each submodule's (url, path), read once from `.gitmodules`.
+    let text = run_git(
+        path,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "--get-regexp",
+            r"^submodule\..*\.(url|path)$",
+        ],
+        origin,
+        None,
+    )
+    .unwrap_or_default();
+    let mut submodules: std::collections::BTreeMap<&str, (&str, &str)> = Default::default();
+    for (key, value) in text.lines().filter_map(|line| line.split_once(' ')) {
+        let Some(rest) = key.strip_prefix("submodule.") else {
+            continue;
+        };
+        if let Some(name) = rest.strip_suffix(".url") {
+            submodules.entry(name).or_default().0 = value;
+        } else if let Some(name) = rest.strip_suffix(".path") {
+            submodules.entry(name).or_default().1 = value;
+        }
+    }
+    for (url, _) in submodules.values() {
+        policy.check(url, Some(parent_url))?;
     }
     let protocol = if policy.allow_local {
         "protocol.file.allow=always"
@@ -408,36 +419,17 @@ fn update_submodules(
         origin,
         credentials,
     )?;
-    for (name, sub_path) in listed(r"^submodule\..*\.path$")? {
-        let sub_name = name
-            .strip_prefix("submodule.")
-            .and_then(|n| n.strip_suffix(".path"))
-            .unwrap_or_default();
-        let url = listed(&format!(r"^submodule\.{}\.url$", regex_escape(sub_name)))?
-            .into_iter()
-            .next()
-            .map(|(_, url)| url)
-            .unwrap_or_default();
-        let sub_url = resolve_relative(&url, parent_url);
+    for (url, sub_path) in submodules.values().filter(|(_, p)| !p.is_empty()) {
         update_submodules(
-            &path.join(&sub_path),
+            &path.join(sub_path),
             policy,
-            &sub_url,
+            &resolve_relative(url, parent_url),
             origin,
             credentials,
             depth + 1,
         )?;
     }
     Ok(())
-}
-
-fn regex_escape(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$".contains(c);
-            special.then_some('\\').into_iter().chain([c])
-        })
-        .collect()
 }
 
 /// A submodule URL relative to its parent's (`../lib.git`), made absolute as git does.

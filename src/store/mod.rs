@@ -282,11 +282,6 @@ impl Store {
         self.sharing
     }
 
-    /// Whose results this user trusts here.
-    pub fn trust(&self) -> &trust::Trust {
-        &self.trust
-    }
-
     /// Where `key16` lives for this user: `e/<key16>` unless its marker or prefix belongs
     /// to someone this user does not trust (or others could write it), then this user's
     /// own `e/<key16>-u<uid>`.
@@ -314,8 +309,13 @@ impl Store {
     /// Whether the environment in `slot` was verified (a kernel started and ran a cell):
     /// `e/<name>.verified`, trusted as a marker is.
     pub fn is_verified(&self, slot: &Slot) -> bool {
-        let path = self.root.join("e").join(format!("{}.verified", slot.name));
+        let path = self.verified(slot);
         path.exists() && self.trust.doubt(&path).is_none()
+    }
+
+    /// `e/<name>.verified`.
+    fn verified(&self, slot: &Slot) -> PathBuf {
+        self.root.join("e").join(format!("{}.verified", slot.name))
     }
 
     /// Record that the environment in `slot` was verified.
@@ -635,7 +635,7 @@ impl BuildLock {
     pub fn clear_partial(&self, store: &Store, slot: &Slot) -> Result<bool, StoreError> {
         let prefix = store.prefix(slot);
         let marker = store.marker(slot);
-        let verified = store.root.join("e").join(format!("{}.verified", slot.name));
+        let verified = store.verified(slot);
         if verified.symlink_metadata().is_ok() {
             fs_err::remove_file(&verified).map_err(|e| classify(e, &verified))?;
         }

@@ -279,10 +279,8 @@ pub fn write_context(
         uv: std::sync::OnceLock::new(),
         jail: None,
     };
-    if request.spec.installs_repo {
-        // Resolving the lock builds the repository's package metadata: sandboxed.
-        context.jail = super::sandbox::jail(&context)?;
-    }
+    // Resolving the lock may build the repository's package metadata: sandboxed.
+    context.jail = super::sandbox::jail(&context)?;
     let (containerfile, _) = assemble(&context, &dir)?;
     Ok(containerfile)
 }
