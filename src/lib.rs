@@ -92,6 +92,7 @@ mod recipe;
 pub mod settings;
 mod shell;
 pub mod source;
+pub mod sources;
 pub mod store;
 pub mod target;
 pub mod tools;
@@ -110,6 +111,14 @@ use crate::settings::CliOverrides;
 
 /// Run hpcbinder with the process's arguments; the binary's `main` calls this.
 pub fn run() -> ExitCode {
+    // Inside a build's sandbox: the network relay ([`backends::netproxy`]).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == backends::netproxy::RELAY_ARG)
+    {
+        return backends::netproxy::relay_main(&args[2..]);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -108,10 +108,11 @@ pub fn checkout_and_detect(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<(Checkout, EnvSpec)> {
     let spec = source::spec::parse(&repository.spec, repository.reference.as_deref())?;
-    // The command line may use local repositories and their local submodules.
+    // The command line may use local repositories and their local submodules, unless
+    // the site turns local sources off (the launch service does).
     let policy = source::Policy {
         hosts: settings.source_hosts.clone(),
-        allow_local: true,
+        allow_local: settings.local_sources,
     };
     let checkout = source::checkout(&spec, &settings.cache_dir(), &policy, reporter)
         .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
@@ -136,12 +137,7 @@ pub fn prepare(
     // (request forgery, another tenant's files); a local one is the user's own choice.
     let remote =
         checkout.identity.kind == "git" && !checkout.identity.origin.starts_with("file://");
-    if remote && !spec.package_sources.is_empty() {
-        return Err(plan::PlanError::RepositorySources {
-            sources: spec.package_sources.join("; "),
-        }
-        .into());
-    }
+    crate::sources::check(&spec, settings, !remote)?;
     let target = plan::choose_target(&spec, settings)?;
     if !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix) {
         let choice = crate::python::choose(&spec, settings);

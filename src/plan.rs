@@ -44,12 +44,18 @@ pub enum PlanError {
         /// What it runs now.
         other: String,
     },
-    /// A remote repository that names where its packages come from.
-    #[error(
-        "the repository names its own package sources, which only the site may choose: {sources}"
-    )]
+    /// A remote repository that names package sources the site does not allow.
+    #[error("the repository names package sources the site does not allow: {sources}")]
     RepositorySources {
-        /// `file: line` of each.
+        /// `file: what` of each.
+        sources: String,
+    },
+    /// Sources on this machine, where the site turned them off.
+    #[error(
+        "this site allows no package sources on this machine (local-sources = false): {sources}"
+    )]
+    LocalSources {
+        /// `file: what` of each.
         sources: String,
     },
     /// Nowhere to register a kernel.
@@ -85,7 +91,8 @@ impl Diagnostic for PlanError {
             Self::ContextNeedsContainer { .. } => {
                 "add --target podman (or another container engine)".into()
             }
-            Self::RepositorySources { .. } => "remove them (the site's channels and index apply), or build a local clone of the repository, whose sources are yours to choose".into(),
+            Self::RepositorySources { .. } => "remove them (the site's channels and index apply), ask the site to add them to `package-sources`, or build a local clone of the repository, whose sources are yours to choose".into(),
+            Self::LocalSources { .. } => "use the site's channels and index, or a server the site's `package-sources` allows".into(),
             Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
             Self::KernelTaken { .. } => "pass --kernel-name NAME for another name, or --replace to point this one at the new environment".into(),

@@ -154,6 +154,8 @@ config_keys! {
     store: PathBuf = "store", "The store directory: environments, images, package and clone caches.";
     store_maintainers: Vec<String> = "store-maintainers", "Users (names or ids) whose environments in a shared store you trust, besides yourself, root and the store's owner; anyone else's are rebuilt privately.";
     source_hosts: Vec<String> = "source-hosts", "Hosts that repositories and their git submodules may be fetched from (default: any). Submodules on this machine (file://) are allowed only for a local repository.";
+    package_sources: Vec<String> = "package-sources", "Package sources a remote repository may name: conda channel names and URL prefixes of channels, indexes and find-links (default: the public conda and PyPI hosts). The configured channels, mirrors, index and find-links are always allowed.";
+    local_sources: bool = "local-sources", "Whether builds may use this machine's paths: a local repository, file:// submodules, channels and indexes, loopback servers (default true; the launch service sets false).";
     target: String = "target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud.";
     python: String = "python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH.";
     platform: String = "platform", "The conda platform to solve for (default: this machine's, e.g. linux-64).";
@@ -167,6 +169,7 @@ config_keys! {
     pip_index_url: String = "pip-index-url", "The Python package index for pip requirements.";
     pip_find_links: Vec<String> = "pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements.";
     pip_no_index: bool = "pip-no-index", "Install pip requirements from pip-find-links only.";
+    sandbox_network: String = "sandbox-network", "What network repository code in the sandbox gets: packages (only the hosts of the site's package sources, through hpcbinder's proxy; the default), none, or host (the machine's network, unfiltered).";
     sandbox: String = "sandbox", "Where repository code (postBuild, setup.py builds) runs: bwrap (a bubblewrap sandbox that sees only the environment being built), none, or auto (bwrap when it works here, else none with a warning; the default).";
     modules: Vec<String> = "modules", "Environment modules the kernel helper loads before starting a kernel.";
     virtual_packages: Vec<String> = "virtual-packages", "Conda virtual packages to solve for (e.g. __glibc=2.28), instead of this machine's.";
@@ -205,6 +208,11 @@ pub struct Settings {
     pub store_maintainers: Vec<String>,
     /// Hosts that repositories and their submodules may come from; empty allows any.
     pub source_hosts: Vec<String>,
+    /// What a remote repository may download packages from ([`crate::sources`]); empty
+    /// means the public conda and PyPI hosts.
+    pub package_sources: Vec<String>,
+    /// Whether paths and loopback servers on this machine may be used as sources.
+    pub local_sources: bool,
     /// The build target (`auto` is resolved per repository by the planner).
     pub target: Target,
     /// The Python to build with, as configured (`X.Y`, `X.Y.Z` or an interpreter path);
@@ -215,6 +223,9 @@ pub struct Settings {
     /// Where repository code runs: `bwrap`, `none` or `auto`
     /// ([`crate::backends::sandbox`]).
     pub sandbox: String,
+    /// The sandbox's network: `packages`, `none` or `host`
+    /// ([`crate::backends::netproxy`]).
+    pub sandbox_network: String,
     /// CA bundle given to every download, on the host and in image builds (default: the host's).
     pub ca_bundle: Option<PathBuf>,
     /// Conda: platform, channels, mirrors.
@@ -439,12 +450,30 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             allowed: "auto, bwrap, none".into(),
         });
     }
+    let sandbox_network = layers
+        .pick("sandbox-network", |f| f.sandbox_network.clone())
+        .unwrap_or_else(|| "packages".into());
+    if !["packages", "none", "host"].contains(&sandbox_network.as_str()) {
+        return Err(ConfigError::BadValue {
+            name: "sandbox-network",
+            value: sandbox_network,
+            origin: layers.origin("sandbox-network"),
+            allowed: "packages, none, host".into(),
+        });
+    }
     Ok(Settings {
         store,
         sandbox,
+        sandbox_network,
         source_hosts: layers
             .pick("source-hosts", |f| f.source_hosts.clone())
             .unwrap_or_default(),
+        package_sources: layers
+            .pick("package-sources", |f| f.package_sources.clone())
+            .unwrap_or_default(),
+        local_sources: layers
+            .pick("local-sources", |f| f.local_sources)
+            .unwrap_or(true),
         store_maintainers: layers
             .pick("store-maintainers", |f| f.store_maintainers.clone())
             .unwrap_or_default(),

@@ -328,19 +328,30 @@ fn paths_uv_would_expand_are_refused() {
     );
 }
 
-/// A remote repository may not choose package sources (an index, find-links, a local
-/// conda channel): the site decides. Served by a real `git daemon` on loopback; the same
-/// repository as a local directory is the user's own and builds its plan.
+/// A remote repository may use only the package sources the site allows (finding 16):
+/// the public hosts by default, `package-sources` when the site lists them; never a
+/// loopback server, a `--trusted-host`, or a lock's URL elsewhere. Served by a real
+/// `git daemon` on loopback; the same repository as a local directory is the user's
+/// own and builds its plan, unless the site turns local sources off (the service's
+/// setting), when local paths and images in this machine's storage are refused too.
 #[test]
-fn remote_repositories_cannot_choose_package_sources() {
+fn remote_repositories_use_only_the_package_sources_the_site_allows() {
     let sandbox = Sandbox::new();
     let served = sandbox.path().join("served");
-    let repo = common::GitRepo::init(&served.join("sources"));
-    repo.write(
-        "requirements.txt",
-        "--index-url http://127.0.0.1:1/simple\nsix\n",
-    );
-    repo.commit("index");
+    let repos: &[(&str, &str, &str)] = &[
+        ("loopback-index", "requirements.txt", "--index-url http://127.0.0.1:1/simple\nsix\n"),
+        ("pytorch", "requirements.txt", "--extra-index-url https://download.pytorch.org/whl/cpu\nsix\n"),
+        ("trusted", "requirements.txt", "--trusted-host pypi.org\nsix\n"),
+        ("internal-channel", "environment.yml", "channels:\n  - https://internal.example/conda\ndependencies:\n  - python=3.11\n"),
+        ("public-channel", "environment.yml", "channels:\n  - conda-forge\n  - https://conda.anaconda.org/bioconda\ndependencies:\n  - python=3.11\n"),
+        ("metadata-lock", "explicit-linux-64.txt", "@EXPLICIT\nhttp://169.254.169.254/latest/python-3.11.0-h0_0.conda#0123456789abcdef0123456789abcdef\n"),
+        ("local-image", "Dockerfile", "FROM localhost/hpcbinder-test/tenant:1\n"),
+    ];
+    for (name, file, contents) in repos {
+        let repo = common::GitRepo::init(&served.join(name));
+        repo.write(file, contents);
+        repo.commit(name);
+    }
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -361,33 +372,105 @@ fn remote_repositories_cannot_choose_package_sources() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("git-daemon");
-    let url = format!("git://127.0.0.1:{port}/sources");
+    let url = |name: &str| format!("git://127.0.0.1:{port}/{name}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::process::Command::new("git")
-        .args(["ls-remote", &url])
+        .args(["ls-remote", &url("pytorch")])
         .output()
         .map_or(true, |o| !o.status.success())
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let output = sandbox.run(&["build", &url, "--dry-run"]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    let plan = |name: &str, target: &str| {
+        let output = sandbox.run(&["build", &url(name), "--dry-run", "--target", target]);
+        (output.status.code(), stderr(&output))
+    };
+    let refused = "names package sources the site does not allow";
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        (
+            "loopback-index",
+            "venv",
+            Some("requirements.txt: --index-url http://127.0.0.1:1/simple"),
+        ),
+        (
+            "pytorch",
+            "venv",
+            Some("requirements.txt: --extra-index-url https://download.pytorch.org/whl/cpu"),
+        ),
+        (
+            "trusted",
+            "venv",
+            Some("requirements.txt: --trusted-host pypi.org"),
+        ),
+        (
+            "internal-channel",
+            "conda",
+            Some("environment.yml: channel https://internal.example/conda"),
+        ),
+        ("public-channel", "conda", None),
+        (
+            "metadata-lock",
+            "conda",
+            Some("explicit-linux-64.txt: http://169.254.169.254/latest/"),
+        ),
+    ];
+    for (name, target, expected) in cases {
+        let (code, err) = plan(name, target);
+        match expected {
+            Some(expected) => {
+                assert_eq!(code, Some(1), "{name}: {err}");
+                assert!(
+                    err.contains(refused) && err.contains(expected),
+                    "{name}: {err}"
+                );
+            }
+            None => assert_eq!(code, Some(0), "{name}: {err}"),
+        }
+    }
+    // The site lists what it allows: the PyTorch index now, and no longer bioconda.
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        "package-sources = [\"https://download.pytorch.org/whl\", \"conda-forge\"]\n",
+    )
+    .unwrap();
+    assert_eq!(plan("pytorch", "venv").0, Some(0));
+    let (code, err) = plan("public-channel", "conda");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("channel https://conda.anaconda.org/bioconda")
+            && !err.contains("channel conda-forge"),
+        "{err}"
+    );
+    // The same repository, local: the user's own choice.
+    let local = served.join("loopback-index");
+    let output = sandbox.run(&["build", local.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // Without local sources (the service): no local path, no loopback source, no image
+    // from this machine's storage or behind a short name, whoever's repository it is.
+    std::fs::write(sandbox.path().join("site.toml"), "local-sources = false\n").unwrap();
+    let output = sandbox.run(&["build", local.to_str().unwrap(), "--dry-run"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("names its own package sources")
-            && stderr(&output).contains("requirements.txt: --index-url http://127.0.0.1:1/simple"),
+        stderr(&output)
+            .contains("is a path on this machine, and this site allows no local sources"),
         "{}",
         stderr(&output)
     );
-    // The same repository, local: the user's own choice.
-    let local = sandbox.run(&[
-        "build",
-        served.join("sources").to_str().unwrap(),
-        "--dry-run",
-    ]);
-    assert_eq!(local.status.code(), Some(0), "{}", stderr(&local));
+    let (code, err) = plan("loopback-index", "venv");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("allows no package sources on this machine"),
+        "{err}"
+    );
+    let (code, err) = plan("local-image", "podman");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("Dockerfile: image localhost/hpcbinder-test/tenant:1 (it is on this machine)"),
+        "{err}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
 
 /// A site index URL with a credential stays out of every artefact and every output
@@ -430,6 +513,94 @@ fn index_credentials_stay_out_of_containerfiles_keys_and_output() {
         assert!(
             !text.contains("s3cret"),
             "{what} shows the credential:\n{text}"
+        );
+    }
+}
+
+/// uv is given only what hpcbinder wrote from lines detection checked (finding 13):
+/// `-r` includes are inlined, `-c` constraints copied beside them, and no repository
+/// path reaches uv. A line uv would expand (`${VAR}`) or a local path leaving the
+/// repository, in a requirements file, an environment.yml pip section or a lock, is
+/// refused at detection with its file and line.
+#[test]
+fn uv_reads_only_what_hpcbinder_wrote() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo(
+        "inlined",
+        &[
+            ("requirements.txt", "-r reqs/base.txt\n-c reqs/pins.txt\n"),
+            ("reqs/base.txt", "six  # the one package\n"),
+            ("reqs/pins.txt", "six==1.16.0\n"),
+        ],
+    );
+    let ready = sandbox.build_ready(&[&repo, "--no-verify"]);
+    let prefix = std::path::Path::new(ready["prefix"].as_str().unwrap());
+    let input = std::fs::read_to_string(prefix.join("hpcbinder/requirements.in")).unwrap();
+    let constraints = prefix.join("hpcbinder/constraints.txt");
+    assert!(input.contains("\nsix\n"), "{input}");
+    assert!(
+        input.contains(&format!("-c {}", constraints.display())),
+        "{input}"
+    );
+    assert!(!input.contains("-r ") && !input.contains(&repo), "{input}");
+    assert_eq!(
+        std::fs::read_to_string(&constraints).unwrap(),
+        "six==1.16.0\n"
+    );
+    let lock = std::fs::read_to_string(prefix.join("hpcbinder/requirements.lock")).unwrap();
+    assert!(lock.contains("six==1.16.0"), "{lock}");
+    // The copied constraints are what uv resolves against: one nothing satisfies fails.
+    std::fs::write(format!("{repo}/reqs/pins.txt"), "six>=99\n").unwrap();
+    let output = sandbox.run(&["build", &repo, "--no-verify"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("six"), "{}", stderr(&output));
+
+    let outside = sandbox.path().join("outside-pkg");
+    std::fs::create_dir_all(&outside).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "requirements.txt",
+            "six\n${HOME}/pkg\n".into(),
+            "requirements.txt:2: `${HOME}/pkg` names an environment variable",
+        ),
+        (
+            "requirements.txt",
+            format!("six\nescape @ file://{}\n", outside.display()),
+            "is outside the repository",
+        ),
+        (
+            "requirements.txt",
+            "-e ../outside-pkg\n".into(),
+            "requirements.txt:1: `-e ../outside-pkg` installs `../outside-pkg`, which is outside the repository",
+        ),
+        (
+            "environment.yml",
+            "dependencies:\n  - python=3.11\n  - pip:\n    - six\n    - ${HOME}/pkg\n".into(),
+            "environment.yml:5: `${HOME}/pkg` names an environment variable",
+        ),
+        (
+            "pylock.toml",
+            format!(
+                "lock-version = \"1.0\"\ncreated-by = \"test\"\n[[packages]]\nname = \"escape\"\ndirectory = {{ path = \"{}\" }}\n",
+                outside.display()
+            ),
+            "pylock.toml:5: a package's path",
+        ),
+        (
+            "uv.lock",
+            "version = 1\n[[package]]\nname = \"escape\"\nversion = \"1.0\"\nsource = { directory = \"../../outside-pkg\" }\n".into(),
+            "uv.lock:5: a package's path `../../outside-pkg` is outside the repository",
+        ),
+    ];
+    for (index, (file, contents, expected)) in cases.iter().enumerate() {
+        let hostile = sandbox.repo(&format!("hostile-{index}"), &[(file, contents)]);
+        let output = sandbox.run(&["detect", &hostile]);
+        assert_eq!(output.status.code(), Some(1), "{file}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(expected),
+            "{file}: {}",
+            stderr(&output)
         );
     }
 }

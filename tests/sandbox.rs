@@ -2,7 +2,7 @@
 //! setup.py that try to write the store, read `~/.ssh`, read a service token and touch
 //! another environment get nowhere, and the same repositories still build. With
 //! `sandbox = "none"` the same postBuild reaches everything, which shows the sandbox is
-//! what stops it.
+//! what stops it. Its network reaches only the site's package sources.
 
 mod common;
 
@@ -178,4 +178,83 @@ setup(name="leak", version="1.0", packages=["leak"])
     // The build wrote `build/` and `leak.egg-info` into its copy, not the checkout.
     assert!(!repo_dir.join("leak.egg-info").exists());
     assert!(!repo_dir.join("leak").exists());
+}
+
+/// A loopback HTTP server answering every request with `body`; returns its port.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Repository code has its own network: through hpcbinder's proxy it reaches a package
+/// source the site allows (a loopback server standing for the site's mirror), and gets
+/// 403 from anything else (a loopback server standing for a metadata service or the
+/// hub's API), which the build reports; a direct connection finds nothing. With
+/// `sandbox-network = "host"` the direct connection gets through: the sandbox is what
+/// stops it.
+#[test]
+fn post_build_reaches_only_the_sites_package_sources() {
+    let source = http_server("from-the-mirror");
+    let forbidden = http_server("instance-secrets");
+    let probe = format!(
+        r#"#!/bin/sh
+python3 - "$VIRTUAL_ENV/net-report" <<'PY'
+import socket, sys, urllib.error, urllib.request
+out = open(sys.argv[1], "w")
+def fetch(name, url):
+    try:
+        out.write(f"{{name}}: {{urllib.request.urlopen(url, timeout=10).read().decode()}}\n")
+    except urllib.error.HTTPError as e:
+        out.write(f"{{name}}: {{e.code}}\n")
+    except Exception as e:
+        out.write(f"{{name}}: {{type(e).__name__}}\n")
+fetch("source", "http://127.0.0.1:{source}/simple/")
+fetch("forbidden", "http://127.0.0.1:{forbidden}/latest/meta-data")
+try:
+    socket.create_connection(("127.0.0.1", {forbidden}), timeout=5).close()
+    out.write("direct: connected\n")
+except OSError as e:
+    out.write(f"direct: {{type(e).__name__}}\n")
+PY
+"#
+    );
+    for (network, expected) in [
+        (
+            "packages",
+            "source: from-the-mirror\nforbidden: 403\ndirect: ConnectionRefusedError\n",
+        ),
+        ("host", "direct: connected\n"),
+    ] {
+        let sandbox = Sandbox::new();
+        sandbox.native_site_config(&format!(
+            "package-sources = [\"http://127.0.0.1:{source}/simple\"]\nsandbox-network = \"{network}\"\n"
+        ));
+        let repo = sandbox.repo(
+            "net",
+            &[("requirements.txt", "six\n"), ("postBuild", &probe)],
+        );
+        let output = build_with_token(&sandbox, &repo);
+        let prefix = ready_prefix(&output);
+        let report = std::fs::read_to_string(format!("{prefix}/net-report")).unwrap();
+        assert!(report.ends_with(expected), "{network}:\n{report}");
+        let events = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            events.contains("postBuild tried to reach 127.0.0.1, which the sandbox refused"),
+            network == "packages",
+            "{events}"
+        );
+    }
 }

@@ -9,6 +9,7 @@
 
 mod conda;
 pub mod container;
+pub mod netproxy;
 mod process;
 mod python;
 pub mod sandbox;

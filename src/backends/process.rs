@@ -334,6 +334,9 @@ pub fn post_build(context: &Context<'_>, script: &str) -> anyhow::Result<()> {
         .stderr(Stdio::from(err))
         .status()
         .map_err(|e| anyhow::anyhow!(e).context(format!("could not run {script}")))?;
+    if let Some(jail) = &context.jail {
+        jail.report_refused(script, context.reporter);
+    }
     if status.success() {
         return Ok(());
     }

@@ -80,7 +80,9 @@ pub fn run_package_step(
     match jail_for_packages(context) {
         Some(jail) => {
             command.env("UV_CACHE_DIR", jail.scratch().join("uv-cache"));
-            process::run(context, step, &mut jail.wrap(command), fault)
+            let result = process::run(context, step, &mut jail.wrap(command), fault);
+            jail.report_refused(step, context.reporter);
+            result
         }
         None => process::run(context, step, command, fault),
     }

@@ -14,8 +14,12 @@
 //!   sets itself get through, never a service token or a git credential;
 //! - it gets its own PID, IPC and UTS namespaces and dies with hpcbinder.
 //!
-//! The network is shared: package downloads need it. `sandbox = "none"` turns this off;
-//! `auto` (the default) uses bwrap when it works here and warns when it does not.
+//! - the network is its own, reaching only the site's package sources through hpcbinder's
+//!   proxy ([`super::netproxy`]; `sandbox-network = "packages"`, the default), nothing
+//!   (`none`), or the machine's network unfiltered (`host`).
+//!
+//! `sandbox = "none"` turns all of this off; `auto` (the default) uses bwrap when it works
+//! here and warns when it does not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,6 +61,12 @@ pub struct Jail {
     writable: Vec<PathBuf>,
     /// `(source, target)`: a private copy mounted read-write over the original.
     overlays: Vec<(PathBuf, PathBuf)>,
+    /// The network: `packages` (through `proxy`), `none` or `host`.
+    network: String,
+    /// The proxy to the package sources, with `network = "packages"`.
+    proxy: Option<super::netproxy::Proxy>,
+    /// hpcbinder itself, the relay inside the sandbox.
+    relay: PathBuf,
     /// The private temporary directory (removed with the jail).
     scratch: tempfile::TempDir,
 }
@@ -147,7 +157,24 @@ pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
     if git.is_dir() {
         readable.push(git);
     }
+    let network = settings.sandbox_network.clone();
+    let relay = std::env::current_exe()
+        .and_then(fs_err::canonicalize)
+        .unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let proxy = if network == "packages" {
+        readable.push(relay.clone());
+        let allowed = crate::sources::allowed_hosts(request.spec, settings);
+        Some(super::netproxy::Proxy::start(
+            &scratch.path().join("proxy.sock"),
+            allowed,
+        )?)
+    } else {
+        None
+    };
     Ok(Some(Jail {
+        network,
+        proxy,
+        relay,
         bwrap,
         hidden: vec![
             PathBuf::from("/tmp"),
@@ -170,6 +197,21 @@ impl Jail {
         self.scratch.path()
     }
 
+    /// Report the hosts the sandbox's network refused since the last call.
+    pub fn report_refused(&self, step: &str, reporter: &dyn crate::events::Reporter) {
+        let refused = self
+            .proxy
+            .as_ref()
+            .map(super::netproxy::Proxy::take_refused)
+            .unwrap_or_default();
+        if !refused.is_empty() {
+            reporter.warning(format!(
+                "{step} tried to reach {}, which the sandbox refused: not a package source of this site (see `package-sources`)",
+                refused.join(", ")
+            ));
+        }
+    }
+
     /// `command`, to run inside the jail: same program, arguments, working directory and
     /// the variables it sets, nothing else from hpcbinder's environment.
     pub fn wrap(&self, command: &Command) -> Command {
@@ -181,14 +223,11 @@ impl Jail {
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
         ]);
+        if self.network != "host" {
+            jailed.arg("--unshare-net");
+        }
+        jailed.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
         let depth = |path: &Path| path.components().count();
         let mut hidden: Vec<&PathBuf> = self.hidden.iter().filter(|p| p.exists()).collect();
         hidden.sort_by_key(|p| depth(p));
@@ -237,10 +276,15 @@ impl Jail {
                 set(name, value);
             }
         }
-        jailed
-            .arg("--")
-            .arg(command.get_program())
-            .args(command.get_args());
+        jailed.arg("--");
+        if let Some(proxy) = &self.proxy {
+            jailed
+                .arg(&self.relay)
+                .arg(super::netproxy::RELAY_ARG)
+                .arg(proxy.socket())
+                .arg("--");
+        }
+        jailed.arg(command.get_program()).args(command.get_args());
         jailed
     }
 }

@@ -78,7 +78,11 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
     // Requirements whose every line carries hashes: a hashed requirements file, or a
     // Pipfile.lock that has hashes for every package.
     let hashed_input = match spec.pip.as_ref().filter(|p| p.hashed) {
-        Some(pip) => Some(context.repo().join(&pip.requirements[0])),
+        Some(_) => {
+            let path = context.meta.join("requirements.hashed.txt");
+            fs_err::write(&path, validated_requirements(context, "constraints.txt")?)?;
+            Some(path)
+        }
         None if spec.buildpack == Buildpack::Pipfile => hashed_pipfile_lock(context)?,
         None => None,
     };
@@ -294,27 +298,16 @@ fn uv_safe_path(path: &Path) -> bool {
     !text.contains(['$', '\n', '\r'])
 }
 
-/// `<prefix>/hpcbinder/requirements.in`: the repository's requirement files (or its
-/// Pipfile, rendered), plus ipykernel when missing.
+/// `<prefix>/hpcbinder/requirements.in`: the repository's requirements as detection
+/// validated them (includes inlined; constraints in `constraints.txt` beside it), or its
+/// Pipfile, rendered; plus ipykernel when missing. uv never reads a repository file.
 pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyhow::Result<PathBuf> {
     let spec = context.request.spec;
     let mut text = String::from("# Written by hpcbinder: what the environment is resolved from.\n");
     if spec.buildpack == Buildpack::Pipfile {
         text.push_str(&pipfile_requirements(context)?);
-    } else if let Some(pip) = &spec.pip {
-        for file in &pip.requirements[..1.min(pip.requirements.len())] {
-            let path = context.repo().join(file);
-            if !uv_safe_path(&path) {
-                anyhow::bail!(crate::detect::DetectError::Unsupported {
-                    message: format!(
-                        "the repository's path {} holds `$` or a line break, which uv would expand",
-                        crate::printer::sanitize_line(&path.display().to_string())
-                    ),
-                    hint: "build from a directory whose path has no `$` or line breaks".into(),
-                });
-            }
-            let _ = writeln!(text, "-r {}", path.display());
-        }
+    } else if spec.pip.is_some() {
+        text.push_str(&validated_requirements(context, "constraints.txt")?);
     }
     if needs_ipykernel {
         context.reporter.phase(
@@ -326,6 +319,23 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
     let path = context.meta.join("requirements.in");
     fs_err::write(&path, text)?;
     Ok(path)
+}
+
+/// Detection's validated requirement lines, one a line, with `-c <meta>/<constraints>`
+/// when there are constraint lines (written there).
+pub fn validated_requirements(context: &Context<'_>, constraints: &str) -> anyhow::Result<String> {
+    let requirements = &context.request.spec.parsed.requirements;
+    let mut text = String::new();
+    for line in &requirements.lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    if !requirements.constraints.is_empty() {
+        let path = context.meta.join(constraints);
+        fs_err::write(&path, requirements.constraints.join("\n") + "\n")?;
+        let _ = writeln!(text, "-c {}", path.display());
+    }
+    Ok(text)
 }
 
 /// A Pipfile.lock with hashes for every package, written as a hashed requirements file

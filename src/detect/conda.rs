@@ -55,17 +55,30 @@ pub fn read(
                     ),
                 });
             }
-            let mut pip = python::requirements_tree(files, &included, &mut spec.warnings)?;
+            let mut pip =
+                python::requirements_tree(files, &included, &base_dir, &mut spec.warnings)?;
+            spec.parsed.requirements.lines.append(&mut pip.flat.lines);
+            spec.parsed
+                .requirements
+                .constraints
+                .append(&mut pip.flat.constraints);
             for file in &pip.files {
                 used.add_path(file);
             }
             spec.installs_repo |= pip.installs_repo;
             spec.package_sources.append(&mut pip.source_options);
             requirements.append(&mut pip.files);
-        } else if python::installs_local_path(entry) {
-            spec.installs_repo = true;
-        } else if super::is_source_option(entry) {
-            spec.package_sources.push(format!("{path}: {entry}"));
+        } else {
+            python::check_line(files, &path, &text, &base_dir, entry)?;
+            spec.parsed
+                .requirements
+                .lines
+                .push(entry.trim().to_string());
+            if python::installs_local_path(entry) {
+                spec.installs_repo = true;
+            } else if super::is_source_option(entry) {
+                spec.package_sources.push(format!("{path}: {entry}"));
+            }
         }
     }
     for channel in conda.channels.iter().filter(|c| super::is_local_channel(c)) {

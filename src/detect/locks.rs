@@ -127,6 +127,23 @@ fn pixi(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), De
             .filter_map(|p| p.get("conda").and_then(Value::as_str))
             .find_map(python_from_conda_url);
     }
+    // Where the lock downloads from, for the site's allow-list (crate::sources).
+    let channels = lock
+        .get("environments")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|e| e.get("channels").and_then(Value::as_sequence))
+        .flatten()
+        .filter_map(|c| c.get("url").and_then(Value::as_str));
+    let urls = packages.iter().filter_map(|p| {
+        p.get("conda")
+            .or_else(|| p.get("pypi"))
+            .and_then(Value::as_str)
+    });
+    spec.parsed.lock_urls = channels.chain(urls).map(str::to_string).collect();
+    spec.parsed.lock_urls.sort();
+    spec.parsed.lock_urls.dedup();
     spec.lock = Some(LockSpec {
         format: "pixi",
         file: lock_path.clone(),
@@ -384,6 +401,25 @@ fn uv_lock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(),
             message: "not a uv lock file (needs `version` and `[[package]]` entries)".into(),
         });
     };
+    // uv reads the lock itself: a package's `path`, `directory` or `editable` source
+    // must stay inside the repository; its registries are package sources.
+    let sources: toml::Table = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|package| package.get("source"))
+        .enumerate()
+        .map(|(index, source)| (index.to_string(), source.clone()))
+        .collect();
+    local_paths_inside(files, &path, &sources, &["path", "directory", "editable"])?;
+    spec.parsed.lock_urls = sources
+        .values()
+        .filter_map(|s| s.get("registry").and_then(|r| r.as_str()))
+        .map(str::to_string)
+        .collect();
+    spec.parsed.lock_urls.sort();
+    spec.parsed.lock_urls.dedup();
     used.add_path(&path);
     let python_version_file = files.display(".python-version");
     if let Some(text) = files.read_path(&python_version_file)? {
@@ -436,6 +472,17 @@ fn pylock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), 
             message: "not a PEP 751 lock (needs `lock-version` and `[[packages]]`)".into(),
         });
     };
+    // uv reads the lock itself: every local path in it (a directory, an archive, a
+    // wheel, an sdist) must stay inside the repository.
+    local_paths_inside(files, &path, &lock, &["path"])?;
+    // Its indexes and URLs are package sources.
+    let mut urls = Vec::new();
+    for package in packages {
+        collect_paths(package, &["url", "index"], &mut urls);
+    }
+    spec.parsed.lock_urls = urls.into_iter().map(str::to_string).collect();
+    spec.parsed.lock_urls.sort();
+    spec.parsed.lock_urls.dedup();
     spec.python = lock
         .get("requires-python")
         .and_then(|v| v.as_str())
@@ -448,4 +495,49 @@ fn pylock(files: &RepoFiles, spec: &mut EnvSpec, used: &mut Used) -> Result<(), 
     });
     used.add_path(&path);
     Ok(())
+}
+
+/// Every local path a lock names under `keys` (at any depth) must be relative and stay
+/// inside the repository, resolved from the lock's directory.
+fn local_paths_inside(
+    files: &RepoFiles,
+    path: &str,
+    lock: &toml::Table,
+    keys: &[&str],
+) -> Result<(), DetectError> {
+    let mut local = Vec::new();
+    for value in lock.values() {
+        collect_paths(value, keys, &mut local);
+    }
+    let base = path
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    for value in local {
+        let relative = super::python::normalize(&format!("{base}{value}"));
+        if value.starts_with('/') || value.contains("${") || !files.inside(&relative) {
+            let text = files.read_path(path)?.unwrap_or_default();
+            return Err(DetectError::Malformed {
+                file: path.to_string(),
+                line: line_of(&text, value),
+                message: format!("a package's path `{value}` is outside the repository"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn collect_paths<'a>(value: &'a toml::Value, keys: &[&str], out: &mut Vec<&'a str>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                match value {
+                    toml::Value::String(path) if keys.contains(&key.as_str()) => out.push(path),
+                    _ => collect_paths(value, keys, out),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter().for_each(|v| collect_paths(v, keys, out)),
+        _ => {}
+    }
 }

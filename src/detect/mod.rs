@@ -230,6 +230,24 @@ pub struct Parsed {
     pub locked: Vec<LockedPackage>,
     /// A `pixi.toml` without its lock, as the conda environment to solve.
     pub pixi: Option<CondaSpec>,
+    /// The pip requirements (requirements.txt, or environment.yml's `pip:` section) with
+    /// their includes inlined and every line checked: what uv is given.
+    pub requirements: Requirements,
+    /// The URLs a lock file downloads from (pixi.lock's channels and packages, uv.lock's
+    /// registries, pylock.toml's indexes and files).
+    pub lock_urls: Vec<String>,
+    /// The images a repository Dockerfile builds from (`FROM`, `COPY --from`), stage
+    /// names left out and `ARG` defaults put in.
+    pub images: Vec<String>,
+}
+
+/// Requirement lines and constraint lines, validated by detection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// Requirement and option lines, `-r` includes inlined.
+    pub lines: Vec<String>,
+    /// The lines of `-c` constraint files.
+    pub constraints: Vec<String>,
 }
 
 /// One package of a `conda-lock.yml` or an `@EXPLICIT` file.
@@ -390,6 +408,7 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
         spec.buildpack = Buildpack::Docker;
         used.add(&files, "Dockerfile");
         spec.installs_repo = dockerfile_copies_context(&text);
+        spec.parsed.images = crate::sources::dockerfile_images(&text);
         return Ok(finish(spec, &files, used));
     }
 

@@ -15,10 +15,17 @@ pub struct RequirementsTree {
     pub installs_repo: bool,
     /// Options naming package sources (`file: line`), see `EnvSpec::package_sources`.
     pub source_options: Vec<String>,
+    /// The validated content, includes inlined: what uv is given.
+    pub flat: super::Requirements,
 }
 
 /// `-r file` / `--requirement file` / `-c file` / `--constraint=file` → the file.
 pub fn include_target(line: &str) -> Option<&str> {
+    include(line).map(|(target, _)| target)
+}
+
+/// `-r file` → (file, false); `-c file` → (file, true).
+fn include(line: &str) -> Option<(&str, bool)> {
     let line = line.trim();
     for prefix in ["-r", "--requirement", "-c", "--constraint"] {
         if let Some(rest) = line.strip_prefix(prefix) {
@@ -27,7 +34,8 @@ pub fn include_target(line: &str) -> Option<&str> {
                 || line.contains('=') && prefix.starts_with("--")
             {
                 let target = rest.trim();
-                return (!target.is_empty()).then_some(target);
+                let constraint = prefix.starts_with("-c") || prefix.starts_with("--c");
+                return (!target.is_empty()).then_some((target, constraint));
             }
         }
     }
@@ -36,81 +44,91 @@ pub fn include_target(line: &str) -> Option<&str> {
 
 /// Whether a requirement line installs a local directory (`.`, `-e .`, `./pkg`, `file:.`).
 pub fn installs_local_path(line: &str) -> bool {
-    let line = line.trim();
-    let target = line
-        .strip_prefix("-e")
-        .or_else(|| line.strip_prefix("--editable"))
-        .map(|r| r.trim_start_matches('=').trim())
-        .unwrap_or(line);
+    let target = editable_target(line);
     target == "."
         || target.starts_with("./")
         || target.starts_with("file:.")
         || target.starts_with("../")
 }
 
-/// Read a requirements file and its includes (relative to the including file).
+fn editable_target(line: &str) -> &str {
+    let line = line.trim();
+    line.strip_prefix("-e")
+        .or_else(|| line.strip_prefix("--editable"))
+        .map(|r| r.trim_start_matches('=').trim())
+        .unwrap_or(line)
+}
+
+/// The local path a requirement line names (`./pkg`, `-e ../x`, `name @ file:///abs`,
+/// `git+file:///repo`), as written; `None` for a package from an index or a remote URL.
+pub fn local_path(line: &str) -> Option<&str> {
+    let target = editable_target(line);
+    if let Some(index) = target.find("file:") {
+        let rest = &target[index + "file:".len()..];
+        let rest = rest.split([' ', '\t', ';', '#']).next().unwrap_or(rest);
+        // file:///abs and file://localhost/abs are absolute; file:rel is relative.
+        return Some(match rest.strip_prefix("//") {
+            Some(after) => after.find('/').map_or(after, |slash| &after[slash..]),
+            None => rest,
+        });
+    }
+    let target = target.split([' ', '\t', ';']).next().unwrap_or(target);
+    (target == "."
+        || target == ".."
+        || target.starts_with("./")
+        || target.starts_with("../")
+        || target.starts_with('/'))
+    .then_some(target)
+}
+
+/// One requirement or option line as uv would read it, checked: uv expands `${VAR}` from
+/// the builder's environment, and a local path must stay inside the repository (`base`
+/// is the directory uv resolves relative paths from, root-relative).
+pub fn check_line(
+    files: &RepoFiles,
+    file: &str,
+    text: &str,
+    base: &str,
+    line: &str,
+) -> Result<(), DetectError> {
+    let malformed = |message: String| DetectError::Malformed {
+        file: file.to_string(),
+        line: line_of(text, line.split_whitespace().next().unwrap_or(line)),
+        message,
+    };
+    if line.contains("${") {
+        return Err(malformed(format!(
+            "`{}` names an environment variable, which uv would expand from the builder's environment; write the value out",
+            crate::printer::sanitize_line(line)
+        )));
+    }
+    if let Some(path) = local_path(line) {
+        let relative = normalize(&format!("{base}{path}"));
+        if path.starts_with('/') || !files.inside(&relative) {
+            return Err(malformed(format!(
+                "`{}` installs `{path}`, which is outside the repository",
+                crate::printer::sanitize_line(line)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Read a requirements file and its includes (relative to the including file): `-r`
+/// includes are inlined, `-c` constraints gathered, every line checked. uv is then given
+/// only what hpcbinder writes from this, never a file the repository chose. `base` is the
+/// root-relative directory uv runs in (relative paths in lines are resolved from it, not
+/// from the file, by pip and uv alike).
 pub fn requirements_tree(
     files: &RepoFiles,
     top: &str,
+    base: &str,
     warnings: &mut Vec<String>,
 ) -> Result<RequirementsTree, DetectError> {
     let mut tree = RequirementsTree::default();
-    let mut pending = vec![top.to_string()];
-    let mut requirement_lines = 0usize;
-    let mut hashed_lines = 0usize;
-    while let Some(path) = pending.pop() {
-        if tree.files.contains(&path) {
-            continue;
-        }
-        let Some(text) = files.read_path(&path)? else {
-            continue;
-        };
-        tree.files.push(path.clone());
-        let dir = path
-            .rsplit_once('/')
-            .map(|(d, _)| format!("{d}/"))
-            .unwrap_or_default();
-        // Continuation lines (`\` at the end) belong to the requirement above.
-        let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
-        for line in joined.lines() {
-            let line = line.split(" #").next().unwrap_or(line).trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if let Some(target) = include_target(line) {
-                let included = normalize(&format!("{dir}{target}"));
-                // uv reads includes itself: one that leaves the repository (absolute, `..`,
-                // or through a symlinked directory) is refused here, not only skipped.
-                if target.starts_with('/') || !files.inside(&included) {
-                    return Err(DetectError::Malformed {
-                        file: path.clone(),
-                        line: line_of(&text, target),
-                        message: format!("includes `{target}`, which is outside the repository"),
-                    });
-                }
-                if !files.absolute(&included).is_file() {
-                    return Err(DetectError::Malformed {
-                        file: path.clone(),
-                        line: line_of(&text, target),
-                        message: format!("includes `{target}`, which does not exist"),
-                    });
-                }
-                pending.push(included);
-                continue;
-            }
-            if line.starts_with('-') && !line.starts_with("-e") && !line.starts_with("--editable") {
-                if super::is_source_option(line) {
-                    tree.source_options.push(format!("{path}: {line}"));
-                }
-                continue; // --index-url, --find-links, ...: options, not requirements.
-            }
-            requirement_lines += 1;
-            if line.contains("--hash") {
-                hashed_lines += 1;
-            }
-            tree.installs_repo |= installs_local_path(line);
-        }
-    }
+    let mut counts = (0usize, 0usize);
+    walk(files, top, base, false, &mut tree, &mut counts)?;
+    let (requirement_lines, hashed_lines) = counts;
     tree.hashed = requirement_lines > 0 && hashed_lines == requirement_lines;
     if hashed_lines > 0 && !tree.hashed {
         warnings.push(format!(
@@ -120,15 +138,103 @@ pub fn requirements_tree(
     Ok(tree)
 }
 
-fn normalize(path: &str) -> String {
+/// More included files than this are refused (a cycle is skipped, as pip does).
+const MAX_INCLUDED_FILES: usize = 64;
+
+fn walk(
+    files: &RepoFiles,
+    path: &str,
+    base: &str,
+    constraint: bool,
+    tree: &mut RequirementsTree,
+    counts: &mut (usize, usize),
+) -> Result<(), DetectError> {
+    if tree.files.iter().any(|f| f == path) {
+        return Ok(());
+    }
+    let Some(text) = files.read_path(path)? else {
+        return Ok(());
+    };
+    tree.files.push(path.to_string());
+    if tree.files.len() > MAX_INCLUDED_FILES {
+        return Err(DetectError::Malformed {
+            file: path.to_string(),
+            line: None,
+            message: format!("more than {MAX_INCLUDED_FILES} requirement files are included"),
+        });
+    }
+    let dir = path
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    // Continuation lines (`\` at the end) belong to the requirement above.
+    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
+    for line in joined.lines() {
+        let line = line.split(" #").next().unwrap_or(line).trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((target, constrains)) = include(line) {
+            let included = normalize(&format!("{dir}{target}"));
+            // An include that leaves the repository (absolute, `..`, or through a
+            // symlinked directory) is refused here, not only skipped.
+            if target.starts_with('/') || !files.inside(&included) {
+                return Err(DetectError::Malformed {
+                    file: path.to_string(),
+                    line: line_of(&text, target),
+                    message: format!("includes `{target}`, which is outside the repository"),
+                });
+            }
+            if !files.absolute(&included).is_file() {
+                return Err(DetectError::Malformed {
+                    file: path.to_string(),
+                    line: line_of(&text, target),
+                    message: format!("includes `{target}`, which does not exist"),
+                });
+            }
+            walk(
+                files,
+                &included,
+                base,
+                constraint || constrains,
+                tree,
+                counts,
+            )?;
+            continue;
+        }
+        check_line(files, path, &text, base, line)?;
+        let out = if constraint {
+            &mut tree.flat.constraints
+        } else {
+            &mut tree.flat.lines
+        };
+        out.push(line.to_string());
+        if line.starts_with('-') && !line.starts_with("-e") && !line.starts_with("--editable") {
+            if super::is_source_option(line) {
+                tree.source_options.push(format!("{path}: {line}"));
+            }
+            continue; // --index-url, --find-links, ...: options, not requirements.
+        }
+        if constraint {
+            continue;
+        }
+        counts.0 += 1;
+        if line.contains("--hash") {
+            counts.1 += 1;
+        }
+        tree.installs_repo |= installs_local_path(line);
+    }
+    Ok(())
+}
+
+pub(super) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
         match part {
             "." | "" => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    parts.push("..");
-                }
+            // `..` above the start stays: `../../x` is not `x`.
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
             }
             other => parts.push(other),
         }
@@ -150,6 +256,7 @@ pub fn packages_and_requirements(
         let tree = requirements_tree(
             files,
             &files.display("requirements.txt"),
+            "",
             &mut spec.warnings,
         )?;
         if !tree.files.is_empty() {
@@ -162,6 +269,7 @@ pub fn packages_and_requirements(
                 requirements: tree.files,
                 hashed: tree.hashed,
             });
+            spec.parsed.requirements = tree.flat;
             found = true;
         }
     }
@@ -324,6 +432,8 @@ mod tests {
         assert!(installs_local_path("."));
         assert!(!installs_local_path("numpy"));
         assert_eq!(normalize("binder/../reqs/a.txt"), "reqs/a.txt");
+        assert_eq!(normalize("../../x"), "../../x");
+        assert_eq!(normalize("a/../../x"), "../x");
     }
 
     #[test]

@@ -181,6 +181,16 @@ pub fn checkout(
     policy: &git::Policy,
     reporter: &dyn Reporter,
 ) -> Result<Checkout, SourceError> {
+    if let RepoSpec::Local { path, .. } = spec {
+        if !policy.allow_local {
+            return Err(SourceError::Hostile {
+                reason: format!(
+                    "{} is a path on this machine, and this site allows no local sources (local-sources = false)",
+                    crate::printer::sanitize_line(&path.display().to_string())
+                ),
+            });
+        }
+    }
     match spec {
         RepoSpec::Local {
             path,

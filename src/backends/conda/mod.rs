@@ -110,22 +110,13 @@ async fn link(
         .map(|l| context.repo().join(&l.file));
     let lock_file = request.from_lock.clone().or(repo_lock);
     let mut pip_pins = Vec::new();
-    let mut pip_lines = spec
-        .conda
-        .as_ref()
-        .map(|c| c.pip.clone())
-        .unwrap_or_default();
-    if spec.conda.is_none() {
-        // A pip-only spec built as a conda env (`--target conda`, or a venv whose Python
-        // is only available from conda): its requirement files go through the pip step.
-        if let Some(pip) = &spec.pip {
-            pip_lines.extend(
-                pip.requirements
-                    .first()
-                    .map(|f| format!("-r {}", context.repo().join(f).display())),
-            );
-        }
-    }
+    // environment.yml's pip section, or (for a pip-only spec built as a conda env) its
+    // requirement files: as detection validated them, includes inlined.
+    let mut pip_lines = if spec.conda.is_some() || spec.pip.is_some() {
+        spec.parsed.requirements.lines.clone()
+    } else {
+        Vec::new()
+    };
     let (records, specs, channel_urls) = if let Some(lock_path) = &lock_file {
         context.reporter.phase(
             Phase::Building,

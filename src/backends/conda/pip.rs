@@ -21,12 +21,12 @@ pub(super) fn pip_lock(
     let request = context.request;
     let spec = request.spec;
     let base = pip_base(context);
-    let mut lines = Vec::new();
-    for line in pip_lines {
-        match crate::detect::include_target(line) {
-            Some(file) => lines.push(format!("-r {}", base.join(file).display())),
-            None => lines.push(line.clone()),
-        }
+    let mut lines = pip_lines.clone();
+    let constraints = &spec.parsed.requirements.constraints;
+    if !constraints.is_empty() && request.from_lock.is_none() {
+        let path = context.meta.join("pip-constraints.txt");
+        fs_err::write(&path, constraints.join("\n") + "\n")?;
+        lines.push(format!("-c {}", path.display()));
     }
     if request.from_lock.is_none()
         && request.settings.conda.kernel_package == "pip"

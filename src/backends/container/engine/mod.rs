@@ -145,6 +145,12 @@ pub fn build(
                 super::render::INDEX_SECRET
             ));
     }
+    // Without local sources (the launch service), a repository Dockerfile's images come
+    // from their registries, never from this machine's storage, where another tenant's
+    // build may have left an image of the same name.
+    if !settings.local_sources && request.spec.buildpack == crate::detect::Buildpack::Docker {
+        command.arg("--pull=always");
+    }
     command
         .args(&settings.container.podman_build_args)
         .arg("--file")
