@@ -72,6 +72,14 @@
 //!   host ([`backends::sandbox`]). For container targets a local package's metadata is
 //!   resolved into the lock on the host, in that sandbox, rather than inside the image
 //!   build: the lock must exist before the build, as native and container envs share it.
+//!   The sandbox's network goes through hpcbinder's own proxy to the package sources
+//!   ([`backends::netproxy`]) rather than a firewall: unprivileged, and the same on every
+//!   site. The build-time verification kernel keeps the machine's network (the Jupyter
+//!   protocol runs over loopback TCP), with the filesystem jailed.
+//! - [`sources`] is the site's allow-list of package sources; the reference's wording
+//!   ("default: public ones for the CLI") is read as: a local repository may use any
+//!   source, a remote one only the allowed ones, and `local-sources = false` (for the
+//!   service) refuses everything on this machine.
 
 pub mod backends;
 mod blocking;

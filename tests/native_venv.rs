@@ -323,6 +323,8 @@ fn site_modules_are_loaded_by_the_kernel_helper() {
     std::fs::set_permissions(bin.join("module"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let repo = sandbox.repo("modules", &[("requirements.txt", "six==1.16.0\n")]);
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // The build's verification starts the kernel in the sandbox, where the stub cannot
+    // write the record (it sees an empty /tmp): started here, as Jupyter would, it does.
     let output = sandbox
         .command()
         .args(["build", "--json", &repo])
@@ -330,6 +332,15 @@ fn site_modules_are_loaded_by_the_kernel_helper() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
+    let events = String::from_utf8_lossy(&output.stdout);
+    let ready: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    assert!(events.contains("Kernel answered"), "{events}");
+    let kernel = common::kernel_with_env(
+        Path::new(ready["kernel_dir"].as_str().unwrap()),
+        &sandbox.path().join("kernel-with-path"),
+        &[("PATH", &path)],
+    );
+    common::run_cell(&kernel, "print('ok')", "ok", 60);
     assert_eq!(
         std::fs::read_to_string(&record).unwrap(),
         "load gcc/12.2 cray-python\n"

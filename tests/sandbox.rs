@@ -258,3 +258,52 @@ PY
         );
     }
 }
+
+/// The repository's `start` runs when the build verifies the kernel: in the sandbox too.
+/// It tries to copy the SSH key and the service token out, and to write into the store;
+/// nothing arrives. With `sandbox = "none"` the same `start` gets both out.
+#[test]
+fn start_at_verification_cannot_reach_the_home_secrets_or_the_store() {
+    let start = |loot: &Path, store: &Path, home: &Path| {
+        format!(
+            "#!/bin/sh\nmkdir -p {loot}\ncp {home}/.ssh/id_rsa {loot}/key 2>/dev/null\necho \"$JUPYTERHUB_API_TOKEN\" > {loot}/token 2>/dev/null\ntouch {store}/pwned 2>/dev/null\nexec \"$@\"\n",
+            loot = loot.display(),
+            store = store.display(),
+            home = home.display(),
+        )
+    };
+    for (extra, escapes) in [("", false), ("sandbox = \"none\"\n", true)] {
+        let sandbox = Sandbox::new();
+        victim(&sandbox, extra);
+        let loot = sandbox.path().join("loot");
+        let repo = sandbox.repo(
+            "start",
+            &[
+                ("requirements.txt", "six\n"),
+                (
+                    "start",
+                    &start(&loot, &sandbox.store(), &sandbox.path().join("home")),
+                ),
+            ],
+        );
+        let output = sandbox
+            .command()
+            .env("JUPYTERHUB_API_TOKEN", TOKEN)
+            .args(["build", "--json", &repo])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        ready_prefix(&output);
+        assert!(stdout.contains("Kernel answered"), "{stdout}");
+        assert_eq!(loot.join("key").exists(), escapes, "{extra}");
+        assert_eq!(
+            std::fs::read_to_string(loot.join("token")).unwrap_or_default(),
+            if escapes {
+                format!("{TOKEN}\n")
+            } else {
+                String::new()
+            },
+        );
+        assert_eq!(sandbox.store().join("pwned").exists(), escapes);
+    }
+}

@@ -344,7 +344,25 @@ fn register_kernel(
         format!("Starting kernel {} to run a test cell", spec.name),
     );
     let (code, expected) = check;
-    match kernel::verify::verify(&dir, &code, &expected, Duration::from_secs(180)) {
+    // A native environment's kernel runs the repository's `start` (and its packages'
+    // startup code): in the sandbox, as the build's repository code did.
+    let mut jail = match &ready.artifact {
+        None => sandbox::kernel_jail(
+            request.settings,
+            &request.settings.store,
+            &ready.prefix,
+            &dir,
+            reporter,
+        )?,
+        Some(_) => None,
+    };
+    match kernel::verify::verify_in(
+        &dir,
+        &code,
+        &expected,
+        Duration::from_secs(180),
+        jail.as_mut(),
+    ) {
         Ok(verified) => {
             reporter.report(Event::new(
                 Phase::Launching,

@@ -67,6 +67,8 @@ pub struct Jail {
     proxy: Option<super::netproxy::Proxy>,
     /// hpcbinder itself, the relay inside the sandbox.
     relay: PathBuf,
+    /// Variables of hpcbinder's environment passed in (environment modules' own).
+    passed: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The private temporary directory (removed with the jail).
     scratch: tempfile::TempDir,
 }
@@ -106,29 +108,16 @@ pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
     let settings = request.settings;
     let runs_repository_code = request.spec.installs_repo
         || (request.spec.post_build.is_some() && !request.target.is_container());
-    if !runs_repository_code || settings.sandbox == "none" {
+    if !runs_repository_code {
         return Ok(None);
     }
-    let found = crate::variables::on_path("bwrap")
-        .ok_or_else(|| "bwrap is not on PATH".to_string())
-        .and_then(|bwrap| probe(&bwrap).map(|()| bwrap));
-    let bwrap = match found {
-        Ok(bwrap) => bwrap,
-        Err(why) if settings.sandbox == "bwrap" => {
-            return Err(SandboxError::Unavailable { why }.into())
-        }
-        Err(why) => {
-            context.reporter.warning(format!(
-                "repository code (postBuild, setup.py) runs without a sandbox: {why}; install bubblewrap, or set sandbox = \"none\" to silence this"
-            ));
-            return Ok(None);
-        }
+    let Some(bwrap) = find_bwrap(settings, context.reporter)? else {
+        return Ok(None);
     };
     let scratch = tempfile::Builder::new()
         .prefix(".sandbox-")
         .tempdir_in(crate::store::package_cache_at(context.store.root(), ""))?;
-    let home =
-        crate::variables::get("HOME").map_or_else(|| PathBuf::from("/nonexistent"), PathBuf::from);
+    let home = home();
     let mut readable: Vec<PathBuf> = Vec::new();
     if let Some(uv) = context.uv() {
         readable.push(fs_err::canonicalize(uv).unwrap_or_else(|_| uv.to_path_buf()));
@@ -175,6 +164,7 @@ pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
         network,
         proxy,
         relay,
+        passed: Vec::new(),
         bwrap,
         hidden: vec![
             PathBuf::from("/tmp"),
@@ -191,7 +181,117 @@ pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
     }))
 }
 
+/// bwrap, when the site wants a sandbox and it works here; `None` (after a warning for
+/// `auto`) when repository code runs unconfined.
+fn find_bwrap(
+    settings: &crate::settings::Settings,
+    reporter: &dyn crate::events::Reporter,
+) -> anyhow::Result<Option<PathBuf>> {
+    if settings.sandbox == "none" {
+        return Ok(None);
+    }
+    let found = crate::variables::on_path("bwrap")
+        .ok_or_else(|| "bwrap is not on PATH".to_string())
+        .and_then(|bwrap| probe(&bwrap).map(|()| bwrap));
+    match found {
+        Ok(bwrap) => Ok(Some(bwrap)),
+        Err(why) if settings.sandbox == "bwrap" => Err(SandboxError::Unavailable { why }.into()),
+        Err(why) => {
+            reporter.warning(format!(
+                "repository code (postBuild, setup.py, start) runs without a sandbox: {why}; install bubblewrap, or set sandbox = \"none\" to silence this"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The variables environment modules (Lmod, Environment Modules) need for the kernel
+/// helper's `module load`: where modules live and the `module` shell function itself.
+/// None of them is a secret.
+fn module_variables() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const PREFIXES: &[&str] = &[
+        "MODULE",
+        "LMOD",
+        "BASH_FUNC_module",
+        "BASH_FUNC_ml",
+        "_LMFILES_",
+        "LOADEDMODULES",
+    ];
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
+        })
+        .collect()
+}
+
+fn home() -> PathBuf {
+    crate::variables::get("HOME").map_or_else(|| PathBuf::from("/nonexistent"), PathBuf::from)
+}
+
+/// The jail a just-built native environment's kernel starts in for its verification: the
+/// repository's `start` runs there, and whatever its packages run at startup (`.pth`
+/// files). It reads the environment, its base interpreter and the kernelspec, writes only
+/// a private directory (its `HOME` is an empty tmpfs), and sees nothing else of the store
+/// or the home. Its network is the machine's: the verifier talks to the kernel over
+/// loopback TCP, as Jupyter does.
+pub fn kernel_jail(
+    settings: &crate::settings::Settings,
+    store_root: &Path,
+    prefix: &Path,
+    kernel_dir: &Path,
+    reporter: &dyn crate::events::Reporter,
+) -> anyhow::Result<Option<Jail>> {
+    let Some(bwrap) = find_bwrap(settings, reporter)? else {
+        return Ok(None);
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix(".sandbox-")
+        .tempdir_in(crate::store::package_cache_at(store_root, ""))?;
+    let mut readable = vec![
+        prefix.to_path_buf(),
+        prefix.with_extension("toml"),
+        kernel_dir.to_path_buf(),
+    ];
+    // A venv's interpreter is its base's (`home = <base>/bin` in pyvenv.cfg).
+    if let Ok(config) = fs_err::read_to_string(prefix.join("pyvenv.cfg")) {
+        let home = config.lines().find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "home").then(|| PathBuf::from(value.trim()))
+        });
+        if let Some(base) = home.as_deref().and_then(Path::parent) {
+            readable.push(fs_err::canonicalize(base).unwrap_or_else(|_| base.to_path_buf()));
+        }
+    }
+    readable.extend(settings.ca_bundle());
+    let home = home();
+    Ok(Some(Jail {
+        bwrap,
+        hidden: vec![
+            PathBuf::from("/tmp"),
+            PathBuf::from("/run/user"),
+            PathBuf::from("/var/tmp"),
+            home.clone(),
+            store_root.to_path_buf(),
+        ],
+        home,
+        readable,
+        writable: Vec::new(),
+        overlays: Vec::new(),
+        network: "host".into(),
+        proxy: None,
+        relay: PathBuf::new(),
+        passed: module_variables(),
+        scratch,
+    }))
+}
+
 impl Jail {
+    /// Also readable in the jail from now on (a kernel's connection file's directory).
+    pub fn allow_read(&mut self, path: &Path) {
+        self.readable.push(path.to_path_buf());
+    }
+
     /// A private directory the step may write (its uv cache, its temp files).
     pub fn scratch(&self) -> &Path {
         self.scratch.path()
@@ -271,6 +371,9 @@ impl Jail {
         set("HOME".as_ref(), self.home.as_os_str());
         set("LANG".as_ref(), "C.UTF-8".as_ref());
         set("TMPDIR".as_ref(), "/tmp".as_ref());
+        for (name, value) in &self.passed {
+            set(name, value);
+        }
         for (name, value) in command.get_envs() {
             if let Some(value) = value {
                 set(name, value);

@@ -81,7 +81,19 @@ pub fn verify(
     expected: &str,
     timeout: Duration,
 ) -> Result<Verified, VerifyError> {
-    crate::blocking::block_on(run(kernel_dir, code, expected, timeout))
+    verify_in(kernel_dir, code, expected, timeout, None)
+}
+
+/// [`verify`], the kernel started inside `jail` when given (it runs the repository's
+/// `start` and whatever the environment's packages run at startup).
+pub fn verify_in(
+    kernel_dir: &Path,
+    code: &str,
+    expected: &str,
+    timeout: Duration,
+    jail: Option<&mut crate::backends::sandbox::Jail>,
+) -> Result<Verified, VerifyError> {
+    crate::blocking::block_on(run(kernel_dir, code, expected, timeout, jail))
         .map_err(|e| VerifyError::Protocol(e.to_string()))?
 }
 
@@ -118,6 +130,7 @@ async fn run(
     code: &str,
     expected: &str,
     timeout: Duration,
+    jail: Option<&mut crate::backends::sandbox::Jail>,
 ) -> Result<Verified, VerifyError> {
     let started = Instant::now();
     let argv = super::read_argv(kernel_dir).map_err(|source| VerifyError::Start {
@@ -172,8 +185,13 @@ async fn run(
             command: log_path.display().to_string(),
             source,
         })?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    if let Some(jail) = jail {
+        jail.allow_read(scratch.path());
+        command = jail.wrap(&command);
+    }
+    let mut child = tokio::process::Command::from(command)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.into_file()))
         .stderr(Stdio::from(log_err))
