@@ -68,11 +68,12 @@
 //!   else is built into the user's own `e/<key16>-u<uid>`, so the prefix is derived from
 //!   the key *and* the trust, never read from a marker. Finished environments have
 //!   read-only directories, so venv builds compile bytecode at install time.
-//! - Repository code (postBuild, local package builds) runs in a bubblewrap sandbox on the
-//!   host ([`backends::sandbox`]). For container targets a local package's metadata is
-//!   resolved into the lock on the host, in that sandbox, rather than inside the image
-//!   build: the lock must exist before the build, as native and container envs share it.
-//!   The sandbox's network goes through hpcbinder's own proxy to the package sources
+//! - Repository code of native builds (postBuild, local package builds, `start` at
+//!   verification) runs in a bubblewrap sandbox on the host ([`backends::sandbox`]). An
+//!   image's local packages (`.`, `-e .`, `./pkg` in its requirements) are installed inside
+//!   the image build after the locked environment, so the image's lock (resolved on the
+//!   host, shared with native builds) covers the other requirements only; what the local
+//!   packages pull in is resolved in the build. The sandbox's network goes through hpcbinder's own proxy to the package sources
 //!   ([`backends::netproxy`]) rather than a firewall: unprivileged, and the same on every
 //!   site. The build-time verification kernel keeps the machine's network (the Jupyter
 //!   protocol runs over loopback TCP), with the filesystem jailed.

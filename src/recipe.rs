@@ -15,6 +15,7 @@ pub(crate) const INSTALL_R: &str = include_str!("../buildpacks/container/install
 pub(crate) const DESCRIPTION: &str =
     include_str!("../buildpacks/container/description.Containerfile");
 pub(crate) const PACKAGE: &str = include_str!("../buildpacks/container/package.Containerfile");
+pub(crate) const LOCAL: &str = include_str!("../buildpacks/container/local.Containerfile");
 pub(crate) const REPO: &str = include_str!("../buildpacks/container/repo.Containerfile");
 pub(crate) const POST_BUILD: &str =
     include_str!("../buildpacks/container/post-build.Containerfile");
@@ -56,6 +57,9 @@ pub fn fragments(spec: &EnvSpec, env: EnvKind) -> Vec<&'static str> {
         used.push(INSTALL_R);
     }
     used.push(REPO);
+    if env != EnvKind::None && spec.parsed.requirements.has_local() {
+        used.push(LOCAL);
+    }
     if spec.buildpack == Buildpack::R && r_file("DESCRIPTION") {
         used.push(DESCRIPTION);
     }

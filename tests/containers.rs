@@ -19,7 +19,12 @@ fn repo(sandbox: &Sandbox) -> String {
     sandbox.repo(
         "container-demo",
         &[
-            ("requirements.txt", "six==1.16.0\n"),
+            ("requirements.txt", "six==1.16.0\n./localpkg\n"),
+            (
+                "localpkg/setup.py",
+                "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
+            ),
+            ("localpkg/localpkg/__init__.py", "VALUE = 'built-in-the-image'\n"),
             ("apt.txt", "# small and quick\njq\n"),
             (
                 "postBuild",
@@ -67,8 +72,9 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
             && helper.contains("$runtime_dir:$runtime_dir"),
         "{helper}"
     );
-    let cell = "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])";
-    let expected = "1.16.0 True built-by-postbuild from-start";
+    // The local package was built inside the image build (never on the host).
+    let cell = "import os, shutil, six, localpkg; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'], localpkg.VALUE)";
+    let expected = "1.16.0 True built-by-postbuild from-start built-in-the-image";
     common::run_cell(kernel_dir, cell, expected, 120);
     // The same through jupyter_client, independently of hpcbinder's verifier.
     common::jupyter::run_cell(kernel_dir, cell, expected, 120);

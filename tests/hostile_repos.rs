@@ -604,3 +604,55 @@ fn uv_reads_only_what_hpcbinder_wrote() {
         );
     }
 }
+
+/// An image's local packages are built inside the image build, never on the host
+/// (finding 3): `--containerfile-only` of a requirements file holding `.` does not run
+/// the repository's setup.py, even with the sandbox off; the line goes to
+/// `local-requirements.txt`, installed after the repository is copied in.
+#[test]
+fn image_builds_run_no_repository_code_on_the_host() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(
+        "sandbox = \"none\"\nbase-image = \"localhost/hpcbinder-test/any:1\"\n",
+    );
+    let marker = sandbox.path().join("setup-py-ran-on-the-host");
+    let repo = sandbox.repo(
+        "local-package",
+        &[
+            ("requirements.txt", "six\n.\n"),
+            (
+                "setup.py",
+                &format!(
+                    "import pathlib\npathlib.Path({:?}).write_text('x')\nfrom setuptools import setup\nsetup(name='local', version='1.0')\n",
+                    marker.display().to_string()
+                ),
+            ),
+        ],
+    );
+    let out = sandbox.path().join("context");
+    sandbox.ok(&[
+        "build",
+        &repo,
+        "--target",
+        "podman",
+        "--containerfile-only",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!marker.exists(), "setup.py ran on the host");
+    assert_eq!(
+        std::fs::read_to_string(out.join("hpcbinder/env/local-requirements.txt")).unwrap(),
+        ".\n"
+    );
+    let lock = std::fs::read_to_string(out.join("hpcbinder/env/requirements.lock")).unwrap();
+    assert!(lock.contains("six==") && !lock.contains("local"), "{lock}");
+    let containerfile = std::fs::read_to_string(out.join("Containerfile")).unwrap();
+    let repo_line = containerfile.find("COPY --chown=1000:1000 repo/").unwrap();
+    let local_line = containerfile
+        .find("-r /opt/hpcbinder/local-requirements.txt")
+        .unwrap_or_else(|| panic!("{containerfile}"));
+    assert!(repo_line < local_line, "{containerfile}");
+    // A native build of the same repository does run it: in the sandbox, when on.
+    let output = sandbox.run(&["build", &repo, "--no-kernel"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(marker.exists(), "the native build installs the package");
+}

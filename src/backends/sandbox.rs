@@ -1,5 +1,7 @@
-//! The sandbox repository code runs in: `postBuild`, and the uv steps that build a local
-//! package (its `setup.py` or build backend), for every target built on the host.
+//! The sandbox repository code runs in on the host: a native build's `postBuild`, the uv
+//! steps that build a local package (its `setup.py` or build backend), and the kernel the
+//! build starts to verify the environment (its `start`). An image runs all of these inside
+//! its build.
 //!
 //! bubblewrap (`bwrap`, unprivileged) gives the code a view of the machine where:
 //! - the whole filesystem is read-only;
@@ -100,14 +102,14 @@ fn probe(bwrap: &Path) -> Result<(), String> {
 /// host, or when that code runs unconfined (`sandbox = "none"`, or `auto` without a
 /// working bwrap, after a warning event).
 ///
-/// Repository code runs here when the build installs the repository itself (its build
-/// backend resolves the lock's metadata, for every target) and for a native target's
-/// postBuild (a container's runs inside the image build).
+/// Repository code runs here when a native build installs the repository itself (its
+/// build backend runs while the lock is resolved) or runs postBuild. A container target
+/// runs none on the host: its local packages and postBuild are built inside the image.
 pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
     let request = context.request;
     let settings = request.settings;
-    let runs_repository_code = request.spec.installs_repo
-        || (request.spec.post_build.is_some() && !request.target.is_container());
+    let runs_repository_code = !request.target.is_container()
+        && (request.spec.installs_repo || request.spec.post_build.is_some());
     if !runs_repository_code {
         return Ok(None);
     }

@@ -325,8 +325,14 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
 /// when there are constraint lines (written there).
 pub fn validated_requirements(context: &Context<'_>, constraints: &str) -> anyhow::Result<String> {
     let requirements = &context.request.spec.parsed.requirements;
+    // An image builds its local packages inside the build (`local-requirements.txt`),
+    // never here: their metadata comes from running their build backend.
+    let container = context.request.target.is_container();
     let mut text = String::new();
     for line in &requirements.lines {
+        if container && crate::detect::Requirements::is_local(line) {
+            continue;
+        }
         text.push_str(line);
         text.push('\n');
     }

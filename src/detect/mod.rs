@@ -250,6 +250,28 @@ pub struct Requirements {
     pub constraints: Vec<String>,
 }
 
+impl Requirements {
+    /// Whether a line installs a local path (`.`, `-e .`, `./pkg`, `file:...`): the
+    /// repository's own code, whose metadata only its build backend can tell.
+    pub fn is_local(line: &str) -> bool {
+        python::local_path(line).is_some()
+    }
+
+    /// The lines installing local paths.
+    pub fn local_lines(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| Self::is_local(l))
+            .collect()
+    }
+
+    /// Whether any line installs a local path.
+    pub fn has_local(&self) -> bool {
+        self.lines.iter().any(|l| Self::is_local(l))
+    }
+}
+
 /// One package of a `conda-lock.yml` or an `@EXPLICIT` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedPackage {

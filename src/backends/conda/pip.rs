@@ -21,7 +21,13 @@ pub(super) fn pip_lock(
     let request = context.request;
     let spec = request.spec;
     let base = pip_base(context);
-    let mut lines = pip_lines.clone();
+    // An image builds its local packages inside the build, never here.
+    let container = request.target.is_container();
+    let mut lines: Vec<String> = pip_lines
+        .iter()
+        .filter(|l| !(container && crate::detect::Requirements::is_local(l)))
+        .cloned()
+        .collect();
     let constraints = &spec.parsed.requirements.constraints;
     if !constraints.is_empty() && request.from_lock.is_none() {
         let path = context.meta.join("pip-constraints.txt");

@@ -103,6 +103,14 @@ pub fn assemble(context: &Context<'_>, dir: &Path) -> anyhow::Result<(PathBuf, V
         }
         None => fs_err::write(support.join("ca-bundle.crt"), "")?,
     }
+    let local = spec.parsed.requirements.local_lines();
+    if !local.is_empty() && !matches!(env, EnvInside::None) {
+        fs_err::write(
+            env_dir.join("local-requirements.txt"),
+            local.join("\n") + "\n",
+        )?;
+        copy_uv(context, &support)?;
+    }
     super::sandbox::copy_repository(context.repo(), &dir.join("repo"))?;
     let text = containerfile_text(request, env, Some(&env_dir))?;
     let containerfile = dir.join("Containerfile");
@@ -270,7 +278,7 @@ pub fn write_context(
         crate::store::Store::open(&request.settings.store, &request.settings.store_maintainers)?;
     fs_err::create_dir_all(dir)?;
     let dir = fs_err::canonicalize(dir)?;
-    let mut context = Context {
+    let context = Context {
         request,
         meta: dir.join("hpcbinder"),
         prefix: dir.clone(),
@@ -279,8 +287,7 @@ pub fn write_context(
         uv: std::sync::OnceLock::new(),
         jail: None,
     };
-    // Resolving the lock may build the repository's package metadata: sandboxed.
-    context.jail = super::sandbox::jail(&context)?;
+    // No repository code runs here: local packages are built inside the image build.
     let (containerfile, _) = assemble(&context, &dir)?;
     Ok(containerfile)
 }

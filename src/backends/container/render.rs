@@ -8,8 +8,8 @@ use crate::backends::BuildError;
 use crate::detect::{Buildpack, EnvSpec};
 
 use crate::recipe::{
-    APT, BASE, CONDA, CONDA_PIP, DESCRIPTION, INSTALL_R, LABELS, PACKAGE, POST_BUILD, R, REPO,
-    START, VENV,
+    APT, BASE, CONDA, CONDA_PIP, DESCRIPTION, INSTALL_R, LABELS, LOCAL, PACKAGE, POST_BUILD, R,
+    REPO, START, VENV,
 };
 
 /// What the rendering needs besides the spec.
@@ -145,6 +145,9 @@ pub fn containerfile(spec: &EnvSpec, inputs: &RenderInputs<'_>) -> String {
     }
     out.push('\n');
     out.push_str(REPO);
+    if !matches!(inputs.env, EnvLayer::None) && spec.parsed.requirements.has_local() {
+        out.push_str(&fill(LOCAL));
+    }
     if spec.buildpack == Buildpack::R && r_file("DESCRIPTION").is_some() {
         out.push_str(DESCRIPTION);
     }
