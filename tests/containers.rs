@@ -1,49 +1,23 @@
 //! Container targets built for real: Podman images from a base image made with
 //! debootstrap (nothing pulled from a public registry), run through `podman run` (runc),
 //! converted to Charliecloud directory + squashfs images run with `ch-run`, to SIF files
-//! checked with `siftool` and run from their squashfs root with `ch-run`, and pushed to a
-//! real local `docker-registry` for Shifter (whose `shifterimg` is a recording shim here),
-//! and migrated by a real podman-hpc. How each buildpack's environment gets into an image
-//! is tested in `container_buildpacks.rs`.
+//! checked with `siftool` and run from their squashfs root with `ch-run`, and migrated by
+//! a real podman-hpc. Shifter's registry push is in `shifter_registry.rs`; how each
+//! buildpack's environment gets into an image, in `container_buildpacks.rs`.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{podman, stderr, Sandbox, CONTAINERS_CONF};
-
-/// requirements.txt + apt.txt + postBuild + start: the issue's example repository.
-fn repo(sandbox: &Sandbox) -> String {
-    sandbox.repo(
-        "container-demo",
-        &[
-            ("requirements.txt", "six==1.16.0\n./localpkg\n"),
-            (
-                "localpkg/setup.py",
-                "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
-            ),
-            ("localpkg/localpkg/__init__.py", "VALUE = 'built-in-the-image'\n"),
-            ("apt.txt", "# small and quick\njq\n"),
-            (
-                "postBuild",
-                "#!/bin/sh\nset -e\necho built-by-postbuild > \"$HOME/post-build-marker\"\n",
-            ),
-            (
-                "start",
-                "#!/bin/sh\nexport HPCBINDER_START=from-start\nexec \"$@\"\n",
-            ),
-            ("analysis.ipynb", "{\"cells\": []}\n"),
-        ],
-    )
-}
 
 #[test]
 fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
     let sandbox = Sandbox::new();
     sandbox.container_site_config("");
-    let repo = repo(&sandbox);
+    let repo = common::container_demo(&sandbox);
     let ready = sandbox.build_ready(&[&repo, "--target", "podman"]);
     let key = ready["key"].as_str().unwrap();
     let image = ready["image"].as_str().unwrap();
@@ -72,9 +46,8 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
             && helper.contains("$runtime_dir:$runtime_dir"),
         "{helper}"
     );
-    // The local package was built inside the image build (never on the host).
-    let cell = "import os, shutil, six, localpkg; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'], localpkg.VALUE)";
-    let expected = "1.16.0 True built-by-postbuild from-start built-in-the-image";
+    let cell = "import os, shutil, six; print(six.__version__, bool(shutil.which('jq')), open(os.path.expanduser('~/post-build-marker')).read().strip(), os.environ['HPCBINDER_START'])";
+    let expected = "1.16.0 True built-by-postbuild from-start";
     common::run_cell(kernel_dir, cell, expected, 120);
     // The same through jupyter_client, independently of hpcbinder's verifier.
     common::jupyter::run_cell(kernel_dir, cell, expected, 120);
@@ -166,13 +139,39 @@ fn podman_image_runs_a_verified_kernel_and_notebook_changes_reuse_it() {
     )
     .unwrap();
     assert_ne!(sandbox.key(&[&repo, "--target", "podman"]), key);
+
+    // A local package the requirements name is built inside the image build, never on
+    // the host (issue 10, finding 3), and the kernel imports it.
+    std::fs::write(
+        format!("{repo}/requirements.txt"),
+        "six==1.16.0\n./localpkg\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(format!("{repo}/localpkg/localpkg")).unwrap();
+    std::fs::write(
+        format!("{repo}/localpkg/setup.py"),
+        "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{repo}/localpkg/localpkg/__init__.py"),
+        "VALUE = 'built-in-the-image'\n",
+    )
+    .unwrap();
+    let local = sandbox.build_ready(&[&repo, "--target", "podman"]);
+    common::run_cell(
+        Path::new(local["kernel_dir"].as_str().unwrap()),
+        "import localpkg; print(localpkg.VALUE)",
+        "built-in-the-image",
+        120,
+    );
 }
 
 #[test]
 fn charliecloud_and_apptainer_images_run_under_ch_run() {
     let sandbox = Sandbox::new();
     sandbox.container_site_config("");
-    let repo = repo(&sandbox);
+    let repo = common::container_demo(&sandbox);
 
     let ready = sandbox.build_ready(&[&repo, "--target", "charliecloud"]);
     let image = ready["image"].as_str().unwrap();
@@ -545,211 +544,11 @@ fn podman_hpc_migrates_to_a_group_readable_squash_dir_and_runs_the_kernel_from_i
     }
 }
 
-struct Registry {
-    child: Child,
-    address: String,
-}
-
-impl Registry {
-    /// `docker-registry` on a free loopback port. The port is free when picked, but another
-    /// process (a kernel of a parallel test, say) may bind it before the registry does:
-    /// then the registry exits with "address already in use" and starts again on a fresh
-    /// port, a bounded number of times. Any other failure ends the test with its log.
-    fn start(sandbox: &Sandbox) -> Self {
-        let config = sandbox.path().join("registry.yml");
-        let log = sandbox.path().join("registry.log");
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let address = format!("127.0.0.1:{port}");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
-                    sandbox.path().join("registry-data").display()
-                ),
-            )
-            .unwrap();
-            let output = std::fs::File::create(&log).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdout(output.try_clone().unwrap())
-                .stderr(output)
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                if answers_as_registry(&address) {
-                    return Self { child, address };
-                }
-                if std::time::Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "docker-registry did not answer on {address} within 30 s:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(
-                text.contains("address already in use"),
-                "docker-registry exited ({status}):\n{text}"
-            );
-        }
-        panic!(
-            "docker-registry found its port taken five times:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-}
-
-/// Whether what listens on `address` is a registry (not whatever took the port first).
-fn answers_as_registry(address: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response)
-        .to_ascii_lowercase()
-        .contains("docker-distribution-api-version: registry/2.0")
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn shifter_pushes_to_a_real_registry_and_a_refusing_registry_fails_cleanly() {
-    let sandbox = Sandbox::new();
-    let registry = Registry::start(&sandbox);
-    sandbox.container_site_config(&format!(
-        "registry = \"{}/hpcbinder\"\nregistry-tls-verify = false\n",
-        registry.address
-    ));
-    // shifterimg does not exist here: this shim records the call hpcbinder makes.
-    let bin = sandbox.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let record = sandbox.path().join("shifterimg-calls");
-    std::fs::write(
-        bin.join("shifterimg"),
-        format!("#!/bin/sh\necho \"$@\" >> {}\n", record.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        bin.join("shifterimg"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let repo = repo(&sandbox);
-
-    let output = sandbox
-        .command()
-        .args(["build", "--json", &repo, "--target", "shifter"])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    let text = String::from_utf8_lossy(&output.stdout);
-    let ready: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    let image = ready["image"].as_str().unwrap();
-    assert!(
-        image.starts_with(&format!("{}/hpcbinder/container-demo:", registry.address)),
-        "{image}"
-    );
-    let inspect = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            &format!("docker://{image}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        inspect.status.success(),
-        "the image is in the registry: {}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
-    assert!(String::from_utf8_lossy(&inspect.stdout).contains("org.hpcbinder.key"));
-    assert_eq!(
-        std::fs::read_to_string(&record).unwrap().trim(),
-        format!("pull docker:{image}")
-    );
-    let helper = std::fs::read_to_string(
-        Path::new(ready["kernel_dir"].as_str().unwrap()).join("kernel-helper.sh"),
-    )
-    .unwrap();
-    assert!(
-        helper.contains(&format!(
-            "exec shifter '--image=docker:{image}' '/opt/env/bin/python' -m ipykernel_launcher -f"
-        )),
-        "{helper}"
-    );
-    assert!(
-        ready["verification"]
-            .as_str()
-            .unwrap()
-            .starts_with("skipped"),
-        "shifter cannot run here: never reported as verified"
-    );
-
-    // A registry that refuses the push (nothing listens): a clear error, nothing ready.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    sandbox.container_site_config(&format!(
-        "registry = \"127.0.0.1:{dead}/hpcbinder\"\nregistry-tls-verify = false\n"
-    ));
-    std::fs::write(
-        format!("{repo}/requirements.txt"),
-        "six==1.16.0\n# another key\n",
-    )
-    .unwrap();
-    let output = sandbox
-        .command()
-        .args(["build", &repo, "--target", "shifter"])
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(
-        stderr(&output).contains("pushing to 127.0.0.1"),
-        "{}",
-        stderr(&output)
-    );
-    let key = sandbox.key(&[&repo, "--target", "shifter"]);
-    assert!(!sandbox
-        .store()
-        .join(format!("e/{}.toml", &key[..16]))
-        .exists());
-}
-
 #[test]
 fn dry_run_containerfile_only_and_bad_input() {
     let sandbox = Sandbox::new();
     sandbox.container_site_config("");
-    let repo = repo(&sandbox);
+    let repo = common::container_demo(&sandbox);
     let plan = sandbox.ok(&["build", &repo, "--target", "podman", "--dry-run"]);
     assert!(
         plan.contains("containerfile:") && plan.contains(&format!("FROM {}", common::base_image())),

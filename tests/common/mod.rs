@@ -387,3 +387,23 @@ impl Sandbox {
         ));
     }
 }
+
+/// requirements.txt + apt.txt + postBuild + start: the example repository.
+pub fn container_demo(sandbox: &Sandbox) -> String {
+    sandbox.repo(
+        "container-demo",
+        &[
+            ("requirements.txt", "six==1.16.0\n"),
+            ("apt.txt", "# small and quick\njq\n"),
+            (
+                "postBuild",
+                "#!/bin/sh\nset -e\necho built-by-postbuild > \"$HOME/post-build-marker\"\n",
+            ),
+            (
+                "start",
+                "#!/bin/sh\nexport HPCBINDER_START=from-start\nexec \"$@\"\n",
+            ),
+            ("analysis.ipynb", "{\"cells\": []}\n"),
+        ],
+    )
+}
