@@ -57,6 +57,60 @@ pub enum Command {
     /// Inspect the resolved configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Point a collaboration's name at an environment (built or reused from a repository,
+    /// or one already in the store); its kernel, shared in the store, follows the name.
+    Pin(PinArgs),
+    /// Remove a pin and its shared kernel (the environments stay, for gc).
+    Unpin {
+        /// The pin.
+        name: String,
+    },
+    /// List the store's pins: name, key, source, when and by whom.
+    Pins,
+    /// List every environment in the store: key, source, target, size, built, last used,
+    /// pins and kernels.
+    List,
+    /// Show one environment (a pin's name, or its key): source, locks, packages, size,
+    /// who built it when, pins, kernels.
+    Show {
+        /// A pin's name, or a key (8 characters or more) or store entry.
+        what: String,
+    },
+    /// Remove an environment (refused when pinned or used by a running kernel).
+    Rm {
+        /// Its key (8 characters or more) or store entry.
+        key: String,
+        /// Remove it even when pinned or in use.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove what nobody needs: environments unpinned and unused for DAYS (with
+    /// --older-than), unfinished builds, temp files, kernelspecs of removed environments,
+    /// and package-cache entries no environment uses.
+    Gc {
+        /// Also remove unpinned environments no kernel used for this many days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: Option<u64>,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write an environment's lock, for `build --from-lock` or `pin --from-lock` elsewhere.
+    Export {
+        /// A pin's name, or a key.
+        what: String,
+        /// The lock's format (default: pixi for conda environments, requirements for venvs).
+        #[arg(long, value_parser = ["pixi", "explicit", "requirements"])]
+        format: Option<String>,
+        /// Write it here (default: stdout).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print the JUPYTER_PATH setting that shows the store's shared (pinned) kernels.
+    JupyterPath,
+    /// Kernels in your own kernel directory.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -141,6 +195,52 @@ pub struct BuildArgs {
     /// requirements lock for venv), e.g. one written by an earlier build.
     #[arg(long, value_name = "FILE")]
     pub from_lock: Option<PathBuf>,
+}
+
+/// `pin` arguments.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The pin's name, which is also its kernel's name (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// The repository to build (or reuse) the environment from.
+    #[arg(conflicts_with_all = ["key", "history", "rollback"])]
+    pub repo: Option<String>,
+    /// Branch, tag or commit of the repository.
+    #[arg(long = "ref", value_name = "REF", requires = "repo")]
+    pub reference: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Kernel display name (default: `NAME (origin @ commit)`).
+    #[arg(long, value_name = "TEXT")]
+    pub display_name: Option<String>,
+    /// Point the pin at an environment already in the store.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["history", "rollback"])]
+    pub key: Option<String>,
+    /// Build from this exported lock (with the repository) instead of resolving.
+    #[arg(long, value_name = "FILE", requires = "repo")]
+    pub from_lock: Option<PathBuf>,
+    /// Show where the pin pointed before.
+    #[arg(long, conflicts_with = "rollback")]
+    pub history: bool,
+    /// Point the pin back at its N-th previous target (default 1).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub rollback: Option<usize>,
+    /// Register the kernel without starting it to run a test cell.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// `kernel` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Copy a pinned kernel into your own kernel directory; it still follows the pin.
+    Add {
+        /// The pin.
+        name: String,
+        /// The kernels directory (default: $JUPYTER_DATA_DIR/kernels).
+        #[arg(long, value_name = "DIR")]
+        kernel_dir: Option<PathBuf>,
+    },
 }
 
 /// `config` subcommands.

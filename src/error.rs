@@ -74,6 +74,7 @@ domain_errors! {
     DetectError => crate::detect::DetectError,
     ConfigError => crate::settings::ConfigError,
     PlanError => crate::plan::PlanError,
+    CollabError => crate::collab::CollabError,
     StoreError => crate::store::StoreError,
     BuildError => crate::backends::BuildError,
 }

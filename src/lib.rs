@@ -85,6 +85,7 @@
 pub mod backends;
 mod blocking;
 pub mod cli;
+pub mod collab;
 mod commands;
 pub mod detect;
 pub mod diagnostic;
@@ -112,7 +113,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, KernelCommand};
 use crate::error::ExitStatus;
 use crate::events::{JsonReporter, Reporter, TerminalReporter};
 use crate::printer::{Printer, Verbosity};
@@ -169,6 +170,7 @@ fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
     let target_args = match &cli.command {
         Command::Key(args) => Some(&args.target),
         Command::Build(args) => Some(&args.target),
+        Command::Pin(args) => Some(&args.target),
         _ => None,
     };
     let overrides = CliOverrides {
@@ -196,6 +198,42 @@ fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
         Command::Build(args) => commands::build(args, &settings, printer, reporter.as_ref(), json),
         Command::Config(ConfigCommand::Show) => commands::config_show(&settings, printer, json),
         Command::Doctor => commands::doctor(&settings, printer, json),
+        Command::Pin(args) => {
+            commands::collab::pin(args, &settings, printer, reporter.as_ref(), json)
+        }
+        Command::Unpin { name } => commands::collab::unpin(name, &settings, printer),
+        Command::Pins => commands::collab::pins(&settings, printer, json),
+        Command::List => commands::collab::list(&settings, printer, json),
+        Command::Show { what } => commands::collab::show(what, &settings, printer, json),
+        Command::Rm { key, force } => {
+            commands::collab::rm(key, *force, &settings, printer, reporter.as_ref())
+        }
+        Command::Gc {
+            older_than,
+            dry_run,
+        } => commands::collab::gc(
+            *older_than,
+            *dry_run,
+            &settings,
+            printer,
+            reporter.as_ref(),
+            json,
+        ),
+        Command::Export {
+            what,
+            format,
+            output,
+        } => commands::collab::export(
+            what,
+            format.as_deref(),
+            output.as_deref(),
+            &settings,
+            printer,
+        ),
+        Command::JupyterPath => commands::collab::jupyter_path(&settings, printer),
+        Command::Kernel(KernelCommand::Add { name, kernel_dir }) => {
+            commands::collab::kernel_add(name, kernel_dir.as_deref(), &settings, printer)
+        }
         Command::Completions { .. } => unreachable!("handled above"),
     };
     if let (Err(error), true) = (&result, streams_events) {

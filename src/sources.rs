@@ -96,90 +96,15 @@ pub fn named(spec: &EnvSpec) -> Vec<Named> {
     out
 }
 
-/// The images a Dockerfile builds from: `FROM` and `COPY --from` references that are not
-/// its own stages (or `scratch`), with `ARG` defaults declared before them put in.
-pub fn dockerfile_images(text: &str) -> Vec<String> {
-    let joined = text.replace("\\\r\n", " ").replace("\\\n", " ");
-    let mut args: Vec<(String, String)> = Vec::new();
-    let mut stages: Vec<String> = Vec::new();
-    let mut images: Vec<String> = Vec::new();
-    let expand = |reference: &str, args: &[(String, String)]| {
-        let mut out = reference.to_string();
-        for (name, value) in args {
-            out = out
-                .replace(&format!("${{{name}}}"), value)
-                .replace(&format!("${name}"), value);
-        }
-        out
-    };
-    for line in joined.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(instruction) = words.first().map(|w| w.to_ascii_uppercase()) else {
-            continue;
-        };
-        let operands: Vec<&str> = words[1..]
-            .iter()
-            .copied()
-            .filter(|w| !w.starts_with("--platform"))
-            .collect();
-        match instruction.as_str() {
-            "ARG" => {
-                for operand in &operands {
-                    if let Some((name, value)) = operand.split_once('=') {
-                        args.push((name.to_string(), value.trim_matches('"').to_string()));
-                    }
-                }
-            }
-            "FROM" => {
-                if let Some(reference) = operands.first() {
-                    let reference = expand(reference, &args);
-                    if !stages.iter().any(|s| s.eq_ignore_ascii_case(&reference))
-                        && !reference.eq_ignore_ascii_case("scratch")
-                    {
-                        images.push(reference);
-                    }
-                }
-                if operands.len() >= 3 && operands[1].eq_ignore_ascii_case("as") {
-                    stages.push(operands[2].to_string());
-                }
-            }
-            "COPY" | "ADD" => {
-                for word in &words[1..] {
-                    if let Some(from) = word.strip_prefix("--from=") {
-                        let from = expand(from, &args);
-                        let is_stage = stages.iter().any(|s| s.eq_ignore_ascii_case(&from))
-                            || from.chars().all(|c| c.is_ascii_digit());
-                        if !is_stage {
-                            images.push(from);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    images.dedup();
-    images
-}
-
-/// Why an image reference may resolve to this machine's image storage, or `None` when it
-/// names a registry that is not on this machine.
-pub fn local_image(reference: &str) -> Option<&'static str> {
-    if reference.contains('$') {
-        return Some(
-            "it names a build argument without a default, so where it comes from is unknown",
-        );
-    }
-    let first = reference.split('/').next().unwrap_or(reference);
-    let has_registry =
-        reference.contains('/') && (first.contains(['.', ':']) || first == "localhost");
-    if !has_registry {
-        return Some("a short name may resolve to an image in this machine's storage; name the registry (e.g. docker.io/library/python:3.12)");
-    }
-    if is_local_channel(&format!("https://{first}")) {
-        return Some("it is on this machine");
-    }
-    None
+/// `host:port` of a URL (default ports by scheme), lower case; `None` for paths.
+pub fn host_port(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_ascii_lowercase();
+    let port = parsed.port_or_known_default()?;
+    Some(format!(
+        "{}:{port}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    ))
 }
 
 /// Whether a source is on this machine: a path, `file:`, or a loopback server.
@@ -223,7 +148,7 @@ pub fn allowed_hosts(spec: &EnvSpec, settings: &Settings) -> Vec<String> {
             } else {
                 format!("{alias}/{entry}")
             };
-            crate::backends::netproxy::host_port(&url)
+            host_port(&url)
         })
         .collect();
     // The public hosts' downloads live on their CDNs' names.
@@ -281,7 +206,7 @@ pub fn check(spec: &EnvSpec, settings: &Settings, local_repository: bool) -> Res
         .images
         .iter()
         .filter_map(|image| {
-            local_image(image).map(|why| Named {
+            crate::detect::docker::local_image(image).map(|why| Named {
                 place: format!("Dockerfile: image {image} ({why})"),
                 value: image.clone(),
                 trusted_host: false,
@@ -370,24 +295,5 @@ mod tests {
             "https://conda.anaconda.org/",
             alias
         ));
-    }
-
-    #[test]
-    fn dockerfile_images_leave_out_stages_and_expand_arg_defaults() {
-        let text = "ARG BASE=docker.io/library/python:3.12\nFROM --platform=linux/amd64 $BASE AS build\nFROM build\nCOPY --from=build /a /b\nCOPY --from=localhost/other:1 /c /d\nCOPY --from=0 /e /f\nFROM scratch\nFROM ${MISSING}\n";
-        assert_eq!(
-            dockerfile_images(text),
-            [
-                "docker.io/library/python:3.12",
-                "localhost/other:1",
-                "${MISSING}"
-            ]
-        );
-        assert_eq!(local_image("docker.io/library/python:3.12"), None);
-        assert_eq!(local_image("registry.example:5000/x"), None);
-        assert!(local_image("localhost/other:1").is_some());
-        assert!(local_image("127.0.0.1:5000/x").is_some());
-        assert!(local_image("python:3.12").is_some());
-        assert!(local_image("${MISSING}").is_some());
     }
 }

@@ -12,18 +12,17 @@ pub mod container;
 pub mod netproxy;
 mod process;
 mod python;
+pub mod register;
 pub mod sandbox;
 mod venv;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::detect::{Buildpack, EnvSpec};
 use crate::diagnostic::{Blame, Diagnostic};
-use crate::events::{Event, Phase, Reporter, ReporterExt};
-use crate::kernel::{self, KernelSpec};
+use crate::events::{Phase, Reporter, ReporterExt};
 use crate::key::{self, EnvKey};
 use crate::settings::Settings;
 use crate::source::Checkout;
@@ -316,156 +315,24 @@ fn register_kernel(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let (spec, check) = kernel_spec(request, ready, plan)?;
-    let dir = spec.install(&kernels_dir).map_err(|e| BuildError::Kernel {
-        dir: kernels_dir.clone(),
-        source: e,
-    })?;
-    reporter.phase(
-        Phase::Launching,
-        format!("Registered kernel {} in {}", spec.name, dir.display()),
-    );
-    outcome.kernel = Some(spec.name.clone());
-    outcome.kernel_dir = Some(dir.clone());
-    if !verify {
-        return Ok(());
-    }
-    if let Err(reason) = container::runnable(request.target) {
-        // Never reported as passed: the engine cannot run here.
-        reporter.phase(
-            Phase::Launching,
-            format!("Kernel verification skipped: {reason}"),
-        );
-        outcome.verification = Some(format!("skipped: {reason}"));
-        return Ok(());
-    }
-    reporter.phase(
-        Phase::Launching,
-        format!("Starting kernel {} to run a test cell", spec.name),
-    );
-    let (code, expected) = check;
-    // A native environment's kernel runs the repository's `start` (and its packages'
-    // startup code): in the sandbox, as the build's repository code did.
-    let mut jail = match &ready.artifact {
-        None => sandbox::kernel_jail(
-            request.settings,
-            &request.settings.store,
-            &ready.prefix,
-            &dir,
-            reporter,
-        )?,
-        Some(_) => None,
-    };
-    match kernel::verify::verify_in(
-        &dir,
-        &code,
-        &expected,
-        Duration::from_secs(180),
-        jail.as_mut(),
-    ) {
-        Ok(verified) => {
-            reporter.report(Event::new(
-                Phase::Launching,
-                format!(
-                    "Kernel answered in {:.1} s: {}",
-                    verified.elapsed.as_secs_f64(),
-                    verified.output
-                ),
-            ));
-            outcome.verified = Some(verified.output);
-            Ok(())
-        }
-        Err(error) => {
-            // The environment stays built; a kernelspec that does not start is removed.
-            let _ = fs_err::remove_dir_all(&dir);
-            Err(BuildError::Verify {
-                kernel: spec.name,
-                source: error,
-            }
-            .into())
-        }
-    }
-}
-
-/// The kernelspec for a ready environment or image, and the cell that proves it works
-/// (code, expected output).
-fn kernel_spec(
-    request: &BuildRequest<'_>,
-    ready: &Ready,
-    plan: &crate::plan::BuildPlan,
-) -> anyhow::Result<(KernelSpec, (String, String))> {
-    let modules = &request.settings.modules;
-    let metadata = serde_json::json!({
-        "key": ready.key,
-        "prefix": ready.prefix,
-        "origin": request.checkout.identity.origin,
-        "source": ready.source,
-        "image": ready.artifact.as_ref().map(|a| &a.image),
-    });
-    let prefix_check = |expected: String| {
-        (
-            "import os, sys; print(os.path.realpath(sys.prefix))".to_string(),
-            expected,
-        )
-    };
-    let (helper, command, check) = match &ready.artifact {
-        Some(artifact) => {
-            let (exports, exec) = container::kernel_exec(artifact, request.settings);
-            let helper = kernel::container_helper(
-                request.target.name(),
-                &artifact.image,
-                modules,
-                &exports,
-                &exec,
-            );
-            let check = if artifact.language.as_deref() == Some("R") {
-                (
-                    "cat('hpcbinder', 'ok', sep = '-')".to_string(),
-                    "hpcbinder-ok".to_string(),
-                )
-            } else if request.spec.buildpack == Buildpack::Docker {
-                (
-                    "print('hpcbinder-ok')".to_string(),
-                    "hpcbinder-ok".to_string(),
-                )
-            } else {
-                prefix_check("/opt/env".to_string())
-            };
-            (helper, vec!["{connection_file}".to_string()], check)
-        }
-        None => {
-            let python = ready.prefix.join("bin/python").display().to_string();
-            let variable = if request.target == Target::Conda {
-                "CONDA_PREFIX"
-            } else {
-                "VIRTUAL_ENV"
-            };
-            let owner = {
-                use std::os::unix::fs::MetadataExt;
-                fs_err::metadata(&ready.prefix)?.uid()
-            };
-            let helper = kernel::native_helper(&ready.prefix, owner, variable, modules);
-            let command = ["-m", "ipykernel_launcher", "-f", "{connection_file}"].map(String::from);
-            let mut argv = vec![python];
-            argv.extend(command);
-            let expected = fs_err::canonicalize(&ready.prefix)?.display().to_string();
-            (helper, argv, prefix_check(expected))
-        }
-    };
-    let language = ready
-        .artifact
-        .as_ref()
-        .and_then(|a| a.language.clone())
-        .unwrap_or_else(|| "python".to_string());
-    let spec = KernelSpec {
-        language,
-        name: plan.kernel.name.clone(),
-        display_name: plan.kernel.display_name.clone(),
-        helper,
-        command,
-        metadata,
-    };
-    Ok((spec, check))
+    let registered = register::register(
+        request.settings,
+        ready,
+        &register::Registration {
+            name: &plan.kernel.name,
+            display_name: &plan.kernel.display_name,
+            kernels_dir: &kernels_dir,
+            origin: &request.checkout.identity.origin,
+            follow: false,
+        },
+        verify,
+        reporter,
+    )?;
+    outcome.kernel = Some(plan.kernel.name.clone());
+    outcome.kernel_dir = Some(registered.dir);
+    outcome.verified = registered.verified;
+    outcome.verification = registered.skipped;
+    Ok(())
 }
 
 /// Whether a spec already asks for ipykernel (conda dependencies, pip lines, requirements).

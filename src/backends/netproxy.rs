@@ -94,17 +94,6 @@ impl Drop for Proxy {
     }
 }
 
-/// `host:port` of a URL (default ports by scheme), lower case; `None` for paths.
-pub fn host_port(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let host = parsed.host_str()?.to_ascii_lowercase();
-    let port = parsed.port_or_known_default()?;
-    Some(format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    ))
-}
-
 /// One client: read its request head, check the destination, connect, then pass bytes
 /// both ways until either side closes.
 fn serve(
@@ -147,7 +136,9 @@ fn serve(
                 "an absolute http:// URL is needed\n",
             );
         };
-        let Some(destination) = host_port(target).filter(|_| url.scheme() == "http") else {
+        let Some(destination) =
+            crate::sources::host_port(target).filter(|_| url.scheme() == "http")
+        else {
             return respond(
                 &mut client,
                 "400 Bad Request",
@@ -293,6 +284,7 @@ mod tests {
 
     #[test]
     fn host_ports_default_by_scheme() {
+        use crate::sources::host_port;
         assert_eq!(
             host_port("https://PyPI.org/simple").as_deref(),
             Some("pypi.org:443")

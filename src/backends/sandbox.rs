@@ -289,11 +289,6 @@ pub fn kernel_jail(
 }
 
 impl Jail {
-    /// Also readable in the jail from now on (a kernel's connection file's directory).
-    pub fn allow_read(&mut self, path: &Path) {
-        self.readable.push(path.to_path_buf());
-    }
-
     /// A private directory the step may write (its uv cache, its temp files).
     pub fn scratch(&self) -> &Path {
         self.scratch.path()
@@ -317,6 +312,11 @@ impl Jail {
     /// `command`, to run inside the jail: same program, arguments, working directory and
     /// the variables it sets, nothing else from hpcbinder's environment.
     pub fn wrap(&self, command: &Command) -> Command {
+        self.wrap_reading(command, &[])
+    }
+
+    /// [`Jail::wrap`], with `extra` readable too (a kernel's connection file's directory).
+    pub fn wrap_reading(&self, command: &Command, extra: &[&Path]) -> Command {
         let mut jailed = Command::new(&self.bwrap);
         jailed.args([
             "--die-with-parent",
@@ -340,8 +340,10 @@ impl Jail {
         mounts.extend(
             self.readable
                 .iter()
+                .map(PathBuf::as_path)
+                .chain(extra.iter().copied())
                 .filter(|p| p.exists())
-                .map(|p| ("--ro-bind", p.as_path(), p.as_path())),
+                .map(|p| ("--ro-bind", p, p)),
         );
         mounts.extend(
             self.writable

@@ -1,6 +1,7 @@
 //! One file per command; each takes resolved settings, a printer and a reporter.
 
 mod build;
+pub mod collab;
 mod config;
 mod detect;
 mod doctor;

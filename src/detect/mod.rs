@@ -8,6 +8,7 @@
 //! exists (both is an error). Files seen and not used become warnings.
 
 mod conda;
+pub mod docker;
 mod files;
 mod locks;
 mod python;
@@ -430,7 +431,7 @@ pub fn detect(root: &std::path::Path, platform: &str) -> Result<EnvSpec, DetectE
         spec.buildpack = Buildpack::Docker;
         used.add(&files, "Dockerfile");
         spec.installs_repo = dockerfile_copies_context(&text);
-        spec.parsed.images = crate::sources::dockerfile_images(&text);
+        spec.parsed.images = docker::dockerfile_images(&text);
         return Ok(finish(spec, &files, used));
     }
 

@@ -84,16 +84,20 @@ pub fn verify(
     verify_in(kernel_dir, code, expected, timeout, None)
 }
 
-/// [`verify`], the kernel started inside `jail` when given (it runs the repository's
-/// `start` and whatever the environment's packages run at startup).
+/// How to start the kernel's command: wrapped (in a sandbox), given the directory of its
+/// connection file, which it must be able to read.
+pub type Wrap<'a> = &'a (dyn Fn(&std::process::Command, &Path) -> std::process::Command + Sync);
+
+/// [`verify`], the kernel's command wrapped by `wrap` when given (a sandbox: it runs the
+/// repository's `start` and whatever the environment's packages run at startup).
 pub fn verify_in(
     kernel_dir: &Path,
     code: &str,
     expected: &str,
     timeout: Duration,
-    jail: Option<&mut crate::backends::sandbox::Jail>,
+    wrap: Option<Wrap<'_>>,
 ) -> Result<Verified, VerifyError> {
-    crate::blocking::block_on(run(kernel_dir, code, expected, timeout, jail))
+    crate::blocking::block_on(run(kernel_dir, code, expected, timeout, wrap))
         .map_err(|e| VerifyError::Protocol(e.to_string()))?
 }
 
@@ -130,7 +134,7 @@ async fn run(
     code: &str,
     expected: &str,
     timeout: Duration,
-    jail: Option<&mut crate::backends::sandbox::Jail>,
+    wrap: Option<Wrap<'_>>,
 ) -> Result<Verified, VerifyError> {
     let started = Instant::now();
     let argv = super::read_argv(kernel_dir).map_err(|source| VerifyError::Start {
@@ -187,9 +191,8 @@ async fn run(
         })?;
     let mut command = std::process::Command::new(program);
     command.args(args);
-    if let Some(jail) = jail {
-        jail.allow_read(scratch.path());
-        command = jail.wrap(&command);
+    if let Some(wrap) = wrap {
+        command = wrap(&command, scratch.path());
     }
     let mut child = tokio::process::Command::from(command)
         .stdin(Stdio::null())

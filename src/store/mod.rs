@@ -267,7 +267,7 @@ impl Store {
             trust: trust::Trust::for_store(root, maintainers)?,
             sharing: trust::Sharing::of(root),
         };
-        for dir in ["e", "locks", "pkgs", "cache", "tools"] {
+        for dir in ["e", "locks", "pkgs", "cache", "tools", "used"] {
             trust::shared_dir(&root.join(dir), store.sharing)?;
         }
         for dir in ["pkgs", "cache"] {

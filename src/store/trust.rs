@@ -66,7 +66,7 @@ impl Trust {
 
 /// A user name or numeric id as a uid, through the system's user database (`id -u`, so
 /// LDAP and sssd users resolve too).
-fn resolve_user(name: &str) -> Result<u32, StoreError> {
+pub fn resolve_user(name: &str) -> Result<u32, StoreError> {
     if let Ok(uid) = name.parse() {
         return Ok(uid);
     }
