@@ -192,9 +192,10 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     pub containerfile_only: Option<PathBuf>,
     /// Install from this lock file instead of resolving (a pixi.lock for conda, a
-    /// requirements lock for venv), e.g. one written by an earlier build.
+    /// requirements lock for venv), e.g. one written by `hpcbinder export`. Give it twice
+    /// for a conda environment with a pip part: its pixi.lock and its requirements lock.
     #[arg(long, value_name = "FILE")]
-    pub from_lock: Option<PathBuf>,
+    pub from_lock: Vec<PathBuf>,
 }
 
 /// `pin` arguments.
@@ -216,9 +217,10 @@ pub struct PinArgs {
     /// Point the pin at an environment already in the store.
     #[arg(long, value_name = "KEY", conflicts_with_all = ["history", "rollback"])]
     pub key: Option<String>,
-    /// Build from this exported lock (with the repository) instead of resolving.
+    /// Build from this exported lock (with the repository) instead of resolving; twice for
+    /// a conda environment with a pip part.
     #[arg(long, value_name = "FILE", requires = "repo")]
-    pub from_lock: Option<PathBuf>,
+    pub from_lock: Vec<PathBuf>,
     /// Show where the pin pointed before.
     #[arg(long, conflicts_with = "rollback")]
     pub history: bool,

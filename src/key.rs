@@ -26,6 +26,16 @@ pub struct EnvKey {
 }
 
 impl EnvKey {
+    /// Add a file's digest as input `name`, and compute the key again.
+    pub fn add_input(&mut self, name: &str, file: &Path) -> std::io::Result<()> {
+        self.inputs
+            .insert(name.to_string(), format!("sha256:{}", file_digest(file)?));
+        let canonical =
+            serde_json::to_string(&self.inputs).expect("a map of strings always serialises");
+        self.key = hex::encode(Sha256::digest(canonical.as_bytes()));
+        Ok(())
+    }
+
     /// The first 16 hex digits: the store directory name (short, for conda's prefix rewriting).
     pub fn short(&self) -> &str {
         &self.key[..16]

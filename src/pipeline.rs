@@ -52,8 +52,10 @@ pub struct Options {
     pub register_kernel: bool,
     /// Run a cell in the new kernel (`--no-verify` turns it off).
     pub verify: bool,
-    /// Install from this lock instead of resolving.
-    pub from_lock: Option<PathBuf>,
+    /// Install from these locks instead of resolving: one (a pixi.lock for conda, a
+    /// requirements lock for a venv), or a conda environment's pixi.lock and its pip part's
+    /// requirements lock.
+    pub from_lock: Vec<PathBuf>,
     /// Replace a kernelspec of the same name that belongs to another environment.
     pub replace_kernel: bool,
     /// What to do.
@@ -74,6 +76,8 @@ pub struct Prepared {
     pub plan: BuildPlan,
     /// `--from-lock`, absolute.
     pub from_lock: Option<PathBuf>,
+    /// A second `--from-lock`: the pip part of a conda environment.
+    pub from_pip_lock: Option<PathBuf>,
 }
 
 /// What the pipeline produced.
@@ -157,17 +161,17 @@ pub fn prepare(
             }
         }
     }
-    let from_lock = match &options.from_lock {
-        Some(path) => Some(fs_err::canonicalize(path)?),
-        None => None,
-    };
-    let key = key::compute(
+    let (from_lock, from_pip_lock) = classify_locks(&options.from_lock)?;
+    let mut key = key::compute(
         &checkout.root,
         &spec,
         target,
         settings,
         from_lock.as_deref(),
     )?;
+    if let Some(pip) = &from_pip_lock {
+        key.add_input("from-pip-lock", pip)?;
+    }
     if let Some(name) = &options.kernel.name {
         plan::check_kernel_name(name)?;
     }
@@ -187,7 +191,31 @@ pub fn prepare(
         key,
         plan,
         from_lock,
+        from_pip_lock,
     })
+}
+
+/// `--from-lock` files: one lock, or a conda environment's pixi.lock (YAML with a
+/// `version:`) and its pip part's requirements lock, in either order.
+fn classify_locks(locks: &[PathBuf]) -> anyhow::Result<(Option<PathBuf>, Option<PathBuf>)> {
+    let mut paths = Vec::new();
+    for lock in locks {
+        paths.push(fs_err::canonicalize(lock)?);
+    }
+    let is_pixi = |path: &PathBuf| {
+        fs_err::read_to_string(path).is_ok_and(|text| {
+            text.lines()
+                .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .is_some_and(|l| l.starts_with("version:"))
+        })
+    };
+    match paths.as_slice() {
+        [] => Ok((None, None)),
+        [one] => Ok((Some(one.clone()), None)),
+        [a, b] if is_pixi(a) && !is_pixi(b) => Ok((Some(a.clone()), Some(b.clone()))),
+        [a, b] if is_pixi(b) && !is_pixi(a) => Ok((Some(b.clone()), Some(a.clone()))),
+        _ => Err(plan::PlanError::FromLocks { count: paths.len() }.into()),
+    }
 }
 
 /// Run the whole pipeline for `repository`.
@@ -209,6 +237,7 @@ pub fn run(
         replace_kernel: options.replace_kernel,
         verify: options.verify,
         from_lock: prepared.from_lock.clone(),
+        from_pip_lock: prepared.from_pip_lock.clone(),
     };
     match &options.action {
         Action::Plan => {

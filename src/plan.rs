@@ -58,6 +58,12 @@ pub enum PlanError {
         /// `file: what` of each.
         sources: String,
     },
+    /// `--from-lock` files that do not make one environment.
+    #[error("{count} --from-lock files given; one lock, or a conda environment's pixi.lock and its pip requirements lock, are accepted")]
+    FromLocks {
+        /// How many.
+        count: usize,
+    },
     /// Nowhere to register a kernel.
     #[error("neither JUPYTER_DATA_DIR nor HOME is set (as an absolute path), so there is no kernel directory")]
     NoKernelDir,
@@ -93,6 +99,7 @@ impl Diagnostic for PlanError {
             }
             Self::RepositorySources { .. } => "remove them (the site's channels and index apply), ask the site to add them to `package-sources`, or build a local clone of the repository, whose sources are yours to choose".into(),
             Self::LocalSources { .. } => "use the site's channels and index, or a server the site's `package-sources` allows".into(),
+            Self::FromLocks { .. } => "export them with `hpcbinder export KEY --format pixi` and `--format requirements`".into(),
             Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
             Self::KernelTaken { .. } => "pass --kernel-name NAME for another name, or --replace to point this one at the new environment".into(),

@@ -54,6 +54,8 @@ pub struct BuildRequest<'a> {
     pub verify: bool,
     /// `--from-lock FILE`.
     pub from_lock: Option<PathBuf>,
+    /// The pip part's hashed lock of a conda environment, installed as it is.
+    pub from_pip_lock: Option<PathBuf>,
 }
 
 /// What `build` produced.

@@ -542,21 +542,19 @@ pub fn export_file(entry: &Entry, format: Option<&str>) -> anyhow::Result<PathBu
             .filter(|l| l.starts_with("hpcbinder/conda-") && l.ends_with(".lock"))
             .cloned()
             .collect(),
-        other => anyhow::bail!(CollabError::InUse {
-            what: format!("`{other}`"),
-            why: "not an export format (pixi, explicit, requirements)".into(),
-        }),
+        _ => Vec::new(),
     };
     wanted
         .iter()
         .map(|l| entry.prefix.join(l))
         .find(|p| p.is_file())
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "environment {} has no {format} lock (it is a {} environment; its locks: {})",
-                entry.slot,
-                entry.target,
-                entry.locks.join(", ")
-            )
+            CollabError::NoLock {
+                slot: entry.slot.clone(),
+                format: format.to_string(),
+                target: entry.target.clone(),
+                locks: entry.locks.join(", "),
+            }
+            .into()
         })
 }

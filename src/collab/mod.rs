@@ -93,6 +93,18 @@ pub enum CollabError {
         /// Pinned, or used by a running kernel.
         why: String,
     },
+    /// An environment without a lock in the format asked for.
+    #[error("environment {slot} has no {format} lock (it is a {target} environment; its locks: {locks})")]
+    NoLock {
+        /// The store entry.
+        slot: String,
+        /// The format asked for.
+        format: String,
+        /// Its target.
+        target: String,
+        /// The locks it has.
+        locks: String,
+    },
     /// `pin NAME` with nothing to point it at.
     #[error("`pin {name}` needs something to point at")]
     NothingToPin {
@@ -128,6 +140,7 @@ impl Diagnostic for CollabError {
             Self::NoHistory { .. } => "`hpcbinder pin NAME --history` shows the earlier targets".into(),
             Self::InUse { .. } => "unpin it first, wait for its kernels to stop, or pass --force".into(),
             Self::BadPinsFile { .. } => "restore it from a backup, or remove it and pin again".into(),
+            Self::NoLock { .. } => "conda environments export as pixi or explicit (and their pip part as requirements); venvs as requirements".into(),
             Self::NothingToPin { .. } => "give a repository, --key KEY, --history or --rollback".into(),
         })
     }

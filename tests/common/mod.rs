@@ -345,6 +345,7 @@ impl Drop for Tmpfs {
 pub mod channel;
 pub mod http;
 pub mod jupyter;
+pub mod users;
 
 /// The containers.conf the container tests give Podman (runc, cgroupfs, ulimits).
 pub const CONTAINERS_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/containers.conf");

@@ -19,6 +19,12 @@ pub(super) fn pip_lock(
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
     let pip_lines = &linked.pip_lines;
     let request = context.request;
+    // An exported pip lock is installed as it is: no resolution.
+    if let Some(exported) = &request.from_pip_lock {
+        let lock = context.meta.join("pip.lock");
+        fs_err::copy(exported, &lock)?;
+        return Ok(Some(lock));
+    }
     let spec = request.spec;
     let base = pip_base(context);
     // An image builds its local packages inside the build, never here.
