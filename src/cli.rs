@@ -283,6 +283,7 @@ pub fn man_page() -> Vec<u8> {
             format!(".TP\n\\fB{}\\fR\n{}\n", escape(key), escape(what)).as_bytes(),
         );
     }
+    out.extend_from_slice(COLLABORATIONS.as_bytes());
     out.extend_from_slice(b".SH ENVIRONMENT\n");
     for (name, what) in crate::variables::DOCUMENTED {
         out.extend_from_slice(
@@ -294,3 +295,25 @@ pub fn man_page() -> Vec<u8> {
     );
     out
 }
+
+/// The man page's worked example of a collaboration (the README's, shorter).
+const COLLABORATIONS: &str = r#".SH COLLABORATIONS
+A collaboration's maintainer pins a name; every member's kernel follows it.
+.PP
+.nf
+export HPCBINDER_STORE=/global/common/software/desi/hpcbinder
+hpcbinder pin desi\-main gh:desihub/desi\-env \-\-ref v24.1
+hpcbinder jupyter\-path        # JUPYTER_PATH=... for the hub or members' shells
+hpcbinder kernel add desi\-main # a member's own copy, still following the pin
+hpcbinder pin desi\-main gh:desihub/desi\-env \-\-ref v24.2   # same kernel name
+hpcbinder pin desi\-main \-\-history
+hpcbinder pin desi\-main \-\-rollback
+hpcbinder list; hpcbinder show desi\-main
+hpcbinder export desi\-main \-o desi.lock
+hpcbinder gc \-\-older\-than 90 \-\-dry\-run
+.fi
+.PP
+Only maintainers (root, the store's owner, store\-maintainers) pin, unpin, rm and gc.
+A kernel in use holds a shared lock on its environment's marker; rm and gc never remove
+an environment in use or one a pin points at (now or in its history).
+"#;

@@ -17,6 +17,9 @@
 //! - [`settings`] resolves CLI > environment > user config > site config.
 //! - [`pipeline`] is the one entry point for all of it (CLI, pins, the service, a batch
 //!   job); the plan it makes drives the build.
+//! - [`collab`] keeps collaborations' pins and their shared kernels, and manages the store
+//!   (`list`, `show`, `rm`, `gc`, `export`); [`sources`] is the site's allow-list of
+//!   package sources.
 //! - [`python`] chooses the interpreter (configured, the repository's, else the
 //!   `python3` on PATH); [`tools`] finds or bootstraps uv into the store.
 //!

@@ -182,13 +182,17 @@ fn the_inventory_knows_what_is_pinned_and_what_a_running_kernel_uses() {
     let unfinished = sandbox.store().join("e/0123456789abcdef");
     std::fs::create_dir_all(unfinished.join("lib")).unwrap();
     let dry = sandbox.ok(&["gc", "--dry-run"]);
-    assert!(
-        dry.contains("unfinished build") && dry.contains("kernelspec of a removed environment"),
-        "{dry}"
-    );
-    assert!(unfinished.exists() && kernel1.exists());
+    let lock1 = sandbox.store().join(format!("locks/{}.lock", &key1[..16]));
+    for what in [
+        "unfinished build",
+        "kernelspec of a removed environment",
+        "lock file nobody holds",
+    ] {
+        assert!(dry.contains(what), "{what}: {dry}");
+    }
+    assert!(unfinished.exists() && kernel1.exists() && lock1.exists());
     sandbox.ok(&["gc"]);
-    assert!(!unfinished.exists() && !kernel1.exists());
+    assert!(!unfinished.exists() && !kernel1.exists() && !lock1.exists());
     let unpinned = sandbox.repo("unpinned", &[("requirements.txt", "six\n# three\n")]);
     let ready3 = sandbox.build_ready(&[&unpinned, "--no-kernel"]);
     sandbox.ok(&["gc", "--older-than", "1"]);

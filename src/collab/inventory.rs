@@ -440,6 +440,18 @@ pub fn gc(
             freed.push(remove_path(&path, what, dry_run)?);
         }
     }
+    // Lock files of entries that no longer exist, which nobody holds (a builder that
+    // opens one meanwhile takes it again: see `Store::lock`).
+    for item in fs_err::read_dir(store.root().join("locks"))?.flatten() {
+        let path = item.path();
+        let name = item.file_name().to_string_lossy().to_string();
+        let Some(slot) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        if !e.join(slot).exists() && lock_free(store, slot) && owned(&path) {
+            freed.push(remove_path(&path, "lock file nobody holds", dry_run)?);
+        }
+    }
     // Kernelspecs whose environment is gone: the store's shared ones (not a pin's) and
     // this user's own.
     let pins = read_pins(store.root(), settings)?;

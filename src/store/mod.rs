@@ -11,6 +11,8 @@
 //!                           hardlinks; per user, as environments share their inodes
 //! <store>/cache/u<uid>/     a user's source clones and repodata
 //! <store>/tools/            tools installed once (uv)
+//! <store>/used/<slot>.<uid> touched by the kernel helper: when each user last used it
+//! <store>/pins/, kernels/   collaborations' pins and shared kernels ([`crate::collab`])
 //! ```
 //!
 //! Rules: nothing without a marker is trusted, nor anything a user outside the store's
