@@ -156,6 +156,7 @@ config_keys! {
     source_hosts: Vec<String> = "source-hosts", "Hosts that repositories and their git submodules may be fetched from (default: any). Submodules on this machine (file://) are allowed only for a local repository.";
     package_sources: Vec<String> = "package-sources", "Package sources a remote repository may name: conda channel names and URL prefixes of channels, indexes and find-links (default: the public conda and PyPI hosts). The configured channels, mirrors, index and find-links are always allowed.";
     local_sources: bool = "local-sources", "Whether builds may use this machine's paths: a local repository, file:// submodules, channels and indexes, loopback servers (default true; the launch service sets false).";
+    shared_kernels: PathBuf = "shared-kernels", "Where pinned (collaboration) kernels are written: a directory named `kernels`, whose parent goes into JUPYTER_PATH (default: <store>/kernels).";
     target: String = "target", "The default target: auto, conda, venv, podman, podman-hpc, apptainer, shifter, charliecloud.";
     python: String = "python", "The Python for venvs and conda environments: X.Y, X.Y.Z or an interpreter's path; beats the repository's, with a warning. Unset: the repository's, else the python3 on PATH.";
     platform: String = "platform", "The conda platform to solve for (default: this machine's, e.g. linux-64).";
@@ -213,6 +214,8 @@ pub struct Settings {
     pub package_sources: Vec<String>,
     /// Whether paths and loopback servers on this machine may be used as sources.
     pub local_sources: bool,
+    /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
+    pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).
     pub target: Target,
     /// The Python to build with, as configured (`X.Y`, `X.Y.Z` or an interpreter path);
@@ -461,8 +464,20 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             allowed: "packages, none, host".into(),
         });
     }
+    let shared_kernels = layers.pick("shared-kernels", |f| f.shared_kernels.clone());
+    if let Some(dir) = &shared_kernels {
+        if !dir.is_absolute() || dir.file_name().is_none_or(|n| n != "kernels") {
+            return Err(ConfigError::BadValue {
+                name: "shared-kernels",
+                value: dir.display().to_string(),
+                origin: layers.origin("shared-kernels"),
+                allowed: "an absolute path ending in /kernels (Jupyter looks for kernels/ in each JUPYTER_PATH entry)".into(),
+            });
+        }
+    }
     Ok(Settings {
         store,
+        shared_kernels,
         sandbox,
         sandbox_network,
         source_hosts: layers

@@ -193,15 +193,17 @@ fn the_inventory_knows_what_is_pinned_and_what_a_running_kernel_uses() {
     assert!(unfinished.exists() && kernel1.exists() && lock1.exists());
     sandbox.ok(&["gc"]);
     assert!(!unfinished.exists() && !kernel1.exists() && !lock1.exists());
-    let unpinned = sandbox.repo("unpinned", &[("requirements.txt", "six\n# three\n")]);
+    // Only this one has setuptools: once it goes, so does its package-cache entry.
+    let unpinned = sandbox.repo("unpinned", &[("requirements.txt", "six\nsetuptools\n")]);
     let ready3 = sandbox.build_ready(&[&unpinned, "--no-kernel"]);
     sandbox.ok(&["gc", "--older-than", "1"]);
     assert!(
         Path::new(ready3["prefix"].as_str().unwrap()).exists(),
         "used today"
     );
-    sandbox.ok(&["gc", "--older-than", "0"]);
+    let collected = sandbox.ok(&["gc", "--older-than", "0"]);
     assert!(!Path::new(ready3["prefix"].as_str().unwrap()).exists());
+    assert!(collected.contains("package cache entry"), "{collected}");
     assert_eq!(
         json(&sandbox, &["list"]).as_array().unwrap().len(),
         1,
@@ -247,6 +249,35 @@ fn eight_concurrent_pins_all_land() {
             .join(format!("kernels/pin-{n}/kernel.json"))
             .is_file());
     }
+    // A configured shared kernels directory (a `kernels` folder the hub already reads).
+    let shared = sandbox.path().join("team-jupyter/kernels");
+    let config = std::fs::read_to_string(sandbox.path().join("site.toml")).unwrap();
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        format!("{config}shared-kernels = \"{}\"\n", shared.display()),
+    )
+    .unwrap();
+    sandbox.ok(&["pin", "elsewhere", "--key", &key[..16], "--no-verify"]);
+    assert!(shared.join("elsewhere/kernel.json").is_file());
+    assert_eq!(
+        sandbox.ok(&["jupyter-path"]).trim(),
+        format!(
+            "JUPYTER_PATH={}",
+            sandbox.path().join("team-jupyter").display()
+        )
+    );
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        format!("{config}shared-kernels = \"/srv/jupyter\"\n"),
+    )
+    .unwrap();
+    let output = sandbox.run(&["jupyter-path"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("ending in /kernels"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub struct Package {
 /// Every environment with a marker in the store, oldest first.
 pub fn entries(store: &Store, settings: &Settings) -> anyhow::Result<Vec<Entry>> {
     let pins = read_pins(store.root(), settings)?;
-    let kernels = kernel_index(store.root());
+    let kernels = kernel_index(settings);
     let mut out = Vec::new();
     for item in fs_err::read_dir(store.root().join("e"))? {
         let path = item?.path();
@@ -175,10 +175,10 @@ pub fn in_use(marker: &Path) -> bool {
 
 /// Key → kernel names of the kernelspecs that point at it: the store's shared ones and
 /// this user's own.
-fn kernel_index(root: &Path) -> BTreeMap<String, Vec<String>> {
+fn kernel_index(settings: &Settings) -> BTreeMap<String, Vec<String>> {
     let mut index: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (dir, shared) in [
-        (super::kernels_dir(root), true),
+        (super::kernels_dir(settings), true),
         (crate::plan::default_kernels_dir(), false),
     ] {
         for (name, spec) in kernelspecs(&dir) {
@@ -456,7 +456,7 @@ pub fn gc(
     // this user's own.
     let pins = read_pins(store.root(), settings)?;
     for dir in [
-        super::kernels_dir(store.root()),
+        super::kernels_dir(settings),
         crate::plan::default_kernels_dir(),
     ] {
         for (name, spec) in kernelspecs(&dir) {

@@ -317,9 +317,12 @@ pub fn check_name(name: &str) -> Result<(), CollabError> {
     }
 }
 
-/// The shared kernels directory of the store at `root`.
-pub fn kernels_dir(root: &Path) -> PathBuf {
-    root.join("kernels")
+/// The shared kernels directory: `shared-kernels`, else the store's `kernels/`.
+pub fn kernels_dir(settings: &Settings) -> PathBuf {
+    settings
+        .shared_kernels
+        .clone()
+        .unwrap_or_else(|| settings.store.join("kernels"))
 }
 
 /// The display name of a pin's kernel: the given one, else `NAME (origin @ commit7)`.
@@ -405,7 +408,7 @@ fn register_pin_kernel(
     verify: bool,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<PathBuf> {
-    let kernels = kernels_dir(store.root());
+    let kernels = kernels_dir(settings);
     maintainer_dir(store, &kernels)?;
     let display = display_name(name, pin);
     let registered = register::register(
@@ -501,7 +504,7 @@ pub fn unpin(store: &Store, settings: &Settings, name: &str) -> anyhow::Result<P
             .into()
         })
     })?;
-    let kernel = kernels_dir(store.root()).join(name);
+    let kernel = kernels_dir(settings).join(name);
     if kernel.exists() {
         store::make_removable(&kernel);
         fs_err::remove_dir_all(&kernel)?;
@@ -518,7 +521,7 @@ pub fn kernel_add(
     kernels_dir_to: &Path,
 ) -> anyhow::Result<PathBuf> {
     check_name(name)?;
-    let shared = kernels_dir(root).join(name);
+    let shared = kernels_dir(settings).join(name);
     let pins = read_pins(root, settings)?;
     if !pins.contains_key(name) || !shared.join("kernel.json").is_file() {
         return Err(CollabError::NoPin {
@@ -543,7 +546,9 @@ pub fn kernel_add(
     Ok(target)
 }
 
-/// The `JUPYTER_PATH` entry that makes the store's shared kernels visible.
-pub fn jupyter_path(root: &Path) -> String {
-    root.display().to_string()
+/// The `JUPYTER_PATH` entry that makes the shared kernels visible: the parent of the
+/// shared `kernels` directory.
+pub fn jupyter_path(settings: &Settings) -> String {
+    let kernels = kernels_dir(settings);
+    kernels.parent().unwrap_or(&kernels).display().to_string()
 }

@@ -159,7 +159,7 @@ pub fn pin(
             &pinned.current.key[..16],
             sanitize_line(&crate::source::redact(&pinned.current.source)),
             sanitize_line(&collab::display_name(&args.name, &pinned)),
-            collab::kernels_dir(store.root()).join(&args.name).display()
+            collab::kernels_dir(settings).join(&args.name).display()
         ));
         printer.data(&pinned.current.key);
     }
@@ -365,10 +365,7 @@ pub fn export(
 
 /// `jupyter-path`.
 pub fn jupyter_path(settings: &Settings, printer: &Printer) -> anyhow::Result<ExitStatus> {
-    printer.data(&format!(
-        "JUPYTER_PATH={}",
-        collab::jupyter_path(&settings.store)
-    ));
+    printer.data(&format!("JUPYTER_PATH={}", collab::jupyter_path(settings)));
     Ok(ExitStatus::Success)
 }
 
