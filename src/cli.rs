@@ -217,9 +217,10 @@ pub struct PinArgs {
     /// Point the pin at an environment already in the store.
     #[arg(long, value_name = "KEY", conflicts_with_all = ["history", "rollback"])]
     pub key: Option<String>,
-    /// Build from this exported lock (with the repository) instead of resolving; twice for
-    /// a conda environment with a pip part.
-    #[arg(long, value_name = "FILE", requires = "repo")]
+    /// Build from this exported lock instead of resolving: with the repository (twice for
+    /// a conda environment with a pip part), or alone (an `explicit` or `requirements`
+    /// export, which is then the whole spec).
+    #[arg(long, value_name = "FILE")]
     pub from_lock: Vec<PathBuf>,
     /// Show where the pin pointed before.
     #[arg(long, conflicts_with = "rollback")]

@@ -367,6 +367,42 @@ fn export_then_from_lock_in_another_store_gives_the_same_packages() {
         assert!(!ours["packages"].as_array().unwrap().is_empty());
         assert_eq!(theirs["packages"], ours["packages"], "{repo}");
     }
+    // `pin NAME --from-lock FILE` with the lock alone: the same packages, pinned, and a
+    // kernel that answers.
+    let pinned = sandbox.ok(&[
+        "pin",
+        "from-lock",
+        "--from-lock",
+        lock.to_str().unwrap(),
+        "--store",
+        other_store,
+    ]);
+    let theirs: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["show", "from-lock", "--store", other_store, "--json"]))
+            .unwrap();
+    assert_eq!(theirs["key"], pinned.trim());
+    assert_eq!(
+        theirs["packages"],
+        json(&sandbox, &["show", &key[..16]])["packages"]
+    );
+    common::run_cell(
+        &other.join("kernels/from-lock"),
+        "import six; print('ok')",
+        "ok",
+        60,
+    );
+    let output = sandbox.run(&[
+        "pin",
+        "nope",
+        "--from-lock",
+        sandbox.path().join("site.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("is not a lock hpcbinder can build from alone"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// Real users: root (the store's owner) pins; a member of the store's group uses the

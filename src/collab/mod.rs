@@ -105,6 +105,12 @@ pub enum CollabError {
         /// The locks it has.
         locks: String,
     },
+    /// `pin --from-lock FILE` alone, with a file that is not such an export.
+    #[error("{file} is not a lock hpcbinder can build from alone")]
+    NotALock {
+        /// The file.
+        file: PathBuf,
+    },
     /// `pin NAME` with nothing to point it at.
     #[error("`pin {name}` needs something to point at")]
     NothingToPin {
@@ -141,6 +147,7 @@ impl Diagnostic for CollabError {
             Self::InUse { .. } => "unpin it first, wait for its kernels to stop, or pass --force".into(),
             Self::BadPinsFile { .. } => "restore it from a backup, or remove it and pin again".into(),
             Self::NoLock { .. } => "conda environments export as pixi or explicit (and their pip part as requirements); venvs as requirements".into(),
+            Self::NotALock { .. } => "export it with `hpcbinder export KEY --format explicit` (conda) or `--format requirements` (venv), or give the repository too".into(),
             Self::NothingToPin { .. } => "give a repository, --key KEY, --history or --rollback".into(),
         })
     }

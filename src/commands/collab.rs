@@ -100,19 +100,23 @@ pub fn pin(
             !args.no_verify,
             reporter,
         )?
-    } else if let Some(repo) = &args.repo {
+    } else if args.repo.is_some() || !args.from_lock.is_empty() {
+        let (repo, from_lock) = match &args.repo {
+            Some(repo) => (repo.clone(), args.from_lock.clone()),
+            None => (lock_repository(settings, &args.from_lock)?, Vec::new()),
+        };
         // Refused before anything is built.
         collab::require_maintainer(&store, settings, &format!("pin `{}`", args.name))?;
         let options = Options {
             kernel: KernelOptions::default(),
             register_kernel: false,
             verify: false,
-            from_lock: args.from_lock.clone(),
+            from_lock,
             replace_kernel: false,
             action: Action::Build,
         };
         let repository = Repository {
-            spec: repo.clone(),
+            spec: repo,
             reference: args.reference.clone(),
         };
         let outcome = match pipeline::run(&repository, settings, &options, reporter)? {
@@ -386,4 +390,32 @@ pub fn kernel_add(
         added.display()
     ));
     Ok(ExitStatus::Success)
+}
+
+/// A repository made of an exported lock alone (`pin NAME --from-lock FILE`): the lock as
+/// the one spec file a build detects (an `@EXPLICIT` file, or a hashed requirements.txt,
+/// both installed without a solve), in this user's cache under the lock's digest.
+fn lock_repository(settings: &Settings, locks: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let [lock] = locks else {
+        anyhow::bail!(crate::plan::PlanError::FromLocks { count: locks.len() });
+    };
+    let text = fs_err::read_to_string(lock)?;
+    let name = if text.lines().any(|l| l.trim() == "@EXPLICIT") {
+        format!("conda-{}.lock", settings.conda.platform)
+    } else if text
+        .lines()
+        .any(|l| l.trim_start().starts_with("--hash=sha256:"))
+    {
+        "requirements.txt".to_string()
+    } else {
+        anyhow::bail!(CollabError::NotALock { file: lock.clone() });
+    };
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let dir = crate::store::user_cache_at(&settings.store)
+        .join("from-lock")
+        .join(&digest[..16]);
+    fs_err::create_dir_all(&dir)?;
+    fs_err::write(dir.join(name), text)?;
+    Ok(dir.display().to_string())
 }
