@@ -33,7 +33,7 @@ use crate::events::ReporterExt;
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// `sandbox = "bwrap"` and bwrap cannot run here.
-    #[error("sandbox = \"bwrap\" is configured, but bubblewrap cannot run here: {why}")]
+    #[error("a sandbox is required here (sandbox = \"bwrap\", or local-sources = false), but bubblewrap cannot run: {why}")]
     Unavailable {
         /// Why.
         why: String,
@@ -197,7 +197,7 @@ fn find_bwrap(
         .and_then(|bwrap| probe(&bwrap).map(|()| bwrap));
     match found {
         Ok(bwrap) => Ok(Some(bwrap)),
-        Err(why) if settings.sandbox == "bwrap" => Err(SandboxError::Unavailable { why }.into()),
+        Err(why) if required(settings) => Err(SandboxError::Unavailable { why }.into()),
         Err(why) => {
             reporter.warning(format!(
                 "repository code (postBuild, setup.py, start) runs without a sandbox: {why}; install bubblewrap, or set sandbox = \"none\" to silence this"
@@ -225,6 +225,13 @@ fn module_variables() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
                 .is_some_and(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
         })
         .collect()
+}
+
+/// Whether a missing sandbox is an error rather than a warning: `sandbox = "bwrap"`, or
+/// `auto` where local sources are off (the launch service, which builds anyone's
+/// repository: never unconfined by accident).
+fn required(settings: &crate::settings::Settings) -> bool {
+    settings.sandbox == "bwrap" || (settings.sandbox == "auto" && !settings.local_sources)
 }
 
 fn home() -> PathBuf {
@@ -426,4 +433,24 @@ pub fn copy_repository(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_setting_makes_the_sandbox_required() {
+        let mut settings = crate::settings::resolve(&Default::default()).unwrap();
+        for (sandbox, local_sources, expected) in [
+            ("auto", true, false),
+            ("auto", false, true),
+            ("bwrap", true, true),
+            ("none", false, false),
+        ] {
+            settings.sandbox = sandbox.into();
+            settings.local_sources = local_sources;
+            assert_eq!(required(&settings), expected, "{sandbox} {local_sources}");
+        }
+    }
 }
