@@ -168,13 +168,7 @@ pub fn jail(context: &Context<'_>) -> anyhow::Result<Option<Jail>> {
         relay,
         passed: Vec::new(),
         bwrap,
-        hidden: vec![
-            PathBuf::from("/tmp"),
-            PathBuf::from("/run/user"),
-            PathBuf::from("/var/tmp"),
-            home.clone(),
-            context.store.root().to_path_buf(),
-        ],
+        hidden: hidden(&home, context.store.root()),
         home,
         readable,
         writable: vec![context.prefix.clone()],
@@ -234,6 +228,16 @@ fn required(settings: &crate::settings::Settings) -> bool {
     settings.sandbox == "bwrap" || (settings.sandbox == "auto" && !settings.local_sources)
 }
 
+/// What every jail replaces with an empty tmpfs: temporary directories, the runtime
+/// directory (agent sockets), the home and the store.
+fn hidden(home: &Path, store_root: &Path) -> Vec<PathBuf> {
+    ["/tmp", "/run/user", "/var/tmp"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain([home.to_path_buf(), store_root.to_path_buf()])
+        .collect()
+}
+
 fn home() -> PathBuf {
     crate::variables::get("HOME").map_or_else(|| PathBuf::from("/nonexistent"), PathBuf::from)
 }
@@ -276,13 +280,7 @@ pub fn kernel_jail(
     let home = home();
     Ok(Some(Jail {
         bwrap,
-        hidden: vec![
-            PathBuf::from("/tmp"),
-            PathBuf::from("/run/user"),
-            PathBuf::from("/var/tmp"),
-            home.clone(),
-            store_root.to_path_buf(),
-        ],
+        hidden: hidden(&home, store_root),
         home,
         readable,
         writable: Vec::new(),

@@ -77,29 +77,7 @@ pub fn pin(
     } else if let Some(key) = &args.key {
         collab::require_maintainer(&store, settings, &format!("pin `{}`", args.name))?;
         let entry = inventory::resolve(&store, settings, key)?;
-        let ready = collab::ready_of(
-            &store,
-            &collab::PinTarget {
-                key: entry.key.clone(),
-                slot: entry.slot.clone(),
-                source: entry.source.clone(),
-                target: entry.target.clone(),
-                at: 0,
-                by: String::new(),
-            },
-        )?;
-        collab::pin_ready(
-            &store,
-            settings,
-            &args.name,
-            collab::Choice {
-                ready: &ready,
-                slot: &entry.slot,
-                display_name: args.display_name.clone(),
-            },
-            !args.no_verify,
-            reporter,
-        )?
+        pin_entry(&store, settings, args, &entry, reporter)?
     } else if args.repo.is_some() || !args.from_lock.is_empty() {
         let (repo, from_lock) = match &args.repo {
             Some(repo) => (repo.clone(), args.from_lock.clone()),
@@ -123,32 +101,8 @@ pub fn pin(
             pipeline::Outcome::Built { outcome, .. } => outcome,
             _ => unreachable!("a build was asked for"),
         };
-        let key16 = &outcome.key[..16];
-        let entry = inventory::resolve(&store, settings, key16)
-            .or_else(|_| inventory::resolve(&store, settings, &outcome.key))?;
-        let ready = collab::ready_of(
-            &store,
-            &collab::PinTarget {
-                key: outcome.key.clone(),
-                slot: entry.slot.clone(),
-                source: entry.source.clone(),
-                target: entry.target.clone(),
-                at: 0,
-                by: String::new(),
-            },
-        )?;
-        collab::pin_ready(
-            &store,
-            settings,
-            &args.name,
-            collab::Choice {
-                ready: &ready,
-                slot: &entry.slot,
-                display_name: args.display_name.clone(),
-            },
-            !args.no_verify,
-            reporter,
-        )?
+        let entry = inventory::resolve(&store, settings, &outcome.key)?;
+        pin_entry(&store, settings, args, &entry, reporter)?
     } else {
         anyhow::bail!(CollabError::NothingToPin {
             name: args.name.clone(),
@@ -168,6 +122,39 @@ pub fn pin(
         printer.data(&pinned.current.key);
     }
     Ok(ExitStatus::Success)
+}
+
+/// Point `args.name` at the environment `entry`.
+fn pin_entry(
+    store: &Store,
+    settings: &Settings,
+    args: &PinArgs,
+    entry: &inventory::Entry,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<collab::Pin> {
+    let ready = collab::ready_of(
+        store,
+        &collab::PinTarget {
+            key: entry.key.clone(),
+            slot: entry.slot.clone(),
+            source: entry.source.clone(),
+            target: entry.target.clone(),
+            at: 0,
+            by: String::new(),
+        },
+    )?;
+    collab::pin_ready(
+        store,
+        settings,
+        &args.name,
+        collab::Choice {
+            ready: &ready,
+            slot: &entry.slot,
+            display_name: args.display_name.clone(),
+        },
+        !args.no_verify,
+        reporter,
+    )
 }
 
 /// `unpin NAME`.
