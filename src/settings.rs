@@ -152,7 +152,7 @@ macro_rules! config_keys {
 
 config_keys! {
     store: PathBuf = "store", "The store directory: environments, images, package and clone caches.";
-    store_maintainers: Vec<String> = "store-maintainers", "Users (names or ids) whose environments in a shared store you trust, besides yourself, root and the store's owner; anyone else's are rebuilt privately.";
+    store_maintainers: Vec<String> = "store-maintainers", "The store's maintainers: users (names or ids) and groups (`@name`) whose environments in a shared store you trust, besides yourself, root and the store's owner (anyone else's are rebuilt privately), and who, with root and the owner, may pin, unpin, rm and gc.";
     source_hosts: Vec<String> = "source-hosts", "Hosts that repositories and their git submodules may be fetched from (default: any). Submodules on this machine (file://) are allowed only for a local repository.";
     package_sources: Vec<String> = "package-sources", "Package sources a remote repository may name: conda channel names and URL prefixes of channels, indexes and find-links (default: the public conda and PyPI hosts). The configured channels, mirrors, index and find-links are always allowed.";
     local_sources: bool = "local-sources", "Whether builds may use this machine's paths: a local repository, file:// submodules, channels and indexes, loopback servers (default true; the launch service sets false).";

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::channel::{Channel, Package};
-use common::users::{as_user, users, Shared, ALICE};
+use common::users::{as_user, users, Shared, ALICE, MALLORY};
 use common::{stderr, GitRepo, Sandbox};
 
 const PREFIX_CELL: &str = "import os, sys; print(os.path.realpath(sys.prefix))";
@@ -498,4 +498,84 @@ fn members_use_the_teams_kernel_but_cannot_change_it() {
         &format!("cat {}/pins/pins.toml", private.store().display()),
     );
     assert!(!read.status.success());
+}
+
+/// `store-maintainers = ["@hpcb-maint"]`: members of that group maintain the pins
+/// together (one pins, another re-pins the same name, the first rolls it back), through
+/// `pins/` and `kernels/` that belong to the group; a member of the store's group outside
+/// it still reads the pins but may not change them.
+#[test]
+fn a_maintainers_group_shares_the_pins() {
+    users();
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    if !run(&["getent", "group", "hpcb-maint"]).status.success() {
+        assert!(run(&["groupadd", "hpcb-maint"]).status.success());
+    }
+    assert!(run(&["usermod", "-aG", "hpcb-maint", ALICE])
+        .status
+        .success());
+    if !run(&["id", "hpcb-bob"]).status.success() {
+        assert!(
+            run(&["useradd", "-m", "-G", "hpcb-share,hpcb-maint", "hpcb-bob"])
+                .status
+                .success()
+        );
+    }
+    let shared = Shared::new(0o2775);
+    let config = std::fs::read_to_string(shared.path().join("site.toml")).unwrap();
+    std::fs::write(
+        shared.path().join("site.toml"),
+        format!("{config}store-maintainers = [\"@hpcb-maint\"]\n"),
+    )
+    .unwrap();
+    let first = shared.path().join("repo").display().to_string();
+    let second = shared.repo("repo-two", "six==1.16.0\n");
+    let ok = |user: &str, args: &[&str]| {
+        let output = shared.hpcbinder(user, "022", args);
+        assert!(
+            output.status.success(),
+            "{user} {args:?}: {}",
+            stderr(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let key1 = ok(ALICE, &["pin", "team", &first]);
+    let key2 = ok("hpcb-bob", &["pin", "team", &second]);
+    assert_ne!(key1, key2);
+    let pins: serde_json::Value = serde_json::from_str(&ok(MALLORY, &["pins", "--json"])).unwrap();
+    assert_eq!(pins["team"]["current"]["key"], key2.as_str());
+    assert_eq!(pins["team"]["history"][0]["key"], key1.as_str());
+    assert!(pins["team"]["current"]["by"]
+        .as_str()
+        .unwrap()
+        .starts_with("hpcb-bob"));
+    ok(ALICE, &["pin", "team", "--rollback"]);
+    let helper = shared.store().join("kernels/team/kernel-helper.sh");
+    let used = as_user(
+        MALLORY,
+        &format!(
+            "{} python -c 'import sys; print(sys.prefix)'",
+            helper.display()
+        ),
+    );
+    assert!(
+        String::from_utf8_lossy(&used.stdout).contains(&key1[..16]),
+        "{}",
+        stderr(&used)
+    );
+    let output = shared.hpcbinder(MALLORY, "022", &["pin", "team", &second]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("members of hpcb-maint"),
+        "{}",
+        stderr(&output)
+    );
+    let pins_dir = std::fs::metadata(shared.store().join("pins")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(pins_dir.mode() & 0o2022, 0o2020, "{:o}", pins_dir.mode());
 }

@@ -189,16 +189,44 @@ struct PinsFile {
     pin: BTreeMap<String, Pin>,
 }
 
-/// The store's maintainers: root, the store's owner, and `store-maintainers`.
-pub fn maintainers(root: &Path, settings: &Settings) -> Result<BTreeSet<u32>, store::StoreError> {
+/// The store's maintainers: root, the store's owner, and `store-maintainers` (users, and
+/// groups as `@name`).
+pub struct Maintainers {
+    uids: BTreeSet<u32>,
+    named: trust::Named,
+    names: Vec<String>,
+}
+
+impl Maintainers {
+    /// Whether `uid` is one.
+    pub fn contains(&self, uid: &u32) -> bool {
+        self.uids.contains(uid) || self.named.contains(*uid)
+    }
+
+    /// The maintainers' group, when `store-maintainers` names one: `pins/` and `kernels/`
+    /// then belong to it and its members write them.
+    fn group(&self) -> Option<u32> {
+        self.named.gids.iter().next().copied()
+    }
+}
+
+/// The maintainers of the store at `root`.
+pub fn maintainers(root: &Path, settings: &Settings) -> Result<Maintainers, store::StoreError> {
     let mut uids = BTreeSet::from([0]);
     if let Ok(metadata) = fs_err::metadata(root) {
         uids.insert(metadata.uid());
     }
-    for name in &settings.store_maintainers {
-        uids.insert(trust::resolve_user(name)?);
-    }
-    Ok(uids)
+    let named = trust::Named::resolve(&settings.store_maintainers)?;
+    uids.extend(named.uids.iter().copied());
+    let mut names: Vec<String> = uids.iter().map(|uid| trust::user_name(*uid)).collect();
+    names.extend(
+        settings
+            .store_maintainers
+            .iter()
+            .filter_map(|n| n.strip_prefix('@'))
+            .map(|group| format!("members of {group}")),
+    );
+    Ok(Maintainers { uids, named, names })
 }
 
 /// Refuse `action` unless this user is a maintainer.
@@ -210,29 +238,37 @@ pub fn require_maintainer(store: &Store, settings: &Settings, action: &str) -> a
     Err(CollabError::NotMaintainer {
         user: trust::user_name(store::current_uid()),
         action: action.to_string(),
-        maintainers: allowed
-            .iter()
-            .map(|uid| trust::user_name(*uid))
-            .collect::<Vec<_>>()
-            .join(", "),
+        maintainers: allowed.names.join(", "),
     }
     .into())
 }
 
-/// A directory only maintainers write: created by this (maintainer) user, readable as
-/// the store is shared, never group- or world-writable.
-fn maintainer_dir(store: &Store, path: &Path) -> anyhow::Result<()> {
+/// A directory only maintainers write, readable as the store is: this user's alone
+/// (never group-writable), or, when `store-maintainers` names a group, that group's
+/// (setgid, group-writable: its members replace each other's pins and kernels).
+fn maintainer_dir(store: &Store, settings: &Settings, path: &Path) -> anyhow::Result<()> {
     if !path.exists() {
         fs_err::create_dir_all(path)?;
     }
-    let mode = store.sharing().result_mode(0o755, true) | 0o200;
-    let setgid = fs_err::metadata(store.root())?.mode() & 0o2000;
-    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode | setgid))?;
+    if fs_err::metadata(path)?.uid() != store::current_uid() {
+        return Ok(());
+    }
+    let mut mode = store.sharing().result_mode(0o755, true) | 0o200;
+    match maintainers(store.root(), settings)?.group() {
+        Some(gid) => {
+            // The directory's group is the maintainers', so the store's other members
+            // read it as others: only those who can reach the store root at all.
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+            mode |= 0o2075;
+        }
+        None => mode |= fs_err::metadata(store.root())?.mode() & 0o2000,
+    }
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
 /// Why `path` is not to be trusted as written by a maintainer, if it is not.
-fn doubt(path: &Path, maintainers: &BTreeSet<u32>) -> Option<String> {
+fn doubt(path: &Path, maintainers: &Maintainers) -> Option<String> {
     let metadata = path.symlink_metadata().ok()?;
     if metadata.file_type().is_symlink() {
         return Some(format!("{} is a symlink", path.display()));
@@ -244,7 +280,9 @@ fn doubt(path: &Path, maintainers: &BTreeSet<u32>) -> Option<String> {
             trust::user_name(metadata.uid())
         ));
     }
-    if metadata.mode() & 0o022 != 0 {
+    // Group-writable only by the maintainers' own group.
+    let group_ok = metadata.mode() & 0o020 == 0 || maintainers.named.gids.contains(&metadata.gid());
+    if metadata.mode() & 0o002 != 0 || !group_ok {
         return Some(format!(
             "{} is writable by other users (mode {:o})",
             path.display(),
@@ -284,25 +322,29 @@ pub fn update_pins<T>(
     change: impl FnOnce(&mut BTreeMap<String, Pin>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let dir = store.root().join("pins");
-    maintainer_dir(store, &dir)?;
+    maintainer_dir(store, settings, &dir)?;
     let lock_path = dir.join("pins.lock");
+    // Another maintainer's lock file may not be writable for us: a read-only descriptor
+    // locks as well.
     let lock = fs_err::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&lock_path)?;
+        .open(&lock_path)
+        .or_else(|_| fs_err::File::open(&lock_path))?;
     lock.file().lock()?;
     let mut pins = read_pins(store.root(), settings)?;
     let result = change(&mut pins)?;
     let text = toml::to_string(&PinsFile { pin: pins })?;
     let text =
         format!("# Written by hpcbinder under pins.lock; edit with `hpcbinder pin`.\n{text}");
-    store::write_atomic(
-        &dir.join("pins.toml"),
-        text.as_bytes(),
-        store.sharing().file_mode(),
-    )?;
+    let mode = if maintainers(store.root(), settings)?.group().is_some() {
+        0o644
+    } else {
+        store.sharing().file_mode()
+    };
+    store::write_atomic(&dir.join("pins.toml"), text.as_bytes(), mode)?;
     drop(lock);
     Ok(result)
 }
@@ -416,7 +458,7 @@ fn register_pin_kernel(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<PathBuf> {
     let kernels = kernels_dir(settings);
-    maintainer_dir(store, &kernels)?;
+    maintainer_dir(store, settings, &kernels)?;
     let display = display_name(name, pin);
     let registered = register::register(
         settings,
@@ -433,12 +475,16 @@ fn register_pin_kernel(
     )?;
     // Readable by the store's members, as the environment is; writable by its owner
     // only (a re-pin replaces it whole).
+    let group = maintainers(store.root(), settings)?.group().is_some();
     for entry in walkdir::WalkDir::new(&registered.dir).into_iter().flatten() {
         let is_dir = entry.file_type().is_dir();
         let mode = entry.metadata()?.mode();
         let mut new = store.sharing().result_mode(mode, is_dir);
         if is_dir {
-            new |= 0o200;
+            // The maintainers' group replaces it whole on a re-pin.
+            new |= if group { 0o2275 } else { 0o200 };
+        } else if group {
+            new |= (new & 0o500) >> 6;
         }
         fs_err::set_permissions(entry.path(), std::fs::Permissions::from_mode(new))?;
     }

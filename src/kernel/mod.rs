@@ -131,7 +131,15 @@ impl KernelSpec {
             };
             let text = serde_json::to_string_pretty(&json).map_err(std::io::Error::other)?;
             fs_err::write(staging.join("kernel.json"), text + "\n")?;
-            let lock = fs_err::File::create(kernels_dir.join(format!(".{}+lock", self.name)))?;
+            // Another maintainer's lock file may not be writable for us: a read-only
+            // descriptor locks as well.
+            let lock_path = kernels_dir.join(format!(".{}+lock", self.name));
+            let lock = fs_err::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .or_else(|_| fs_err::File::open(&lock_path))?;
             lock.file().lock()?;
             let old = hidden("old");
             let moved = match fs_err::rename(&target, &old) {

@@ -18,6 +18,37 @@ use super::StoreError;
 #[derive(Debug, Clone, Default)]
 pub struct Trust {
     uids: BTreeSet<u32>,
+    /// The users and groups `store-maintainers` names.
+    named: Named,
+}
+
+/// The users `store-maintainers` names: user names or ids, and groups as `@name`.
+#[derive(Debug, Clone, Default)]
+pub struct Named {
+    /// Users.
+    pub uids: BTreeSet<u32>,
+    /// Groups, whose members are all named.
+    pub gids: BTreeSet<u32>,
+}
+
+impl Named {
+    /// Resolve each entry (an unknown name is an error, never silently nobody).
+    pub fn resolve(entries: &[String]) -> Result<Self, StoreError> {
+        let mut named = Self::default();
+        for entry in entries {
+            match entry.strip_prefix('@') {
+                Some(group) => named.gids.insert(resolve_group(group)?),
+                None => named.uids.insert(resolve_user(entry)?),
+            };
+        }
+        Ok(named)
+    }
+
+    /// Whether `uid` is named, itself or through a group.
+    pub fn contains(&self, uid: u32) -> bool {
+        self.uids.contains(&uid)
+            || (!self.gids.is_empty() && groups_of(uid).iter().any(|g| self.gids.contains(g)))
+    }
 }
 
 impl Trust {
@@ -28,15 +59,15 @@ impl Trust {
         if let Ok(metadata) = fs_err::metadata(root) {
             uids.insert(metadata.uid());
         }
-        for maintainer in maintainers {
-            uids.insert(resolve_user(maintainer)?);
-        }
-        Ok(Self { uids })
+        Ok(Self {
+            uids,
+            named: Named::resolve(maintainers)?,
+        })
     }
 
     /// Whether `uid` is trusted.
     pub fn trusts(&self, uid: u32) -> bool {
-        self.uids.contains(&uid)
+        self.uids.contains(&uid) || self.named.contains(uid)
     }
 
     /// Why `path` (an entry another build left) cannot be trusted, or `None` when it can:
@@ -82,6 +113,41 @@ pub fn resolve_user(name: &str) -> Result<u32, StoreError> {
         .ok_or_else(|| StoreError::UnknownUser {
             name: name.to_string(),
         })
+}
+
+/// A group name or numeric id as a gid (`getent group`, so LDAP groups resolve too).
+fn resolve_group(name: &str) -> Result<u32, StoreError> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let output = std::process::Command::new("getent")
+        .args(["group", "--", name])
+        .output()
+        .map_err(StoreError::Io)?;
+    String::from_utf8_lossy(&output.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|gid| gid.trim().parse().ok())
+        .filter(|_| output.status.success())
+        .ok_or_else(|| StoreError::UnknownUser {
+            name: format!("@{name}"),
+        })
+}
+
+/// The groups (primary and supplementary) of `uid`, through `id -G`.
+pub fn groups_of(uid: u32) -> Vec<u32> {
+    std::process::Command::new("id")
+        .args(["-G", &uid.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A uid as `name (uid N)` for messages, or `uid N` when it has no name.
