@@ -48,6 +48,18 @@ fn a_pin_moves_its_shared_kernel_and_rolls_back() {
         sandbox.ok(&["jupyter-path"]).trim(),
         format!("JUPYTER_PATH={}", sandbox.store().display())
     );
+    // Jupyter itself lists the team's kernel for anyone with that JUPYTER_PATH.
+    let listed = std::process::Command::new(format!("{prefix1}/bin/jupyter-kernelspec"))
+        .args(["list", "--json"])
+        .env("JUPYTER_PATH", sandbox.store())
+        .env("JUPYTER_DATA_DIR", sandbox.path().join("empty-data"))
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["kernelspecs"]["team"]["resource_dir"],
+        shared.display().to_string()
+    );
 
     // A new commit: the name moves, the kernel's name stays, its display name says where.
     repo.write("requirements.txt", "six==1.16.0\n");
