@@ -113,8 +113,16 @@ pub fn register(
             Ok(registered)
         }
         Err(error) => {
-            // The environment stays built; a kernelspec that does not start is removed.
-            let _ = fs_err::remove_dir_all(&dir);
+            // The environment stays built; a kernelspec that does not start is removed,
+            // renamed out of Jupyter's sight first (never listed half-deleted).
+            let gone = kernels_dir.join(format!(
+                ".{}+failed-{}",
+                spec.name,
+                uuid::Uuid::new_v4().simple()
+            ));
+            if fs_err::rename(&dir, &gone).is_ok() {
+                let _ = fs_err::remove_dir_all(&gone);
+            }
             Err(BuildError::Verify {
                 kernel: spec.name,
                 source: error,

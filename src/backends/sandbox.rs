@@ -261,10 +261,12 @@ pub fn kernel_jail(
     let scratch = tempfile::Builder::new()
         .prefix(".sandbox-")
         .tempdir_in(crate::store::package_cache_at(store_root, ""))?;
+    // The whole kernels directory, not the kernel's own: a concurrent registration may
+    // replace that directory (a new inode at the same path) while the kernel starts.
     let mut readable = vec![
         prefix.to_path_buf(),
         prefix.with_extension("toml"),
-        kernel_dir.to_path_buf(),
+        kernel_dir.parent().unwrap_or(kernel_dir).to_path_buf(),
     ];
     // A venv's interpreter is its base's (`home = <base>/bin` in pyvenv.cfg).
     if let Ok(config) = fs_err::read_to_string(prefix.join("pyvenv.cfg")) {

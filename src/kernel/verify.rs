@@ -97,8 +97,22 @@ pub fn verify_in(
     timeout: Duration,
     wrap: Option<Wrap<'_>>,
 ) -> Result<Verified, VerifyError> {
-    crate::blocking::block_on(run(kernel_dir, code, expected, timeout, wrap))
-        .map_err(|e| VerifyError::Protocol(e.to_string()))?
+    // The five ports are free when chosen, but another process may bind one before the
+    // kernel does (many builds verify at once): then the kernel exits saying so, and a
+    // new set of ports is tried.
+    let mut attempt = 0;
+    loop {
+        let result = crate::blocking::block_on(run(kernel_dir, code, expected, timeout, wrap))
+            .map_err(|e| VerifyError::Protocol(e.to_string()))?;
+        match result {
+            Err(VerifyError::Exited { log, .. })
+                if attempt < 3 && log.contains("Address already in use") =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 struct Connection {

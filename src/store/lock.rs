@@ -17,15 +17,33 @@ pub(super) fn lock_error(error: std::io::Error, path: &Path) -> StoreError {
 }
 
 /// A running process's start time (clock ticks since boot, `/proc/<pid>/stat` field 22);
-/// `None` when it is gone or a zombie.
+/// `None` when it is gone, a zombie, or exiting (a killed process releases its files,
+/// and with them its locks, before it turns into a zombie: `PF_EXITING` says so).
 fn process_start(pid: u32) -> Option<String> {
+    const PF_EXITING: u64 = 0x4;
     let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command name, which may hold spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); field 22 is rest[19].
-    (!matches!(fields.first(), Some(&"Z") | Some(&"X")))
+    // rest starts at field 3 (state); field 9 (flags) is rest[6], field 22 is rest[19].
+    let exiting = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    (!exiting && !matches!(fields.first(), Some(&"Z") | Some(&"X")))
         .then(|| fields.get(19).map(|s| s.to_string()))?
+}
+
+/// Whether the builder `pid` (started at `started`) runs, giving a process that is being
+/// killed a moment to finish dying (its lock is free a little before it is gone).
+fn builder_alive(pid: u32, started: &str) -> bool {
+    for _ in 0..20 {
+        if process_start(pid).as_deref() != Some(started) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    true
 }
 
 pub(super) fn hostname() -> String {
@@ -132,7 +150,7 @@ impl BuildLock {
             let alive = pid != 0
                 && pid != std::process::id()
                 && host == Some(hostname().as_str())
-                && process_start(pid).as_deref() == Some(started);
+                && builder_alive(pid, started);
             if alive {
                 return Err(StoreError::Unsafe {
                     path: prefix,
