@@ -431,39 +431,17 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         }
         None => Target::Podman,
     };
-    let kernel_package = layers
-        .pick("kernel-package", |f| f.kernel_package.clone())
-        .unwrap_or_else(|| "auto".into());
-    if !["auto", "conda", "pip"].contains(&kernel_package.as_str()) {
-        return Err(ConfigError::BadValue {
-            name: "kernel-package",
-            value: kernel_package,
-            origin: layers.origin("kernel-package"),
-            allowed: "auto, conda, pip".into(),
-        });
-    }
-    let sandbox = layers
-        .pick("sandbox", |f| f.sandbox.clone())
-        .unwrap_or_else(|| "auto".into());
-    if !["auto", "bwrap", "none"].contains(&sandbox.as_str()) {
-        return Err(ConfigError::BadValue {
-            name: "sandbox",
-            value: sandbox,
-            origin: layers.origin("sandbox"),
-            allowed: "auto, bwrap, none".into(),
-        });
-    }
-    let sandbox_network = layers
-        .pick("sandbox-network", |f| f.sandbox_network.clone())
-        .unwrap_or_else(|| "packages".into());
-    if !["packages", "none", "host"].contains(&sandbox_network.as_str()) {
-        return Err(ConfigError::BadValue {
-            name: "sandbox-network",
-            value: sandbox_network,
-            origin: layers.origin("sandbox-network"),
-            allowed: "packages, none, host".into(),
-        });
-    }
+    let kernel_package = layers.choice(
+        "kernel-package",
+        |f| f.kernel_package.clone(),
+        &["auto", "conda", "pip"],
+    )?;
+    let sandbox = layers.choice("sandbox", |f| f.sandbox.clone(), &["auto", "bwrap", "none"])?;
+    let sandbox_network = layers.choice(
+        "sandbox-network",
+        |f| f.sandbox_network.clone(),
+        &["packages", "none", "host"],
+    )?;
     let shared_kernels = layers.pick("shared-kernels", |f| f.shared_kernels.clone());
     if let Some(dir) = &shared_kernels {
         if !dir.is_absolute() || dir.file_name().is_none_or(|n| n != "kernels") {
@@ -598,6 +576,27 @@ impl Layers {
 
     fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// A key that takes one of `allowed` (the first is the default).
+    fn choice(
+        &mut self,
+        key: &'static str,
+        get: impl Fn(&ConfigFile) -> Option<String>,
+        allowed: &[&str],
+    ) -> Result<String, ConfigError> {
+        let value = self
+            .pick(key, get)
+            .unwrap_or_else(|| allowed[0].to_string());
+        if allowed.contains(&value.as_str()) {
+            return Ok(value);
+        }
+        Err(ConfigError::BadValue {
+            name: key,
+            value,
+            origin: self.origin(key),
+            allowed: allowed.join(", "),
+        })
     }
 }
 

@@ -31,6 +31,7 @@ use crate::target::Target;
 pub use conda::site_channels;
 pub use container::Artifact;
 pub use process::BuildError;
+pub use python::lock_blocks;
 
 /// Everything a build needs.
 pub struct BuildRequest<'a> {

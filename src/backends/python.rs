@@ -121,3 +121,27 @@ pub fn compile_lock(
     command.current_dir(cwd);
     run_package_step(context, "uv pip compile", &mut command, Fault::Spec)
 }
+
+/// The requirements of a hashed lock (as `uv pip compile --generate-hashes` writes it),
+/// each with the sha256 hashes it allows, whether given on its line or on the indented
+/// lines after it. Option lines (`--index-url ...`) are not requirements.
+pub fn lock_blocks(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut blocks: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim().trim_end_matches('\\').trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(char::is_whitespace) && !trimmed.starts_with("--") {
+            let requirement = trimmed.split(" --hash=").next().unwrap_or(trimmed);
+            blocks.push((requirement.trim().to_string(), Vec::new()));
+        }
+        let hashes = trimmed
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("--hash=sha256:"));
+        if let Some(block) = blocks.last_mut() {
+            block.1.extend(hashes.map(str::to_string));
+        }
+    }
+    blocks
+}

@@ -282,45 +282,21 @@ pub fn packages(entry: &Entry) -> Vec<Package> {
     out
 }
 
-/// `name==version` blocks of a hashed requirements lock, with their hashes.
+/// The `name==version` requirements of a hashed requirements lock, with their hashes.
 fn pip_packages(text: &str) -> Vec<Package> {
-    let mut out: Vec<Package> = Vec::new();
-    for line in text.lines() {
-        let trimmed = line.trim().trim_end_matches('\\').trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if let Some(hash) = trimmed.strip_prefix("--hash=sha256:") {
-            if let Some(last) = out.last_mut() {
-                if !last.sha256.is_empty() {
-                    last.sha256.push(',');
-                }
-                last.sha256.push_str(hash);
-            }
-            continue;
-        }
-        let requirement = trimmed.split([' ', ';']).next().unwrap_or(trimmed);
-        if let Some((name, version)) = requirement.split_once("==") {
-            out.push(Package {
+    crate::backends::lock_blocks(text)
+        .into_iter()
+        .filter_map(|(requirement, hashes)| {
+            let pinned = requirement.split([' ', ';']).next().unwrap_or_default();
+            let (name, version) = pinned.split_once("==")?;
+            Some(Package {
                 kind: "pip".into(),
                 name: name.to_ascii_lowercase(),
                 version: version.to_string(),
-                sha256: String::new(),
-            });
-        }
-        for hash in trimmed
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix("--hash=sha256:"))
-        {
-            if let Some(last) = out.last_mut() {
-                if !last.sha256.is_empty() {
-                    last.sha256.push(',');
-                }
-                last.sha256.push_str(hash);
-            }
-        }
-    }
-    out
+                sha256: hashes.join(","),
+            })
+        })
+        .collect()
 }
 
 /// What `rm` or `gc` removed (or would remove).

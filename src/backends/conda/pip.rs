@@ -79,28 +79,7 @@ fn check_pins(lock: &Path, pins: &[PipPin]) -> anyhow::Result<()> {
         return Ok(());
     }
     let text = fs_err::read_to_string(lock)?;
-    // Requirement blocks: a requirement line, then its indented `--hash=` lines.
-    let mut blocks: Vec<(String, Vec<String>)> = Vec::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if !line.starts_with(char::is_whitespace) {
-            blocks.push((
-                trimmed.trim_end_matches('\\').trim().to_string(),
-                Vec::new(),
-            ));
-        } else if let (Some(hash), Some(block)) = (
-            trimmed
-                .trim_end_matches('\\')
-                .trim()
-                .strip_prefix("--hash=sha256:"),
-            blocks.last_mut(),
-        ) {
-            block.1.push(hash.to_string());
-        }
-    }
+    let blocks = python::lock_blocks(&text);
     for pin in pins {
         let Some(expected) = &pin.sha256 else {
             continue;
