@@ -229,7 +229,7 @@ pub fn run_with_lines(
         .map(|c| c.to_string())
         .unwrap_or_else(|| "signal".into());
     let tail = tail(&log_path, 20);
-    if tail.contains("No space left on device") {
+    if store::says_full(&tail) {
         return Err(store::classify(std::io::Error::from_raw_os_error(28), &context.prefix).into());
     }
     Err(match fault {

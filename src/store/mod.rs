@@ -143,6 +143,21 @@ pub fn classify(error: std::io::Error, path: &Path) -> StoreError {
     }
 }
 
+/// Whether a tool's output says the disk (or the quota) is full. Tools wrap long lines
+/// (uv breaks "No space left on\n device"), so whitespace runs count as one space.
+pub fn says_full(text: &str) -> bool {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    [
+        "No space left on device",
+        "os error 28",
+        "Disk quota exceeded",
+        "os error 122",
+        "StorageFull",
+    ]
+    .iter()
+    .any(|needle| flat.contains(needle))
+}
+
 /// The OS error number, also when fs-err has wrapped the error to add its path.
 pub fn os_code(error: &std::io::Error) -> Option<i32> {
     if let Some(code) = error.raw_os_error() {
@@ -620,6 +635,18 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_full_disk_is_recognised_in_wrapped_tool_output() {
+        // uv's own wrapping, as a CI run printed it.
+        let uv = "  cause: failed to write to file\n         `/s/pkgs/u0/uv/.tmp/debugpy/public_api.py`: No space left on\n         device (os error 28)\n";
+        assert!(says_full(uv));
+        assert!(says_full("OSError: [Errno 122] Disk quota exceeded"));
+        assert!(!says_full(
+            "error: No solution found when resolving dependencies"
+        ));
+        assert!(!says_full("No space left for doubt"));
+    }
 
     #[test]
     fn harden_strips_setuid_and_world_write() {

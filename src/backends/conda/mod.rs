@@ -207,7 +207,7 @@ async fn link(
 
 fn install_error(dir: &Path, error: rattler::install::InstallerError) -> anyhow::Error {
     let text = format!("{error:?}");
-    if text.contains("No space left") || text.contains("StorageFull") {
+    if crate::store::says_full(&text) {
         return crate::store::classify(std::io::Error::from_raw_os_error(28), dir).into();
     }
     let mut message = error.to_string();
