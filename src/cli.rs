@@ -111,6 +111,16 @@ pub enum Command {
     /// Kernels in your own kernel directory.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Run the launch service: BinderHub's build API and launch pages, as a JupyterHub
+    /// service (settings in the site config's [serve] table).
+    Serve {
+        /// The address to listen on (default: JUPYTERHUB_SERVICE_URL's host, else 127.0.0.1).
+        #[arg(long)]
+        ip: Option<String>,
+        /// The port (default: JUPYTERHUB_SERVICE_URL's port, else 8585).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.

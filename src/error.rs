@@ -77,6 +77,7 @@ domain_errors! {
     CollabError => crate::collab::CollabError,
     StoreError => crate::store::StoreError,
     BuildError => crate::backends::BuildError,
+    ServeConfigError => crate::serve::ServeConfigError,
 }
 
 /// Find the first [`Diagnostic`] in an error chain.

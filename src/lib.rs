@@ -102,6 +102,7 @@ pub mod plan;
 pub mod printer;
 pub mod python;
 mod recipe;
+pub mod serve;
 pub mod settings;
 mod shell;
 pub mod source;
@@ -234,6 +235,10 @@ fn dispatch(cli: &Cli, printer: &Printer) -> anyhow::Result<ExitStatus> {
             printer,
         ),
         Command::JupyterPath => commands::collab::jupyter_path(&settings, printer),
+        Command::Serve { ip, port } => {
+            serve::run(&settings, ip.as_deref(), *port, reporter.as_ref())
+                .map(|()| ExitStatus::Success)
+        }
         Command::Kernel(KernelCommand::Add { name, kernel_dir }) => {
             commands::collab::kernel_add(name, kernel_dir.as_deref(), &settings, printer)
         }

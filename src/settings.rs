@@ -184,6 +184,7 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
+    serve: crate::serve::ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace (see SERVICE).";
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -214,6 +215,8 @@ pub struct Settings {
     pub package_sources: Vec<String>,
     /// Whether paths and loopback servers on this machine may be used as sources.
     pub local_sources: bool,
+    /// The launch service's `[serve]` table ([`crate::serve::ServeConfig`] resolves it).
+    pub serve: crate::serve::ServeTable,
     /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
     pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).
@@ -467,6 +470,9 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         local_sources: layers
             .pick("local-sources", |f| f.local_sources)
             .unwrap_or(true),
+        serve: layers
+            .pick("serve", |f| f.serve.clone())
+            .unwrap_or_default(),
         store_maintainers: layers
             .pick("store-maintainers", |f| f.store_maintainers.clone())
             .unwrap_or_default(),

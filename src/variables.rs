@@ -22,6 +22,25 @@ pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 pub const PYENV_VERSION: &str = "PYENV_VERSION";
 /// Jupyter's data directory; kernelspecs go in its `kernels/` folder.
 pub const JUPYTER_DATA_DIR: &str = "JUPYTER_DATA_DIR";
+/// The launch service's URL prefix behind the Hub's proxy (`/services/<name>/`).
+pub const JUPYTERHUB_SERVICE_PREFIX: &str = "JUPYTERHUB_SERVICE_PREFIX";
+/// The Hub's REST API (`http://127.0.0.1:8081/hub/api`), for the launch service.
+pub const JUPYTERHUB_API_URL: &str = "JUPYTERHUB_API_URL";
+/// The launch service's own Hub API token (also its OAuth client secret). Never passed on
+/// to builds.
+pub const JUPYTERHUB_API_TOKEN: &str = "JUPYTERHUB_API_TOKEN";
+/// The address the Hub proxies the launch service at (`http://127.0.0.1:10101`).
+pub const JUPYTERHUB_SERVICE_URL: &str = "JUPYTERHUB_SERVICE_URL";
+/// The launch service's name in the Hub (`binder`).
+pub const JUPYTERHUB_SERVICE_NAME: &str = "JUPYTERHUB_SERVICE_NAME";
+/// The launch service's OAuth client id (`service-<name>`).
+pub const JUPYTERHUB_CLIENT_ID: &str = "JUPYTERHUB_CLIENT_ID";
+/// Where the Hub sends browsers back after login (`/services/<name>/oauth_callback`).
+pub const JUPYTERHUB_OAUTH_CALLBACK_URL: &str = "JUPYTERHUB_OAUTH_CALLBACK_URL";
+/// The Hub's base URL (`/`), under which `hub/api/oauth2/authorize` lives.
+pub const JUPYTERHUB_BASE_URL: &str = "JUPYTERHUB_BASE_URL";
+/// The Hub's public URL, when set: launch links and badges use it.
+pub const JUPYTERHUB_PUBLIC_URL: &str = "JUPYTERHUB_PUBLIC_URL";
 
 /// The variables a user or centre sets, with what they do (the man page's ENVIRONMENT).
 pub const DOCUMENTED: &[(&str, &str)] = &[
@@ -43,6 +62,22 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
         "Jupyter's data directory; kernelspecs go in its kernels/ folder.",
     ),
     (NO_COLOR, "Disables colour when set to anything non-empty."),
+    (
+        JUPYTERHUB_SERVICE_PREFIX,
+        "serve: the URL prefix the Hub's proxy serves the service at (set by the Hub).",
+    ),
+    (
+        JUPYTERHUB_API_URL,
+        "serve: the Hub's REST API, for token checks and OAuth (set by the Hub).",
+    ),
+    (
+        JUPYTERHUB_API_TOKEN,
+        "serve: the service's Hub token and OAuth secret (set by the Hub; never given to builds).",
+    ),
+    (
+        JUPYTERHUB_SERVICE_URL,
+        "serve: the address to listen on unless --ip/--port say otherwise (set by the Hub).",
+    ),
 ];
 
 /// The first file named `program` in a `PATH` directory.

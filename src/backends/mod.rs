@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::detect::{Buildpack, EnvSpec};
 use crate::diagnostic::{Blame, Diagnostic};
-use crate::events::{Phase, Reporter, ReporterExt};
+use crate::events::{Event, Phase, Reporter, ReporterExt};
 use crate::key::{self, EnvKey};
 use crate::settings::Settings;
 use crate::source::Checkout;
@@ -235,7 +235,8 @@ fn build_new(context: &mut Context<'_>) -> anyhow::Result<(Vec<String>, Option<A
     fs_err::create_dir_all(&context.meta).map_err(|e| store::classify(e, &context.meta))?;
     context.jail = sandbox::jail(context)?;
     let context = &*context;
-    context.reporter.phase(
+    // The key rides along so that a relaying service can file the build's log under it.
+    let mut building = Event::new(
         Phase::Building,
         format!(
             "Building a {} environment in {}",
@@ -243,6 +244,10 @@ fn build_new(context: &mut Context<'_>) -> anyhow::Result<(Vec<String>, Option<A
             context.prefix.display()
         ),
     );
+    building
+        .fields
+        .insert("key".into(), request.key.key.clone().into());
+    context.reporter.report(building);
     if request.target.is_container() {
         // postBuild and start run inside the image (see the Containerfile).
         let (locks, artifact) = container::build(context)?;

@@ -114,6 +114,46 @@ pub fn checkout(
     })
 }
 
+/// The commit a remote's ref names now (`git ls-remote -- <url> <ref>`), as BinderHub's
+/// git provider resolves it before building: a full commit id is taken as it is, and
+/// `None` means the remote has no such branch or tag. `url` must pass `policy` first.
+pub fn ls_remote(
+    url: &str,
+    reference: &str,
+    policy: &Policy,
+) -> Result<Option<String>, SourceError> {
+    policy.check(url, None)?;
+    if is_full_sha(reference) {
+        return Ok(Some(reference.to_ascii_lowercase()));
+    }
+    let (plain, credentials) = split_credentials(url);
+    let protocol = if policy.allow_local {
+        "protocol.file.allow=always"
+    } else {
+        "protocol.file.allow=never"
+    };
+    let listing = run_git(
+        Path::new("/"),
+        &[
+            "-c",
+            protocol,
+            "-c",
+            "protocol.ext.allow=never",
+            "ls-remote",
+            "--",
+            &plain,
+            reference,
+        ],
+        &redact(url),
+        credentials.as_ref(),
+    )?;
+    Ok(listing
+        .split_whitespace()
+        .next()
+        .filter(|sha| is_full_sha(sha))
+        .map(str::to_string))
+}
+
 fn is_full_sha(text: &str) -> bool {
     text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }

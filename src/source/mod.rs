@@ -5,7 +5,7 @@
 //! reuse; a cached clone is checked to belong to the same origin before it is trusted.
 //! A local plain folder's identity is a content digest of its files.
 
-mod git;
+pub mod git;
 mod local;
 pub mod spec;
 

@@ -102,6 +102,21 @@ pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError
     })
 }
 
+/// A BinderHub `<provider>/<spec>`, as the launch service receives it: never a path on
+/// this machine, whatever directories the service's working directory holds.
+pub fn parse_provider(spec: &str) -> Result<RepoSpec, SourceError> {
+    refuse_option_like("repository", spec)?;
+    let (url, reference, slug) = provider_spec(spec, spec)?;
+    let reference = merge_refs(spec, reference, None)?;
+    refuse_option_like("repository URL", &url)?;
+    refuse_transport(&url)?;
+    Ok(RepoSpec::Git {
+        url,
+        reference,
+        slug,
+    })
+}
+
 fn bad(spec: &str, reason: &str) -> SourceError {
     SourceError::BadSpec {
         spec: spec.to_string(),
@@ -168,8 +183,18 @@ fn provider_spec(input: &str, spec: &str) -> Result<(String, Option<String>, Str
             ))
         }
         "git" => {
-            let (escaped, reference) = rest
-                .rsplit_once('/')
+            // BinderHub splits at the first `/`: the URL is escaped, the ref may hold `/`.
+            // An unescaped URL typed on the command line ends at the last `/` instead.
+            let escaped_url = rest
+                .split('/')
+                .next()
+                .is_some_and(|u| decode(u).contains("://"));
+            let split = if escaped_url {
+                rest.split_once('/')
+            } else {
+                rest.rsplit_once('/')
+            };
+            let (escaped, reference) = split
                 .filter(|(u, r)| !u.is_empty() && !r.is_empty())
                 .ok_or_else(|| bad(input, "expected git/<url-escaped clone URL>/<ref>"))?;
             let url = decode(escaped);
