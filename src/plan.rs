@@ -212,6 +212,14 @@ pub fn plan(
         .reference
         .clone()
         .filter(|r| r != "HEAD")
+        // A full commit id (the launch service resolves every ref) names itself by 7.
+        .map(|r| {
+            if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
+                r[..7].to_string()
+            } else {
+                r
+            }
+        })
         .or_else(|| identity.commit.as_ref().map(|c| c[..7].to_string()))
         .unwrap_or_else(|| env_key.key[..7].to_string());
     let name = kernel.name.clone().unwrap_or_else(|| {

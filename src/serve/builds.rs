@@ -426,6 +426,8 @@ impl Builds {
             kill_group(pid);
         }
         let status = child.wait().await;
+        // Whatever the build left in its process group (it crashed, or was killed) goes too.
+        kill_group(pid);
         self.state().children.remove(&pid);
         let stderr = stderr_task.await.unwrap_or_default();
         if timed_out {

@@ -176,7 +176,7 @@ pub struct Resolver {
 }
 
 /// How long a resolved ref is reused.
-pub const RESOLVE_TTL: Duration = Duration::from_secs(10);
+pub const RESOLVE_TTL: Duration = Duration::from_secs(3);
 
 impl Resolver {
     /// A resolver that checks every URL against `policy` first.

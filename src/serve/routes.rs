@@ -280,9 +280,11 @@ async fn build(
     let key = format!("{provider}:{}", repo.spec);
     let commit = match app.resolver.resolve(&repo).await {
         Ok(Some(commit)) => commit,
-        Ok(None) => return failed(&format!(
+        Ok(None) => {
+            return failed(&format!(
             "Could not resolve ref for {key}. Double check your URL and that your repo is public."
-        )),
+        ))
+        }
         Err(e) => return failed(&format!("Error resolving ref for {key}: {e}")),
     };
     let build_only = query
