@@ -295,6 +295,12 @@ pub fn man_page() -> Vec<u8> {
         );
     }
     out.extend_from_slice(COLLABORATIONS.as_bytes());
+    out.extend_from_slice(b".SH SERVICE\nhpcbinder serve runs BinderHub's build API as a JupyterHub service (register it in the Hub's services with command [\"hpcbinder\", \"serve\"]). Keys of the site config's [serve] table:\n");
+    for (key, what) in crate::serve::KEYS {
+        out.extend_from_slice(
+            format!(".TP\n\\fB{}\\fR\n{}\n", escape(key), escape(what)).as_bytes(),
+        );
+    }
     out.extend_from_slice(b".SH ENVIRONMENT\n");
     for (name, what) in crate::variables::DOCUMENTED {
         out.extend_from_slice(

@@ -84,6 +84,14 @@
 //!   ("default: public ones for the CLI") is read as: a local repository may use any
 //!   source, a remote one only the allowed ones, and `local-sources = false` (for the
 //!   service) refuses everything on this machine.
+//! - The launch service ([`serve`]) resolves every provider's ref with `git ls-remote`
+//!   (BinderHub asks GitHub's and GitLab's REST APIs), so one path serves every git host a
+//!   site allows and `source-hosts` applies first; resolutions are cached 3 s. Its build
+//!   tokens are an HMAC over (user, spec, origin, expiry) with a secret made at start, not
+//!   a JWT with a configured secret: one service process, and a restart only makes open
+//!   pages fetch a new token. There is no per-IP rate limit: every build request is an
+//!   authenticated Hub user's, limited per user (`max-builds-per-user`). A browser session
+//!   is a random id in an HttpOnly cookie; the Hub token stays in the service's memory.
 
 pub mod backends;
 mod blocking;

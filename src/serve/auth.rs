@@ -43,6 +43,9 @@ pub struct User {
     pub scopes: Vec<String>,
 }
 
+/// When a token was looked up, and whose it was.
+type CachedUser = (Instant, Option<User>);
+
 struct Session {
     user: String,
     token: String,
@@ -65,7 +68,7 @@ pub enum Denied {
 pub struct Auth {
     config: std::sync::Arc<ServeConfig>,
     http: reqwest::Client,
-    tokens: Mutex<HashMap<[u8; 32], (Instant, Option<User>)>>,
+    tokens: Mutex<HashMap<[u8; 32], CachedUser>>,
     sessions: Mutex<HashMap<String, Session>>,
     states: Mutex<HashMap<String, (Instant, String)>>,
     secret: [u8; 32],
@@ -161,7 +164,7 @@ impl Auth {
     }
 
     /// An API client's user, from its `Authorization` header.
-    pub async fn from_header(&self, header: Option<&str>) -> Result<Option<User>, Denied> {
+    pub async fn user_of_header(&self, header: Option<&str>) -> Result<Option<User>, Denied> {
         let Some(header) = header else {
             return Ok(None);
         };
@@ -179,7 +182,7 @@ impl Auth {
 
     /// A browser's user, from its session cookie: the session's Hub token is checked
     /// again (cached), so a token revoked in the Hub ends the session.
-    pub async fn from_session(&self, session: &str) -> Result<Option<(User, String)>, Denied> {
+    pub async fn user_of_session(&self, session: &str) -> Result<Option<(User, String)>, Denied> {
         let found = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);

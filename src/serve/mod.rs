@@ -65,6 +65,11 @@ pub fn run(
             health: tokio::sync::Mutex::new(None),
             config: config.clone(),
         });
+        if settings.local_sources {
+            reporter.warning(
+                "local-sources is true: anyone allowed to use this service can build paths and file:// repositories on this machine; a site's service config sets local-sources = false",
+            );
+        }
         reporter.phase(
             crate::events::Phase::Waiting,
             format!(

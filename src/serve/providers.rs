@@ -166,13 +166,18 @@ pub fn display_configs(enabled: &[String]) -> serde_json::Value {
     )
 }
 
+/// A repository URL and a ref.
+type RefKey = (String, String);
+/// One resolution at a time per [`RefKey`].
+type Gate = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// Resolved refs, kept briefly: a launch link clicked by a whole class resolves once, and
 /// a moved branch is seen within [`RESOLVE_TTL`] (BinderHub caches by ETag instead).
 pub struct Resolver {
-    cache: Mutex<HashMap<(String, String), (Instant, Option<String>)>>,
+    cache: Mutex<HashMap<RefKey, (Instant, Option<String>)>>,
     policy: crate::source::git::Policy,
     /// One resolution at a time per (url, ref): the rest wait for its answer.
-    inflight: tokio::sync::Mutex<HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    inflight: tokio::sync::Mutex<HashMap<RefKey, Gate>>,
 }
 
 /// How long a resolved ref is reused.

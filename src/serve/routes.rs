@@ -164,7 +164,7 @@ async fn identify(app: &App, headers: &HeaderMap) -> Result<(User, Via), Denied>
         .and_then(|v| v.to_str().ok());
     let user = if authorization.is_some() {
         app.auth
-            .from_header(authorization)
+            .user_of_header(authorization)
             .await?
             .map(|user| (user, Via::Token))
     } else {
@@ -172,7 +172,7 @@ async fn identify(app: &App, headers: &HeaderMap) -> Result<(User, Via), Denied>
         match auth::cookie(cookies, auth::SESSION_COOKIE) {
             Some(session) => app
                 .auth
-                .from_session(session)
+                .user_of_session(session)
                 .await?
                 .map(|(user, xsrf)| (user, Via::Session { xsrf })),
             None => None,
