@@ -260,7 +260,7 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
     let hub = HubApi::start(HubUsers::standard());
     let service = Service::start(
         &sandbox,
-        "build-timeout = 8\nmax-builds = 3",
+        "build-timeout = 25\nmax-builds = 3",
         &hub.api_url(),
     );
     let slow = repo(&sandbox, "slow", "six==1.16.0\n", Some("sleep 61.25"));
@@ -321,7 +321,7 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
     let message = last(&slow_events)["message"].as_str().unwrap().to_string();
     assert_eq!(last(&slow_events)["phase"], "failed");
     assert!(
-        message.contains("longer than the service's limit (8 s)"),
+        message.contains("longer than the service's limit (25 s)"),
         "{message}"
     );
     std::thread::sleep(Duration::from_secs(1));
