@@ -195,7 +195,32 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
-    serve: crate::serve::ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace (see SERVICE).";
+    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace (see SERVICE).";
+}
+
+/// The `[serve]` table of a config file, as written (all optional); `hpcbinder serve`
+/// resolves it (`serve::ServeConfig`).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeTable {
+    /// Builds running at once; more wait in the queue.
+    pub max_builds: Option<usize>,
+    /// Builds one user may have running or queued at once.
+    pub max_builds_per_user: Option<usize>,
+    /// Seconds before a build is killed.
+    pub build_timeout: Option<u64>,
+    /// Seconds a failed build's failure is reported again instead of rebuilding.
+    pub failed_build_retry: Option<u64>,
+    /// Regexes (matched at the start of `<spec>`, case-insensitive) that may not build.
+    pub banned_specs: Option<Vec<String>>,
+    /// Regexes of the only specs that may build, when given.
+    pub allowed_specs: Option<Vec<String>>,
+    /// The enabled providers (`gh`, `gl`, `git`, `gist`).
+    pub providers: Option<Vec<String>>,
+    /// Seconds a launch page's build token is valid.
+    pub build_token_expires: Option<u64>,
+    /// Seconds SIGTERM waits for running builds before killing them.
+    pub shutdown_grace: Option<u64>,
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -226,8 +251,8 @@ pub struct Settings {
     pub package_sources: Vec<String>,
     /// Whether paths and loopback servers on this machine may be used as sources.
     pub local_sources: bool,
-    /// The launch service's `[serve]` table ([`crate::serve::ServeConfig`] resolves it).
-    pub serve: crate::serve::ServeTable,
+    /// The launch service's `[serve]` table (`hpcbinder serve` resolves it).
+    pub serve: ServeTable,
     /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
     pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).

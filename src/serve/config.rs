@@ -4,33 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::variables;
 
-/// The `[serve]` table of a config file, as written (all optional).
-#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ServeTable {
-    /// Builds running at once; more wait in the queue.
-    pub max_builds: Option<usize>,
-    /// Builds one user may have running or queued at once.
-    pub max_builds_per_user: Option<usize>,
-    /// Seconds before a build is killed.
-    pub build_timeout: Option<u64>,
-    /// Seconds a failed build's failure is reported again instead of rebuilding.
-    pub failed_build_retry: Option<u64>,
-    /// Regexes (matched at the start of `<spec>`, case-insensitive) that may not build.
-    pub banned_specs: Option<Vec<String>>,
-    /// Regexes of the only specs that may build, when given.
-    pub allowed_specs: Option<Vec<String>>,
-    /// The enabled providers (`gh`, `gl`, `git`, `gist`).
-    pub providers: Option<Vec<String>>,
-    /// Seconds a launch page's build token is valid.
-    pub build_token_expires: Option<u64>,
-    /// Seconds SIGTERM waits for running builds before killing them.
-    pub shutdown_grace: Option<u64>,
-}
+pub use crate::settings::ServeTable;
 
 /// The `[serve]` keys and what they set (the man page's CONFIGURATION).
 pub const KEYS: &[(&str, &str)] = &[

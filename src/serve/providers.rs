@@ -64,9 +64,8 @@ impl Repo {
                 None => (spec.clone(), String::new()),
             },
         };
-        let parsed = spec::parse_provider(&format!("{provider}/{spec}")).map_err(|e| {
-            crate::printer::sanitize_line(&crate::error::one_line(&anyhow::Error::new(e)))
-        })?;
+        let parsed = spec::parse_provider(&format!("{provider}/{spec}"))
+            .map_err(|e| crate::printer::sanitize_line(&with_causes(&e)))?;
         let RepoSpec::Git { url, slug, .. } = parsed else {
             return Err("not a repository provider spec".into());
         };
@@ -105,6 +104,18 @@ impl Repo {
             _ => crate::source::redact(&self.url),
         }
     }
+}
+
+/// An error and its causes on one line.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// `encodeURIComponent`, for building `git/<escaped URL>/<ref>` specs.
@@ -221,7 +232,7 @@ impl Resolver {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| crate::error::one_line(&anyhow::Error::new(e)))?;
+        .map_err(|e| crate::printer::sanitize_line(&with_causes(&e)))?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 4096 {
             cache.retain(|_, (when, _)| when.elapsed() < RESOLVE_TTL);
