@@ -260,12 +260,12 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
     let hub = HubApi::start(HubUsers::standard());
     let service = Service::start(
         &sandbox,
-        "build-timeout = 25\nmax-builds = 3",
+        "build-timeout = 60\nmax-builds = 3",
         &hub.api_url(),
     );
-    let slow = repo(&sandbox, "slow", "six==1.16.0\n", Some("sleep 61.25"));
+    let slow = repo(&sandbox, "slow", "six==1.16.0\n", Some("sleep 91.25"));
     let fast = repo(&sandbox, "fast", "six==1.16.0\n", None);
-    let crash = repo(&sandbox, "crash", "six==1.16.0\n", Some("sleep 62.5"));
+    let crash = repo(&sandbox, "crash", "six==1.16.0\n", Some("sleep 92.5"));
     let url = service.url(&format!("build/{slow}"));
     let slow_client = std::thread::spawn(move || {
         Service::client()
@@ -292,7 +292,7 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let found = std::process::Command::new("pgrep")
-            .args(["-f", "sleep 62.5"])
+            .args(["-f", "sleep 92.5"])
             .output()
             .unwrap();
         if found.status.success() {
@@ -317,15 +317,18 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
     assert_eq!(last(&fast_events)["phase"], "ready", "{fast_events:?}");
     let crashed = events(&crash_client.join().unwrap());
     assert_eq!(last(&crashed)["phase"], "failed", "{crashed:?}");
-    let slow_events = events(&slow_client.join().unwrap());
+    let slow_raw = slow_client.join().unwrap();
+    // Quiet for 25 s: BinderHub's keepalive comment, exactly.
+    assert!(slow_raw.contains("\n\n:keepalive\n\n"), "{slow_raw}");
+    let slow_events = events(&slow_raw);
     let message = last(&slow_events)["message"].as_str().unwrap().to_string();
     assert_eq!(last(&slow_events)["phase"], "failed");
     assert!(
-        message.contains("longer than the service's limit (25 s)"),
+        message.contains("longer than the service's limit (60 s)"),
         "{message}"
     );
     std::thread::sleep(Duration::from_secs(1));
-    for marker in ["sleep 61.25", "sleep 62.5"] {
+    for marker in ["sleep 91.25", "sleep 92.5"] {
         let left = std::process::Command::new("pgrep")
             .args(["-f", marker])
             .output()

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
@@ -317,23 +316,33 @@ async fn build(
             &[json!({"phase": "failed", "status_code": status, "message": format!("{message}\n")})],
         ),
         Answer::Events(receiver) => {
+            // BinderHub's framing exactly: `data: <json>` blocks and `:keepalive` comments
+            // every 25 s (axum's own keep-alive writes `: keepalive`).
             let stream = futures_util::stream::unfold(
                 (receiver, fields),
                 |(mut receiver, fields)| async move {
-                    let event = receiver.recv().await?;
-                    let event: EventObject =
-                        if event.get("phase").and_then(Value::as_str) == Some("ready") {
-                            ready_fields(&event, &fields)
-                        } else {
-                            (*event).clone()
-                        };
-                    let sse = SseEvent::default().data(builds::to_json(&event));
-                    Some((Ok::<_, Infallible>(sse), (receiver, fields)))
+                    let chunk = tokio::select! {
+                        event = receiver.recv() => {
+                            let event = event?;
+                            let event: EventObject =
+                                if event.get("phase").and_then(Value::as_str) == Some("ready") {
+                                    ready_fields(&event, &fields)
+                                } else {
+                                    (*event).clone()
+                                };
+                            format!("data: {}\n\n", builds::to_json(&event))
+                        }
+                        () = tokio::time::sleep(KEEPALIVE) => ":keepalive\n\n".to_string(),
+                    };
+                    Some((Ok::<_, Infallible>(chunk), (receiver, fields)))
                 },
             );
-            Sse::new(stream)
-                .keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
-                .into_response()
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .header("x-accel-buffering", "no")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default()
         }
     }
 }
