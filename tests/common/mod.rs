@@ -344,6 +344,7 @@ impl Drop for Tmpfs {
 }
 pub mod channel;
 pub mod http;
+pub mod hub;
 pub mod hubapi;
 pub mod jupyter;
 pub mod users;

@@ -1,0 +1,282 @@
+//! `hpcbinder serve` inside a real JupyterHub, through the Hub's real proxy
+//! (tests/common/hub.rs): Hub tokens and scopes, BinderHub's answers, one build for
+//! concurrent clients, and a browser-style login through the Hub's OAuth.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::hub::{Hub, HubOptions};
+use common::{GitRepo, Sandbox};
+use serde_json::Value;
+
+fn service_environment(sandbox: &Sandbox) -> Vec<(String, String)> {
+    let p = |name: &str| sandbox.path().join(name).display().to_string();
+    [
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("HOME", p("home")),
+        ("XDG_DATA_HOME", p("data")),
+        ("XDG_CONFIG_HOME", p("config")),
+        ("JUPYTER_DATA_DIR", p("jupyter")),
+        ("HPCBINDER_SITE_CONFIG", p("site.toml")),
+        ("HPCBINDER_STORE", sandbox.store().display().to_string()),
+        ("NO_COLOR", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn start(sandbox: &Sandbox) -> Hub {
+    sandbox.native_site_config(
+        "local-sources = true\n[serve]\nbanned-specs = [\"^.*banned.*\"]\nshutdown-grace = 5\n",
+    );
+    Hub::start(HubOptions {
+        service_environment: service_environment(sandbox),
+        allowed_users: vec!["alice".into(), "carol".into()],
+        other_users: vec!["bob".into()],
+    })
+}
+
+fn events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
+                .collect();
+            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
+        })
+        .collect()
+}
+
+fn spec_of(path: &std::path::Path) -> String {
+    let url = format!("file://{}", path.display());
+    let escaped: String = url
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("git/{escaped}/HEAD")
+}
+
+fn repo(sandbox: &Sandbox, name: &str, requirements: &str, post_build: Option<&str>) -> String {
+    let path = sandbox.path().join("repos").join(name);
+    let git = GitRepo::init(&path);
+    git.write("requirements.txt", requirements);
+    if let Some(script) = post_build {
+        git.write("postBuild", &format!("#!/bin/sh\n{script}\n"));
+        std::fs::set_permissions(
+            path.join("postBuild"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    git.commit("init");
+    spec_of(&path)
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `build/<spec>` through the Hub's proxy: status and body.
+fn stream(hub: &Hub, spec: &str, token: Option<&str>, accept: bool) -> (u16, String) {
+    let mut request = client().get(hub.url(&format!("/services/binder/build/{spec}")));
+    if accept {
+        request = request.header("Accept", "text/event-stream");
+    }
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("token {token}"));
+    }
+    let response = request.send().unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+fn ready_count(hub: &Hub) -> f64 {
+    let text = client()
+        .get(hub.url("/services/binder/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("hpcbinder_builds_total{outcome=\"ready\"}")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+#[test]
+fn api_clients_build_through_the_hubs_proxy_and_get_binderhubs_answers() {
+    let sandbox = Sandbox::new();
+    let hub = start(&sandbox);
+    let alice = hub.user_token("alice");
+    let carol = hub.user_token("carol");
+    let bob = hub.user_token("bob");
+    let spec = repo(&sandbox, "shared", "six==1.16.0\n", Some("sleep 2"));
+    let head = GitRepo::init(&sandbox.path().join("repos/shared"))
+        .repo
+        .head()
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string();
+
+    // Two clients of one new spec at once: one build, both ready with the same key.
+    let before = ready_count(&hub);
+    let threads: Vec<_> = [alice.clone(), carol.clone()]
+        .into_iter()
+        .map(|token| {
+            let url = hub.url(&format!("/services/binder/build/{spec}?build_only=true"));
+            std::thread::spawn(move || {
+                client()
+                    .get(url)
+                    .header("Accept", "text/event-stream")
+                    .header("Authorization", format!("token {token}"))
+                    .send()
+                    .unwrap()
+                    .text()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let bodies: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let readies: Vec<Value> = bodies
+        .iter()
+        .map(|b| events(b).last().cloned().unwrap())
+        .collect();
+    for (ready, body) in readies.iter().zip(&bodies) {
+        assert_eq!(ready["phase"], "ready", "{body}\n{}", hub.log());
+        assert_eq!(ready["binder_request"], format!("v2/{spec}"));
+        assert!(
+            ready["binder_persistent_request"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/{head}")),
+            "{ready}"
+        );
+        assert!(std::path::Path::new(ready["prefix"].as_str().unwrap()).is_dir());
+    }
+    assert_eq!(readies[0]["key"], readies[1]["key"]);
+    assert_eq!(ready_count(&hub) - before, 1.0, "exactly one build");
+
+    // Who may ask.
+    let (status, body) = stream(&hub, &spec, None, true);
+    assert_eq!(status, 403, "no token: {body}");
+    let (status, body) = stream(&hub, &spec, Some(&bob), true);
+    assert_eq!(
+        status, 403,
+        "bob lacks access:services!service=binder: {body}"
+    );
+    let (status, body) = stream(&hub, &spec, Some("not-a-token"), true);
+    assert_eq!(status, 403, "{body}");
+
+    // BinderHub's answers.
+    let (status, body) = stream(&hub, &spec, Some(&alice), false);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("Missing Accept header: text/event-stream"),
+        "{body}"
+    );
+    let failed = |spec: &str| {
+        let (status, body) = stream(&hub, spec, Some(&alice), true);
+        assert_eq!(status, 200, "{body}");
+        let last = events(&body).last().cloned().unwrap();
+        assert_eq!(last["phase"], "failed", "{body}");
+        last["message"].as_str().unwrap().to_string()
+    };
+    assert!(failed("nope/a/b/HEAD").contains("No provider found for prefix nope"));
+    assert!(failed("gh/only-one-part").contains("expected gh/<org>/<repo>/<ref>"));
+    assert_eq!(
+        failed("gh/org/banned-repo/HEAD"),
+        "Sorry, org/banned-repo/HEAD is not allowed to launch. Please contact admins for more info!\n"
+    );
+    let broken = repo(&sandbox, "broken", "no-such-package-hpcb==1.0\n", None);
+    assert!(failed(&broken).contains("no-such-package-hpcb"));
+    let missing = spec.replace("/HEAD", "/no-such-branch");
+    assert!(failed(&missing).contains("Could not resolve ref"));
+}
+
+fn form_value(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\"");
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in:\n{html}"));
+    let rest = &html[at..];
+    let value = rest.split("value=\"").nth(1).unwrap();
+    value.split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
+    let sandbox = Sandbox::new();
+    let hub = start(&sandbox);
+    let spec = repo(&sandbox, "browser", "six==1.16.0\n", None);
+    // A browser: cookies kept, redirects followed.
+    let browser = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let launch = hub.url(&format!("/services/binder/v2/{spec}"));
+    let login = browser.get(&launch).send().unwrap();
+    let login_url = login.url().clone();
+    assert_eq!(
+        login_url.path(),
+        "/hub/login",
+        "the service sends the browser to the Hub"
+    );
+    let html = login.text().unwrap();
+    let xsrf = form_value(&html, "_xsrf");
+    let form = format!("username=alice&password=anything&_xsrf={xsrf}");
+    let page = browser
+        .post(login_url.as_str())
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200, "{}", hub.log());
+    assert_eq!(
+        page.url().as_str(),
+        launch,
+        "back on the launch page after the OAuth dance"
+    );
+    let html = page.text().unwrap();
+    assert!(html.contains("Signed in as alice"), "{html}");
+    assert!(html.contains(&spec), "{html}");
+    let token = html
+        .split("\"buildToken\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a build token in the page")
+        .to_string();
+    // The page's EventSource: the session cookie and the page's build token.
+    let build = |query: &str| {
+        let response = browser
+            .get(hub.url(&format!("/services/binder/build/{spec}{query}")))
+            .header("Accept", "text/event-stream")
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    };
+    let (status, body) = build("");
+    assert_eq!(status, 403, "the cookie alone starts no build: {body}");
+    let (status, body) = build(&format!("?build_token={token}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(events(&body).last().unwrap()["phase"], "ready", "{body}");
+}
