@@ -200,8 +200,8 @@ c.JupyterHub.load_roles = [
 
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default();
-        let start = text.len().saturating_sub(6000);
-        text[text.floor_char_boundary(start)..].to_string()
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 }
 
