@@ -49,21 +49,6 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn escaped_spec(path: &std::path::Path) -> String {
-    let url = format!("file://{}", path.display());
-    let escaped: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("git/{escaped}/HEAD")
-}
-
 /// Stream one build; the time to its last event and whether that was `ready`.
 async fn time_to_ready(client: &reqwest::Client, url: &str) -> Result<Duration, String> {
     let start = Instant::now();
@@ -95,12 +80,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    let text = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::sse::metric(&format!("http://127.0.0.1:{port}/metrics"), name)
 }
 
 fn main() {
@@ -109,11 +89,7 @@ fn main() {
         "local-sources = true\n[serve]\nmax-builds = 2\nmax-builds-per-user = 100\n",
     );
     let hub = HubApi::start(HubUsers::standard());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::sse::free_port();
     let child = sandbox
         .command()
         .args(["serve", "--port", &port.to_string()])
@@ -146,7 +122,10 @@ fn main() {
     let git = GitRepo::init(&built);
     git.write("requirements.txt", "six==1.16.0\n");
     git.commit("built");
-    let url = format!("{base}/build/{}?build_only=true", escaped_spec(&built));
+    let url = format!(
+        "{base}/build/{}?build_only=true",
+        common::sse::spec_of(&built)
+    );
     runtime
         .block_on(time_to_ready(&client, &url))
         .expect("the first build");
@@ -181,7 +160,10 @@ fn main() {
     // 2. 50 concurrent requests for one new key, against one build alone.
     let fresh = sandbox.path().join("fresh");
     let git = GitRepo::init(&fresh);
-    let fresh_url = format!("{base}/build/{}?build_only=true", escaped_spec(&fresh));
+    let fresh_url = format!(
+        "{base}/build/{}?build_only=true",
+        common::sse::spec_of(&fresh)
+    );
     let mut ratios = Vec::new();
     let mut singles = Vec::new();
     let mut builds_per_round = Vec::new();

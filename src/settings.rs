@@ -195,7 +195,7 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
-    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace (see SERVICE).";
+    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch (see SERVICE).";
 }
 
 /// The `[serve]` table of a config file, as written (all optional); `hpcbinder serve`
@@ -221,6 +221,9 @@ pub struct ServeTable {
     pub build_token_expires: Option<u64>,
     /// Seconds SIGTERM waits for running builds before killing them.
     pub shutdown_grace: Option<u64>,
+    /// What follows a build: `none` (report it) or `kernel` (the user's server, with the
+    /// environment's kernel in the shared kernels directory).
+    pub launch: Option<String>,
 }
 
 /// What the command line contributes (the flags common to commands).

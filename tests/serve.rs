@@ -7,13 +7,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::hubapi::{HubApi, HubUsers};
-use common::{GitRepo, Sandbox};
+use common::sse::{client, events, free_port, repo, spawn_stream};
+use common::Sandbox;
 use serde_json::Value;
 
 struct Service {
@@ -28,15 +28,15 @@ impl Drop for Service {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Service {
+    /// A sandbox, a Hub API stand-in, and the service with `table` as its `[serve]`.
+    fn with_hub(table: &str) -> (Sandbox, HubApi, Self) {
+        let sandbox = Sandbox::new();
+        let hub = HubApi::start(HubUsers::standard());
+        let service = Self::start(&sandbox, table, &hub.api_url());
+        (sandbox, hub, service)
+    }
+
     fn start(sandbox: &Sandbox, table: &str, hub_api: &str) -> Self {
         sandbox.native_site_config(&format!("local-sources = true\n[serve]\n{table}\n"));
         let port = free_port();
@@ -63,17 +63,9 @@ impl Service {
         format!("http://127.0.0.1:{}/services/binder/{path}", self.port)
     }
 
-    fn client() -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(300))
-            .build()
-            .unwrap()
-    }
-
     /// Stream `build/<spec>` as `token`; returns the status and the raw body.
     fn stream_raw(&self, spec: &str, token: &str) -> (u16, String) {
-        let response = Self::client()
+        let response = client()
             .get(self.url(&format!("build/{spec}")))
             .header("Accept", "text/event-stream")
             .header("Authorization", format!("token {token}"))
@@ -100,67 +92,19 @@ impl Service {
     }
 }
 
-/// Server-Sent Events as an EventSource reads them: blocks split by a blank line, `data:`
-/// fields joined, `:` comments skipped.
-fn events(body: &str) -> Vec<Value> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
-                .collect();
-            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
-        })
-        .collect()
-}
-
 fn last(events: &[Value]) -> &Value {
     events.last().expect("at least one event")
 }
 
-/// A git repository with requirements and an optional postBuild; returns its spec.
-fn repo(sandbox: &Sandbox, name: &str, requirements: &str, post_build: Option<&str>) -> String {
-    let path = sandbox.path().join("repos").join(name);
-    let git = GitRepo::init(&path);
-    git.write("requirements.txt", requirements);
-    if let Some(script) = post_build {
-        git.write("postBuild", &format!("#!/bin/sh\n{script}\n"));
-        std::fs::set_permissions(
-            path.join("postBuild"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-    }
-    git.commit("init");
-    spec_of(&path)
-}
-
-fn spec_of(path: &Path) -> String {
-    let url = format!("file://{}", path.display());
-    let escaped: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("git/{escaped}/HEAD")
-}
-
 #[test]
 fn events_follow_binderhubs_framing_and_a_late_client_gets_the_whole_log() {
-    let sandbox = Sandbox::new();
-    let hub = HubApi::start(HubUsers::standard());
-    let service = Service::start(&sandbox, "", &hub.api_url());
+    let (sandbox, _hub, service) = Service::with_hub("");
     let spec = repo(&sandbox, "framing", "six==1.16.0\n", Some("sleep 3"));
     // The first client starts the build; the second joins while it runs.
     let first = {
         let url = service.url(&format!("build/{spec}?build_only=true"));
         std::thread::spawn(move || {
-            let response = Service::client()
+            let response = client()
                 .get(url)
                 .header("Accept", "text/event-stream")
                 .header("Authorization", "token alice-token")
@@ -233,7 +177,7 @@ fn events_follow_binderhubs_framing_and_a_late_client_gets_the_whole_log() {
     assert_eq!(again[0]["key"], ready["key"]);
     // The log is kept under the key, for users only.
     let key16 = &ready["key"].as_str().unwrap()[..16];
-    let client = Service::client();
+    let client = client();
     let log = client
         .get(service.url(&format!("logs/{key16}")))
         .header("Authorization", "token alice-token")
@@ -256,38 +200,12 @@ fn events_follow_binderhubs_framing_and_a_late_client_gets_the_whole_log() {
 
 #[test]
 fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
-    let sandbox = Sandbox::new();
-    let hub = HubApi::start(HubUsers::standard());
-    let service = Service::start(
-        &sandbox,
-        "build-timeout = 60\nmax-builds = 3",
-        &hub.api_url(),
-    );
+    let (sandbox, _hub, service) = Service::with_hub("build-timeout = 60\nmax-builds = 3");
     let slow = repo(&sandbox, "slow", "six==1.16.0\n", Some("sleep 91.25"));
     let fast = repo(&sandbox, "fast", "six==1.16.0\n", None);
     let crash = repo(&sandbox, "crash", "six==1.16.0\n", Some("sleep 92.5"));
-    let url = service.url(&format!("build/{slow}"));
-    let slow_client = std::thread::spawn(move || {
-        Service::client()
-            .get(url)
-            .header("Accept", "text/event-stream")
-            .header("Authorization", "token alice-token")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    });
-    let url = service.url(&format!("build/{crash}"));
-    let crash_client = std::thread::spawn(move || {
-        Service::client()
-            .get(url)
-            .header("Accept", "text/event-stream")
-            .header("Authorization", "token carol-token")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    });
+    let slow_client = spawn_stream(service.url(&format!("build/{slow}")), "alice-token");
+    let crash_client = spawn_stream(service.url(&format!("build/{crash}")), "carol-token");
     // Kill the crashing build's process from outside once its postBuild runs.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -345,27 +263,12 @@ fn a_timeout_kills_exactly_that_build_and_a_crash_is_a_failed_event() {
 
 #[test]
 fn the_queue_the_per_user_limit_and_the_failure_memo() {
-    let sandbox = Sandbox::new();
-    let hub = HubApi::start(HubUsers::standard());
-    let service = Service::start(
-        &sandbox,
-        "max-builds = 1\nmax-builds-per-user = 1\nfailed-build-retry = 4",
-        &hub.api_url(),
-    );
+    let (sandbox, _hub, service) =
+        Service::with_hub("max-builds = 1\nmax-builds-per-user = 1\nfailed-build-retry = 4");
     let first = repo(&sandbox, "first", "six==1.16.0\n", Some("sleep 4"));
     let second = repo(&sandbox, "second", "six==1.16.0\n", None);
     let third = repo(&sandbox, "third", "six==1.16.0\n", None);
-    let url = service.url(&format!("build/{first}"));
-    let running = std::thread::spawn(move || {
-        Service::client()
-            .get(url)
-            .header("Accept", "text/event-stream")
-            .header("Authorization", "token alice-token")
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    });
+    let running = spawn_stream(service.url(&format!("build/{first}")), "alice-token");
     let deadline = Instant::now() + Duration::from_secs(60);
     while service.metric("hpcbinder_builds_running") < 1.0 {
         assert!(Instant::now() < deadline);
@@ -429,11 +332,9 @@ fn set_cookie(response: &reqwest::blocking::Response, name: &str) -> Option<Stri
 
 #[test]
 fn browsers_log_in_through_the_hub_and_build_only_with_the_pages_token() {
-    let sandbox = Sandbox::new();
-    let hub = HubApi::start(HubUsers::standard());
-    let service = Service::start(&sandbox, "", &hub.api_url());
+    let (sandbox, _hub, service) = Service::with_hub("");
     let spec = repo(&sandbox, "browser", "six==1.16.0\n", None);
-    let client = Service::client();
+    let client = client();
     let page = client
         .get(service.url(&format!("v2/{spec}")))
         .send()
@@ -516,13 +417,11 @@ fn browsers_log_in_through_the_hub_and_build_only_with_the_pages_token() {
 
 #[test]
 fn sigterm_lets_the_running_build_finish_then_exits() {
-    let sandbox = Sandbox::new();
-    let hub = HubApi::start(HubUsers::standard());
-    let mut service = Service::start(&sandbox, "shutdown-grace = 120", &hub.api_url());
+    let (sandbox, _hub, mut service) = Service::with_hub("shutdown-grace = 120");
     let spec = repo(&sandbox, "term", "six==1.16.0\n", Some("sleep 5"));
     let url = service.url(&format!("build/{spec}"));
     let client = std::thread::spawn(move || {
-        let response = Service::client()
+        let response = client()
             .get(url)
             .header("Accept", "text/event-stream")
             .header("Authorization", "token alice-token")
@@ -573,10 +472,7 @@ fn health_is_503_when_the_hub_does_not_answer() {
     assert_eq!(body["ok"], false);
     assert_eq!(body["checks"][0]["service"], "JupyterHub API");
     assert_eq!(body["checks"][0]["ok"], false);
-    let head = Service::client()
-        .head(service.url("health"))
-        .send()
-        .unwrap();
+    let head = client().head(service.url("health")).send().unwrap();
     assert_eq!(head.status(), 503);
     // Without the Hub nobody can be identified: builds are refused, not run anonymously.
     let (status, body) = service.stream_raw("gh/org/repo/HEAD", "alice-token");

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::hub::{Hub, HubOptions};
+use common::sse::{client, events, repo, spawn_stream};
 use common::{GitRepo, Sandbox};
 use serde_json::Value;
 
@@ -36,58 +36,8 @@ fn start(sandbox: &Sandbox) -> Hub {
         service_environment: service_environment(sandbox),
         allowed_users: vec!["alice".into(), "carol".into()],
         other_users: vec!["bob".into()],
+        extra_config: String::new(),
     })
-}
-
-fn events(body: &str) -> Vec<Value> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:").map(str::trim_start))
-                .collect();
-            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).unwrap())
-        })
-        .collect()
-}
-
-fn spec_of(path: &std::path::Path) -> String {
-    let url = format!("file://{}", path.display());
-    let escaped: String = url
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("git/{escaped}/HEAD")
-}
-
-fn repo(sandbox: &Sandbox, name: &str, requirements: &str, post_build: Option<&str>) -> String {
-    let path = sandbox.path().join("repos").join(name);
-    let git = GitRepo::init(&path);
-    git.write("requirements.txt", requirements);
-    if let Some(script) = post_build {
-        git.write("postBuild", &format!("#!/bin/sh\n{script}\n"));
-        std::fs::set_permissions(
-            path.join("postBuild"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-    }
-    git.commit("init");
-    spec_of(&path)
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 /// `build/<spec>` through the Hub's proxy: status and body.
@@ -104,20 +54,10 @@ fn stream(hub: &Hub, spec: &str, token: Option<&str>, accept: bool) -> (u16, Str
 }
 
 fn ready_count(hub: &Hub) -> f64 {
-    let text = client()
-        .get(hub.url("/services/binder/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("hpcbinder_builds_total{outcome=\"ready\"}")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap()
+    common::sse::metric(
+        &hub.url("/services/binder/metrics"),
+        "hpcbinder_builds_total{outcome=\"ready\"}",
+    )
 }
 
 #[test]
@@ -142,17 +82,10 @@ fn api_clients_build_through_the_hubs_proxy_and_get_binderhubs_answers() {
     let threads: Vec<_> = [alice.clone(), carol.clone()]
         .into_iter()
         .map(|token| {
-            let url = hub.url(&format!("/services/binder/build/{spec}?build_only=true"));
-            std::thread::spawn(move || {
-                client()
-                    .get(url)
-                    .header("Accept", "text/event-stream")
-                    .header("Authorization", format!("token {token}"))
-                    .send()
-                    .unwrap()
-                    .text()
-                    .unwrap()
-            })
+            spawn_stream(
+                hub.url(&format!("/services/binder/build/{spec}?build_only=true")),
+                &token,
+            )
         })
         .collect();
     let bodies: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -279,4 +212,93 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
     let (status, body) = build(&format!("?build_token={token}"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(events(&body).last().unwrap()["phase"], "ready", "{body}");
+}
+
+#[test]
+fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(
+        "local-sources = true\n[serve]\nlaunch = \"kernel\"\nshutdown-grace = 5\n",
+    );
+    // The users' servers look in the store for kernels, as a site's spawner environment
+    // does (`hpcbinder jupyter-path`).
+    let hub = Hub::start(HubOptions {
+        service_environment: service_environment(&sandbox),
+        allowed_users: vec!["alice".into()],
+        other_users: Vec::new(),
+        extra_config: format!(
+            "c.JupyterHub.spawner_class = \"simple\"\nc.Spawner.args = [\"--allow-root\"]\nc.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\"}}\nc.Spawner.start_timeout = 120\n",
+            sandbox.store().display()
+        ),
+    });
+    let alice = hub.user_token("alice");
+    let spec = repo(&sandbox, "launched", "six==1.16.0\n", None);
+    let (status, body) = stream(&hub, &spec, Some(&alice), true);
+    assert_eq!(status, 200, "{body}");
+    let all = events(&body);
+    let ready = all.last().unwrap();
+    assert_eq!(ready["phase"], "ready", "{body}\n{}", hub.log());
+    assert!(all.iter().any(|e| e["phase"] == "built"), "{body}");
+    assert!(all.iter().any(|e| e["phase"] == "launching"), "{body}");
+    let url = ready["url"].as_str().unwrap().to_string();
+    assert!(url.ends_with("/user/alice/"), "{url}");
+    // The environment's kernel is in the shared kernels directory, and alice's server,
+    // started by the service through the Hub, lists it and starts it.
+    let kernel = ready["kernel"].as_str().unwrap();
+    assert!(sandbox
+        .store()
+        .join("kernels")
+        .join(kernel)
+        .join("kernel.json")
+        .is_file());
+    let api = |path: &str| format!("{url}api/{path}");
+    let specs: Value = serde_json::from_str(
+        &client()
+            .get(api("kernelspecs"))
+            .header("Authorization", format!("token {alice}"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(specs["kernelspecs"].get(kernel).is_some(), "{specs}");
+    let started: Value = serde_json::from_str(
+        &client()
+            .post(api("kernels"))
+            .header("Authorization", format!("token {alice}"))
+            .header("Content-Type", "application/json")
+            .body(serde_json::json!({"name": kernel}).to_string())
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    let id = started["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"));
+    // The kernel process runs the environment's Python with the server's connection file
+    // (the REST state stays "starting" until a client connects its websocket).
+    let prefix = ready["prefix"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = std::process::Command::new("pgrep")
+            .args(["-af", &format!("kernel-{id}.json")])
+            .output()
+            .unwrap();
+        let lines = String::from_utf8_lossy(&found.stdout).to_string();
+        if lines.lines().any(|l| l.contains(prefix)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel process from {prefix} for kernel {id}: {lines}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A second launch finds the server running.
+    let (_, again) = stream(&hub, &spec, Some(&alice), true);
+    assert!(again.contains("already running"), "{again}");
+    assert_eq!(events(&again).last().unwrap()["url"], url);
 }

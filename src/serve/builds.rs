@@ -123,6 +123,8 @@ pub struct Builds {
     config: Arc<ServeConfig>,
     executable: PathBuf,
     store: PathBuf,
+    /// Where kernels are registered (`launch = "kernel"`: the shared kernels directory).
+    kernel_dir: Option<PathBuf>,
     slots: Arc<Semaphore>,
     state: Mutex<State>,
     /// Counters for `/metrics`.
@@ -152,8 +154,14 @@ pub fn event(phase: &str, message: impl Into<String>) -> EventObject {
 
 impl Builds {
     /// Builds run `executable build --json` with the service's settings and store.
-    pub fn new(config: Arc<ServeConfig>, executable: PathBuf, store: PathBuf) -> Self {
+    pub fn new(
+        config: Arc<ServeConfig>,
+        executable: PathBuf,
+        store: PathBuf,
+        kernel_dir: Option<PathBuf>,
+    ) -> Self {
         Self {
+            kernel_dir,
             slots: Arc::new(Semaphore::new(config.max_builds)),
             config,
             executable,
@@ -363,7 +371,12 @@ impl Builds {
         command
             .args(["build", "--json", "--store"])
             .arg(&self.store)
-            .args(["--ref", commit.as_str(), "--", url.as_str()])
+            .args(["--ref", commit.as_str()]);
+        if let Some(dir) = &self.kernel_dir {
+            command.arg("--kernel-dir").arg(dir);
+        }
+        command
+            .args(["--", url.as_str()])
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -64,6 +64,9 @@ pub enum ServeConfigError {
     /// A provider that does not exist.
     #[error("[serve] providers: unknown provider `{0}` (known: gh, gl, git, gist)")]
     Provider(String),
+    /// An unknown launch mode.
+    #[error("[serve] launch: unknown mode `{0}` (known: none, kernel)")]
+    Launch(String),
     /// A number that cannot work.
     #[error("[serve] {0} must be at least 1")]
     Zero(&'static str),
@@ -123,6 +126,8 @@ pub struct ServeConfig {
     pub build_token_expires: Duration,
     /// See [`ServeTable`].
     pub shutdown_grace: Duration,
+    /// Whether a build is followed by starting the user's server.
+    pub launch_kernel: bool,
 }
 
 impl ServeConfig {
@@ -174,6 +179,11 @@ impl ServeConfig {
             prefix.push('/');
         }
         let listen = listen_address(ip, port)?;
+        let launch_kernel = match table.launch.as_deref() {
+            None | Some("none") => false,
+            Some("kernel") => true,
+            Some(other) => return Err(ServeConfigError::Launch(other.to_string())),
+        };
         Ok(Self {
             listen,
             hub_api: variables::get(variables::JUPYTERHUB_API_URL)
@@ -198,6 +208,7 @@ impl ServeConfig {
                 table.build_token_expires.unwrap_or(300).max(1),
             ),
             shutdown_grace: Duration::from_secs(table.shutdown_grace.unwrap_or(600)),
+            launch_kernel,
         })
     }
 

@@ -11,6 +11,7 @@
 mod auth;
 mod builds;
 mod config;
+mod launch;
 mod metrics;
 mod page;
 pub mod providers;
@@ -56,6 +57,9 @@ pub fn run(
                 config.clone(),
                 executable,
                 settings.store.clone(),
+                config
+                    .launch_kernel
+                    .then(|| crate::collab::kernels_dir(settings)),
             )),
             resolver: providers::Resolver::new(crate::source::Policy {
                 hosts: settings.source_hosts.clone(),

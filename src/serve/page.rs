@@ -118,6 +118,14 @@ pub fn launch(
   var config = JSON.parse(document.getElementById("hpcbinder-config").textContent);
   var log = document.getElementById("log"), phase = document.getElementById("phase");
   var url = config.buildUrl + "?build_token=" + encodeURIComponent(config.buildToken);
+  // BinderHub's launch parameters (binderhub-client's LaunchSpec.fromSearchParams).
+  function target(serverUrl) {{
+    var query = new URLSearchParams(window.location.search);
+    var urlpath = (query.get("urlpath") || "").replace(/^\//, "");
+    if (query.get("filepath")) {{ urlpath = "tree/" + encodeURI(query.get("filepath").replace(/\/$/, "")); }}
+    if (query.get("labpath")) {{ urlpath = "doc/tree/" + encodeURI(query.get("labpath").replace(/\/$/, "")); }}
+    return new URL(urlpath, new URL(serverUrl, window.location.href)).href;
+  }}
   var source = new EventSource(url);
   source.onmessage = function (e) {{
     var data = JSON.parse(e.data);
@@ -125,6 +133,7 @@ pub fn launch(
     var p = (data.phase || "").toLowerCase();
     if (p) {{ phase.textContent = p; document.body.dataset.phase = p; }}
     if (p === "ready" || p === "failed") {{ source.close(); }}
+    if (p === "ready" && data.url) {{ window.location.href = target(data.url); }}
   }};
   source.onerror = function () {{ if (!document.body.dataset.phase) {{ phase.textContent = "connection failed"; }} source.close(); }};
 }})();

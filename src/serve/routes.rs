@@ -301,6 +301,7 @@ async fn build(
             .unwrap_or_default();
         format!("{scheme}://{host}")
     });
+    let launch_origin = launch_host.trim_end_matches('/').to_string();
     let fields = json!({
         "binder_request": repo.request(),
         "binder_persistent_request": repo.persistent_request(&commit),
@@ -315,28 +316,57 @@ async fn build(
             StatusCode::OK,
             &[json!({"phase": "failed", "status_code": status, "message": format!("{message}\n")})],
         ),
-        Answer::Events(receiver) => {
+        Answer::Events(mut receiver) => {
+            // One relay per request: the shared build's events, then (launch = "kernel",
+            // not build_only) the launch of this user's server.
+            let (tx, rx) = tokio::sync::mpsc::channel::<EventObject>(64);
+            let launch = app.config.launch_kernel && !build_only;
+            let app = app.clone();
+            let user = user.name.clone();
+            tokio::spawn(async move {
+                while let Some(event) = receiver.recv().await {
+                    if event.get("phase").and_then(Value::as_str) != Some("ready") {
+                        if tx.send((*event).clone()).await.is_err() {
+                            return; // the client left; the build goes on
+                        }
+                        continue;
+                    }
+                    let mut ready = ready_fields(&event, &fields);
+                    if launch {
+                        let built = builds::event("built", "Built, launching...");
+                        if tx.send(built).await.is_err() {
+                            return;
+                        }
+                        match super::launch::launch(&app.config, &user, &tx).await {
+                            Ok(path) => {
+                                let url = format!("{launch_origin}{path}");
+                                ready.insert(
+                                    "message".into(),
+                                    format!("server running at {url}\n").into(),
+                                );
+                                ready.insert("url".into(), url.into());
+                            }
+                            Err(why) => {
+                                let _ = tx
+                                    .send(builds::event("failed", format!("Launch failed: {why}")))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                    let _ = tx.send(ready).await;
+                    return;
+                }
+            });
             // BinderHub's framing exactly: `data: <json>` blocks and `:keepalive` comments
             // every 25 s (axum's own keep-alive writes `: keepalive`).
-            let stream = futures_util::stream::unfold(
-                (receiver, fields),
-                |(mut receiver, fields)| async move {
-                    let chunk = tokio::select! {
-                        event = receiver.recv() => {
-                            let event = event?;
-                            let event: EventObject =
-                                if event.get("phase").and_then(Value::as_str) == Some("ready") {
-                                    ready_fields(&event, &fields)
-                                } else {
-                                    (*event).clone()
-                                };
-                            format!("data: {}\n\n", builds::to_json(&event))
-                        }
-                        () = tokio::time::sleep(KEEPALIVE) => ":keepalive\n\n".to_string(),
-                    };
-                    Some((Ok::<_, Infallible>(chunk), (receiver, fields)))
-                },
-            );
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                let chunk = tokio::select! {
+                    event = rx.recv() => format!("data: {}\n\n", builds::to_json(&event?)),
+                    () = tokio::time::sleep(KEEPALIVE) => ":keepalive\n\n".to_string(),
+                };
+                Some((Ok::<_, Infallible>(chunk), rx))
+            });
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .header(header::CACHE_CONTROL, "no-cache")

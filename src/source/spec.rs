@@ -92,6 +92,17 @@ pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError
             spec: input.to_string(),
         });
     };
+    git_spec(input, url, spec_ref, cli_ref, slug)
+}
+
+/// The checked [`RepoSpec::Git`] of a parsed spec.
+fn git_spec(
+    input: &str,
+    url: String,
+    spec_ref: Option<String>,
+    cli_ref: Option<&str>,
+    slug: String,
+) -> Result<RepoSpec, SourceError> {
     let reference = merge_refs(input, spec_ref, cli_ref)?;
     refuse_option_like("repository URL", &url)?;
     refuse_transport(&url)?;
@@ -107,14 +118,7 @@ pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError
 pub fn parse_provider(spec: &str) -> Result<RepoSpec, SourceError> {
     refuse_option_like("repository", spec)?;
     let (url, reference, slug) = provider_spec(spec, spec)?;
-    let reference = merge_refs(spec, reference, None)?;
-    refuse_option_like("repository URL", &url)?;
-    refuse_transport(&url)?;
-    Ok(RepoSpec::Git {
-        url,
-        reference,
-        slug,
-    })
+    git_spec(spec, url, reference, None, slug)
 }
 
 fn bad(spec: &str, reason: &str) -> SourceError {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::sse::free_port;
+
 /// How to configure the Hub.
 #[derive(Default)]
 pub struct HubOptions {
@@ -16,6 +18,8 @@ pub struct HubOptions {
     pub allowed_users: Vec<String>,
     /// Users who exist without that scope.
     pub other_users: Vec<String>,
+    /// Lines appended to jupyterhub_config.py (a spawner, its environment).
+    pub extra_config: String,
 }
 
 /// A running Hub; dropping it stops the Hub, its proxy and its service.
@@ -24,14 +28,6 @@ pub struct Hub {
     dir: tempfile::TempDir,
     pub port: u16,
     admin_token: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `scripts/hub-deps`' directory (installs on first use).
@@ -100,8 +96,11 @@ c.JupyterHub.services = [
 c.JupyterHub.load_roles = [
     {{"name": "binder-users", "scopes": ["access:services!service=binder"], "users": {allowed}}},
     {{"name": "test-admin", "scopes": ["admin:users", "tokens", "read:users"], "services": ["test-admin"]}},
+    {{"name": "binder-service", "scopes": ["admin:servers", "read:users"], "services": ["binder"]}},
 ]
+{extra}
 "#,
+            extra = options.extra_config,
             chp = serde_json::to_string(
                 &deps.join("proxy/node_modules/.bin/configurable-http-proxy")
             )

@@ -347,6 +347,7 @@ pub mod http;
 pub mod hub;
 pub mod hubapi;
 pub mod jupyter;
+pub mod sse;
 pub mod users;
 
 /// The containers.conf the container tests give Podman (runc, cgroupfs, ulimits).
