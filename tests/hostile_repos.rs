@@ -457,6 +457,19 @@ fn remote_repositories_use_only_the_package_sources_the_site_allows() {
         "{}",
         stderr(&output)
     );
+    // Nor a repository on this machine's network address, unless the site lists its host
+    // (a site's own git server on loopback, as here).
+    let (code, err) = plan("loopback-index", "venv");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("this machine or a link-local address"),
+        "{err}"
+    );
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        "local-sources = false\nsource-hosts = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
     let (code, err) = plan("loopback-index", "venv");
     assert_eq!(code, Some(1), "{err}");
     assert!(

@@ -556,7 +556,15 @@ impl Policy {
                 Err(_) => return refuse("is not a URL".into()),
             }
         };
-        if self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+        let listed = self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host));
+        // Without local sources (the launch service), a URL may not reach this machine or a
+        // link-local address (a cloud metadata service) unless the site lists the host.
+        if !self.allow_local && !listed && is_machine_local(&host) {
+            return refuse(format!(
+                "is on {host}, this machine or a link-local address, which this site allows no one to build from (local-sources = false)"
+            ));
+        }
+        if self.hosts.is_empty() || listed {
             Ok(())
         } else {
             refuse(format!(
@@ -564,5 +572,69 @@ impl Policy {
                 self.hosts.join(", ")
             ))
         }
+    }
+}
+
+/// Whether `host` is this machine (loopback, unspecified, `localhost`) or link-local, by
+/// its literal address or by what it resolves to now.
+fn is_machine_local(host: &str) -> bool {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return local(ip);
+    }
+    let lower = host.to_ascii_lowercase();
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return true;
+    }
+    (host, 0)
+        .to_socket_addrs()
+        .map(|mut addresses| addresses.any(|a| local(a.ip())))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod machine_local_tests {
+    use super::*;
+
+    #[test]
+    fn without_local_sources_urls_may_not_reach_this_machine_or_link_local_addresses() {
+        let service = Policy {
+            hosts: Vec::new(),
+            allow_local: false,
+        };
+        for url in [
+            "http://127.0.0.1:8081/hub/api",
+            "http://localhost/x.git",
+            "https://169.254.169.254/latest/meta-data",
+            "http://[::1]:9/x",
+            "http://[fe80::1]/x",
+            "http://0.0.0.0/x",
+        ] {
+            let error = service.check(url, None).unwrap_err().to_string();
+            assert!(error.contains("local-sources = false"), "{url}: {error}");
+        }
+        assert!(service.check("https://github.com/org/repo", None).is_ok());
+        let listed = Policy {
+            hosts: vec!["127.0.0.1".into()],
+            allow_local: false,
+        };
+        assert!(listed.check("http://127.0.0.1:3000/org/repo", None).is_ok());
+        let cli = Policy {
+            hosts: Vec::new(),
+            allow_local: true,
+        };
+        assert!(cli.check("http://127.0.0.1:8081/x", None).is_ok());
     }
 }
