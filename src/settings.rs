@@ -195,7 +195,7 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
-    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch (see SERVICE).";
+    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, content, content-folder (see SERVICE).";
 }
 
 /// The `[serve]` table of a config file, as written (all optional); `hpcbinder serve`
@@ -224,6 +224,11 @@ pub struct ServeTable {
     /// What follows a build: `none` (report it) or `kernel` (the user's server, with the
     /// environment's kernel in the shared kernels directory).
     pub launch: Option<String>,
+    /// How the repository's files reach the launched server: `none` or `nbgitpuller`.
+    pub content: Option<String>,
+    /// The folder of the user's home nbgitpuller puts the repository in (default: the
+    /// repository's short name).
+    pub content_folder: Option<String>,
 }
 
 /// What the command line contributes (the flags common to commands).

@@ -218,7 +218,7 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
 fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
     let sandbox = Sandbox::new();
     sandbox.native_site_config(
-        "local-sources = true\n[serve]\nlaunch = \"kernel\"\nshutdown-grace = 5\n",
+        "local-sources = true\n[serve]\nlaunch = \"kernel\"\ncontent = \"nbgitpuller\"\nshutdown-grace = 5\n",
     );
     // The users' servers look in the store for kernels, as a site's spawner environment
     // does (`hpcbinder jupyter-path`).
@@ -227,13 +227,22 @@ fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
         allowed_users: vec!["alice".into()],
         other_users: Vec::new(),
         extra_config: format!(
-            "c.JupyterHub.spawner_class = \"simple\"\nc.Spawner.args = [\"--allow-root\"]\nc.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\"}}\nc.Spawner.start_timeout = 120\n",
-            sandbox.store().display()
+            "c.JupyterHub.spawner_class = \"simple\"\nc.Spawner.args = [\"--allow-root\"]\nc.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\"}}\nc.Spawner.start_timeout = 120\nc.SimpleLocalProcessSpawner.home_dir_template = \"{}/homes/{{username}}\"\n",
+            sandbox.store().display(),
+            sandbox.path().display(),
         ),
     });
     let alice = hub.user_token("alice");
     let spec = repo(&sandbox, "launched", "six==1.16.0\n", None);
-    let (status, body) = stream(&hub, &spec, Some(&alice), true);
+    let git = GitRepo::init(&sandbox.path().join("repos/launched"));
+    git.write("notebooks/hello.txt", "hello from the repository\n");
+    git.commit("content");
+    let (status, body) = stream(
+        &hub,
+        &format!("{spec}?urlpath=tree/notebooks/hello.txt"),
+        Some(&alice),
+        true,
+    );
     assert_eq!(status, 200, "{body}");
     let all = events(&body);
     let ready = all.last().unwrap();
@@ -297,6 +306,33 @@ fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The launch goes through nbgitpuller's git-pull URL, into a folder named after the
+    // repository, then opens the requested path inside it. Its API (what the git-pull
+    // page's script calls) pulls the repository into alice's home.
+    let launch_url = ready["launch_url"].as_str().unwrap();
+    assert!(
+        launch_url.starts_with(&format!("{url}git-pull?repo=file"))
+            && launch_url.contains("targetpath=repos-launched")
+            && launch_url.contains("urlpath=tree%2Frepos-launched%2Fnotebooks%2Fhello.txt"),
+        "{launch_url}"
+    );
+    let pulled = client()
+        .get(launch_url.replacen("git-pull?", "git-pull/api?", 1))
+        .header("Accept", "text/event-stream")
+        .header("Authorization", format!("token {alice}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(pulled.contains("\"finished\""), "{pulled}");
+    let file = sandbox
+        .path()
+        .join("homes/alice/repos-launched/notebooks/hello.txt");
+    assert_eq!(
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{pulled}", file.display())),
+        "hello from the repository\n"
+    );
     // A second launch finds the server running.
     let (_, again) = stream(&hub, &spec, Some(&alice), true);
     assert!(again.contains("already running"), "{again}");

@@ -64,6 +64,12 @@ pub enum ServeConfigError {
     /// A provider that does not exist.
     #[error("[serve] providers: unknown provider `{0}` (known: gh, gl, git, gist)")]
     Provider(String),
+    /// An unknown content mode.
+    #[error("[serve] content: unknown mode `{0}` (known: none, nbgitpuller)")]
+    Content(String),
+    /// A content folder that is not one plain name.
+    #[error("[serve] content-folder: `{0}` must be one folder name (letters, digits, . _ -)")]
+    ContentFolder(String),
     /// An unknown launch mode.
     #[error("[serve] launch: unknown mode `{0}` (known: none, kernel)")]
     Launch(String),
@@ -128,6 +134,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Whether a build is followed by starting the user's server.
     pub launch_kernel: bool,
+    /// Whether the launch goes through nbgitpuller's `git-pull` URL.
+    pub nbgitpuller: bool,
+    /// nbgitpuller's target folder, when the site sets one.
+    pub content_folder: Option<String>,
 }
 
 impl ServeConfig {
@@ -184,6 +194,22 @@ impl ServeConfig {
             Some("kernel") => true,
             Some(other) => return Err(ServeConfigError::Launch(other.to_string())),
         };
+        let nbgitpuller = match table.content.as_deref() {
+            None | Some("none") => false,
+            Some("nbgitpuller") => true,
+            Some(other) => return Err(ServeConfigError::Content(other.to_string())),
+        };
+        if let Some(folder) = &table.content_folder {
+            let plain = !folder.is_empty()
+                && folder != "."
+                && folder != ".."
+                && folder
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !plain {
+                return Err(ServeConfigError::ContentFolder(folder.clone()));
+            }
+        }
         Ok(Self {
             listen,
             hub_api: variables::get(variables::JUPYTERHUB_API_URL)
@@ -209,6 +235,8 @@ impl ServeConfig {
             ),
             shutdown_grace: Duration::from_secs(table.shutdown_grace.unwrap_or(600)),
             launch_kernel,
+            nbgitpuller,
+            content_folder: table.content_folder.clone(),
         })
     }
 

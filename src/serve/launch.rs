@@ -142,3 +142,156 @@ async fn follow_progress(
     }
     Err("the server did not become ready".into())
 }
+
+/// BinderHub's launch parameters as one path inside the server (binderhub-client's
+/// `LaunchSpec.fromSearchParams`): `labpath` beats `filepath` beats `urlpath`.
+pub fn urlpath(query: &std::collections::HashMap<String, String>) -> String {
+    let encode = |path: &str| {
+        const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'%')
+            .add(b'<')
+            .add(b'>')
+            .add(b'`')
+            .add(b'?')
+            .add(b'#')
+            .add(b'{')
+            .add(b'}');
+        percent_encoding::utf8_percent_encode(path.trim_end_matches('/'), PATH).to_string()
+    };
+    if let Some(labpath) = query.get("labpath").filter(|p| !p.is_empty()) {
+        return format!("doc/tree/{}", encode(labpath));
+    }
+    if let Some(filepath) = query.get("filepath").filter(|p| !p.is_empty()) {
+        return format!("tree/{}", encode(filepath));
+    }
+    query
+        .get("urlpath")
+        .map(|p| p.trim_start_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+/// Where the browser goes after a launch: the server's `urlpath`, or, with nbgitpuller,
+/// its `git-pull` URL that puts the repository in `folder` and then opens `urlpath`
+/// inside that folder. `branch` is the requested ref when it names a branch or tag.
+pub fn launch_url(
+    server: &str,
+    urlpath: &str,
+    nbgitpuller: Option<(&str, Option<&str>, &str)>,
+) -> String {
+    let server = if server.ends_with('/') {
+        server.to_string()
+    } else {
+        format!("{server}/")
+    };
+    let Some((repo, branch, folder)) = nbgitpuller else {
+        return format!("{server}{urlpath}");
+    };
+    // The repository's paths now live under `folder/`.
+    let inside = ["lab/tree/", "doc/tree/", "tree/", "notebooks/", "edit/"]
+        .iter()
+        .find_map(|prefix| {
+            urlpath
+                .strip_prefix(prefix)
+                .map(|rest| format!("{prefix}{folder}/{rest}"))
+        })
+        .unwrap_or_else(|| {
+            if urlpath.is_empty() || urlpath == "lab" {
+                format!("lab/tree/{folder}")
+            } else {
+                urlpath.to_string()
+            }
+        });
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("repo", repo);
+    if let Some(branch) = branch {
+        query.append_pair("branch", branch);
+    }
+    query
+        .append_pair("targetpath", folder)
+        .append_pair("urlpath", &inside);
+    format!("{server}git-pull?{}", query.finish())
+}
+
+/// The folder nbgitpuller puts a repository in: the site's, else the repository's
+/// short name made safe for a path.
+pub fn content_folder(configured: Option<&str>, slug: &str) -> String {
+    if let Some(folder) = configured {
+        return folder.to_string();
+    }
+    let safe: String = slug
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let safe = safe.trim_matches(|c| c == '.' || c == '-').to_string();
+    if safe.is_empty() {
+        "repository".into()
+    } else {
+        safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn binderhubs_launch_parameters() {
+        assert_eq!(
+            urlpath(&query(&[("urlpath", "/lab/tree/a.ipynb")])),
+            "lab/tree/a.ipynb"
+        );
+        assert_eq!(
+            urlpath(&query(&[("filepath", "dir/a b.ipynb")])),
+            "tree/dir/a%20b.ipynb"
+        );
+        assert_eq!(
+            urlpath(&query(&[
+                ("labpath", "x.ipynb"),
+                ("filepath", "y"),
+                ("urlpath", "z")
+            ])),
+            "doc/tree/x.ipynb"
+        );
+        assert_eq!(urlpath(&query(&[])), "");
+    }
+
+    #[test]
+    fn nbgitpuller_urls_open_the_path_inside_the_pulled_folder() {
+        assert_eq!(
+            launch_url("http://hub/user/alice", "lab/tree/a.ipynb", None),
+            "http://hub/user/alice/lab/tree/a.ipynb"
+        );
+        let url = launch_url(
+            "http://hub/user/alice/",
+            "lab/tree/a.ipynb",
+            Some(("https://github.com/org/repo", Some("main"), "org-repo")),
+        );
+        assert_eq!(
+            url,
+            "http://hub/user/alice/git-pull?repo=https%3A%2F%2Fgithub.com%2Forg%2Frepo&branch=main&targetpath=org-repo&urlpath=lab%2Ftree%2Forg-repo%2Fa.ipynb"
+        );
+        let url = launch_url("/user/a/", "", Some(("file:///r", None, "r")));
+        assert!(
+            url.ends_with("targetpath=r&urlpath=lab%2Ftree%2Fr"),
+            "{url}"
+        );
+        assert_eq!(content_folder(None, "org/re po"), "org-re-po");
+        assert_eq!(content_folder(None, "../.."), "repository");
+        assert_eq!(content_folder(Some("binder"), "x"), "binder");
+    }
+}

@@ -117,7 +117,10 @@ pub fn launch(
 (function () {{
   var config = JSON.parse(document.getElementById("hpcbinder-config").textContent);
   var log = document.getElementById("log"), phase = document.getElementById("phase");
-  var url = config.buildUrl + "?build_token=" + encodeURIComponent(config.buildToken);
+  // The launch parameters go to the service, which composes the launch URL.
+  var params = new URLSearchParams(window.location.search);
+  params.set("build_token", config.buildToken);
+  var url = config.buildUrl + "?" + params.toString();
   // BinderHub's launch parameters (binderhub-client's LaunchSpec.fromSearchParams).
   function target(serverUrl) {{
     var query = new URLSearchParams(window.location.search);
@@ -133,7 +136,9 @@ pub fn launch(
     var p = (data.phase || "").toLowerCase();
     if (p) {{ phase.textContent = p; document.body.dataset.phase = p; }}
     if (p === "ready" || p === "failed") {{ source.close(); }}
-    if (p === "ready" && data.url) {{ window.location.href = target(data.url); }}
+    if (p === "ready" && (data.launch_url || data.url)) {{
+      window.location.href = data.launch_url || target(data.url);
+    }}
   }};
   source.onerror = function () {{ if (!document.body.dataset.phase) {{ phase.textContent = "connection failed"; }} source.close(); }};
 }})();
@@ -164,6 +169,6 @@ mod tests {
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(!body.contains("</script><script>alert"), "{body}");
         assert!(!body.contains("<b>") && !body.contains("u<i>"), "{body}");
-        assert!(body.contains("build_token="));
+        assert!(body.contains("params.set(\"build_token\""), "{body}");
     }
 }

@@ -321,6 +321,16 @@ async fn build(
             // not build_only) the launch of this user's server.
             let (tx, rx) = tokio::sync::mpsc::channel::<EventObject>(64);
             let launch = app.config.launch_kernel && !build_only;
+            let urlpath = super::launch::urlpath(query);
+            // nbgitpuller pulls a branch (or the default one): a commit id cannot be given.
+            let content = app.config.nbgitpuller.then(|| {
+                let named = repo.unresolved_ref != "HEAD" && repo.unresolved_ref != commit;
+                (
+                    repo.url.clone(),
+                    named.then(|| repo.unresolved_ref.clone()),
+                    super::launch::content_folder(app.config.content_folder.as_deref(), &repo.slug),
+                )
+            });
             let app = app.clone();
             let user = user.name.clone();
             tokio::spawn(async move {
@@ -344,7 +354,15 @@ async fn build(
                                     "message".into(),
                                     format!("server running at {url}\n").into(),
                                 );
+                                let target = super::launch::launch_url(
+                                    &url,
+                                    &urlpath,
+                                    content.as_ref().map(|(repo, branch, folder)| {
+                                        (repo.as_str(), branch.as_deref(), folder.as_str())
+                                    }),
+                                );
                                 ready.insert("url".into(), url.into());
+                                ready.insert("launch_url".into(), target.into());
                             }
                             Err(why) => {
                                 let _ = tx
