@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::browser::Browser;
 use common::hub::{Hub, HubOptions};
 use common::sse::{client, events, repo, spawn_stream};
 use common::{GitRepo, Sandbox};
@@ -214,16 +215,16 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
     assert_eq!(events(&body).last().unwrap()["phase"], "ready", "{body}");
 }
 
-#[test]
-fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
-    let sandbox = Sandbox::new();
+/// A Hub whose service launches (`launch = "kernel"`, nbgitpuller) into servers that
+/// see the store's kernels.
+fn start_launching(sandbox: &Sandbox) -> Hub {
     sandbox.native_site_config(
         "local-sources = true\n[serve]\nlaunch = \"kernel\"\ncontent = \"nbgitpuller\"\nshutdown-grace = 5\n",
     );
     // The users' servers look in the store for kernels, as a site's spawner environment
     // does (`hpcbinder jupyter-path`).
-    let hub = Hub::start(HubOptions {
-        service_environment: service_environment(&sandbox),
+    Hub::start(HubOptions {
+        service_environment: service_environment(sandbox),
         allowed_users: vec!["alice".into()],
         other_users: Vec::new(),
         extra_config: format!(
@@ -231,12 +232,24 @@ fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
             sandbox.store().display(),
             sandbox.path().display(),
         ),
-    });
-    let alice = hub.user_token("alice");
-    let spec = repo(&sandbox, "launched", "six==1.16.0\n", None);
+    })
+}
+
+/// A repository with a requirement and a file to open, as a `git/...` spec.
+fn launched_repo(sandbox: &Sandbox, post_build: Option<&str>) -> String {
+    let spec = repo(sandbox, "launched", "six==1.16.0\n", post_build);
     let git = GitRepo::init(&sandbox.path().join("repos/launched"));
     git.write("notebooks/hello.txt", "hello from the repository\n");
     git.commit("content");
+    spec
+}
+
+#[test]
+fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
+    let sandbox = Sandbox::new();
+    let hub = start_launching(&sandbox);
+    let alice = hub.user_token("alice");
+    let spec = launched_repo(&sandbox, None);
     let (status, body) = stream(
         &hub,
         &format!("{spec}?urlpath=tree/notebooks/hello.txt"),
@@ -337,4 +350,44 @@ fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
     let (_, again) = stream(&hub, &spec, Some(&alice), true);
     assert!(again.contains("already running"), "{again}");
     assert_eq!(events(&again).last().unwrap()["url"], url);
+}
+
+#[test]
+fn a_browser_follows_a_launch_link_into_the_pulled_repository() {
+    let sandbox = Sandbox::new();
+    let hub = start_launching(&sandbox);
+    let spec = launched_repo(&sandbox, Some("sleep 4"));
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let browser = Browser::start();
+    browser.goto(&hub.url(&format!(
+        "/services/binder/v2/{spec}?urlpath=files/notebooks/hello.txt"
+    )));
+    // The Hub's login page (through the service's OAuth redirect).
+    browser.wait_for("the Hub's login form", 60, |b| {
+        b.find("input[name=username]").is_some()
+    });
+    let username = browser.find("input[name=username]").unwrap();
+    browser.type_into(&username, "alice");
+    let password = browser.find("input[name=password]").unwrap();
+    browser.type_into(&password, "anything");
+    browser.click(&browser.find("#login_submit").unwrap());
+    // The launch page streams the build log with its phases.
+    browser.wait_for("build log lines on the launch page", 120, |b| {
+        b.url().contains("/services/binder/v2/") && b.text("#log").contains("Building a venv")
+    });
+    browser.screenshot(&shots.join("launch-page.png"));
+    assert!(
+        browser.text("h1").contains("Launching"),
+        "{}",
+        browser.text("body")
+    );
+    // Then it goes through nbgitpuller into alice's server, at the requested file.
+    browser.wait_for("the launched server", 180, |b| {
+        b.url()
+            .contains("/user/alice/files/repos-launched/notebooks/hello.txt")
+    });
+    browser.wait_for("the repository's file", 30, |b| {
+        b.text("body").contains("hello from the repository")
+    });
+    browser.screenshot(&shots.join("launched.png"));
 }

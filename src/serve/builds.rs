@@ -478,8 +478,16 @@ impl Builds {
     }
 }
 
-/// Whether a remembered ready environment is still in the store (its marker exists).
+/// Whether a remembered ready environment is still in the store (its marker exists), with
+/// its kernelspec (`gc` removes both; a rebuild registers the kernel again).
 fn ready_still_there(event: &EventObject) -> bool {
+    let kernel_gone = event
+        .get("kernel_dir")
+        .and_then(Value::as_str)
+        .is_some_and(|dir| !Path::new(dir).join("kernel.json").is_file());
+    if kernel_gone {
+        return false;
+    }
     let Some(prefix) = event.get("prefix").and_then(Value::as_str) else {
         return event.get("image").is_some_and(|i| !i.is_null());
     };

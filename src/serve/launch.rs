@@ -189,20 +189,27 @@ pub fn launch_url(
         return format!("{server}{urlpath}");
     };
     // The repository's paths now live under `folder/`.
-    let inside = ["lab/tree/", "doc/tree/", "tree/", "notebooks/", "edit/"]
-        .iter()
-        .find_map(|prefix| {
-            urlpath
-                .strip_prefix(prefix)
-                .map(|rest| format!("{prefix}{folder}/{rest}"))
-        })
-        .unwrap_or_else(|| {
-            if urlpath.is_empty() || urlpath == "lab" {
-                format!("lab/tree/{folder}")
-            } else {
-                urlpath.to_string()
-            }
-        });
+    let inside = [
+        "lab/tree/",
+        "doc/tree/",
+        "tree/",
+        "notebooks/",
+        "edit/",
+        "files/",
+    ]
+    .iter()
+    .find_map(|prefix| {
+        urlpath
+            .strip_prefix(prefix)
+            .map(|rest| format!("{prefix}{folder}/{rest}"))
+    })
+    .unwrap_or_else(|| {
+        if urlpath.is_empty() || urlpath == "lab" {
+            format!("lab/tree/{folder}")
+        } else {
+            urlpath.to_string()
+        }
+    });
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query.append_pair("repo", repo);
     if let Some(branch) = branch {
