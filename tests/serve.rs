@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -377,12 +376,7 @@ fn browsers_log_in_through_the_hub_and_build_only_with_the_pages_token() {
         .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().unwrap();
-    let token = html
-        .split("\"buildToken\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a build token in the page")
-        .to_string();
+    let token = common::sse::page_build_token(&html);
     let build = |path: &str, origin: Option<&str>| {
         let mut request = client
             .get(service.url(path))
@@ -419,20 +413,7 @@ fn browsers_log_in_through_the_hub_and_build_only_with_the_pages_token() {
 fn sigterm_lets_the_running_build_finish_then_exits() {
     let (sandbox, _hub, mut service) = Service::with_hub("shutdown-grace = 120");
     let spec = repo(&sandbox, "term", "six==1.16.0\n", Some("sleep 5"));
-    let url = service.url(&format!("build/{spec}"));
-    let client = std::thread::spawn(move || {
-        let response = client()
-            .get(url)
-            .header("Accept", "text/event-stream")
-            .header("Authorization", "token alice-token")
-            .send()
-            .unwrap();
-        let mut lines = Vec::new();
-        for line in BufReader::new(response).lines() {
-            lines.push(line.unwrap());
-        }
-        lines.join("\n")
-    });
+    let client = spawn_stream(service.url(&format!("build/{spec}")), "alice-token");
     let deadline = Instant::now() + Duration::from_secs(60);
     while service.metric("hpcbinder_builds_running") < 1.0 {
         assert!(Instant::now() < deadline);

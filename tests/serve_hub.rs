@@ -193,12 +193,7 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
     let html = page.text().unwrap();
     assert!(html.contains("Signed in as alice"), "{html}");
     assert!(html.contains(&spec), "{html}");
-    let token = html
-        .split("\"buildToken\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a build token in the page")
-        .to_string();
+    let token = common::sse::page_build_token(&html);
     // The page's EventSource: the session cookie and the page's build token.
     let build = |query: &str| {
         let response = browser

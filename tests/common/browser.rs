@@ -22,15 +22,7 @@ pub struct Browser {
 fn install() {
     static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/browser-deps");
-        let output = Command::new(&script)
-            .output()
-            .expect("run scripts/browser-deps");
-        assert!(
-            output.status.success(),
-            "scripts/browser-deps failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        super::install_script("browser-deps", "Debian's packages");
     });
 }
 

@@ -33,18 +33,7 @@ pub struct Hub {
 /// `scripts/hub-deps`' directory (installs on first use).
 pub fn hub_deps() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hub-deps");
-        let output = Command::new(&script)
-            .output()
-            .expect("run scripts/hub-deps");
-        assert!(
-            output.status.success(),
-            "scripts/hub-deps failed (it needs PyPI and npm the first time):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-    })
+    DIR.get_or_init(|| PathBuf::from(super::install_script("hub-deps", "PyPI and npm")))
 }
 
 fn python_list(items: &[String]) -> String {

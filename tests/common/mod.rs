@@ -188,19 +188,27 @@ pub struct TestDeps {
     pub uv_wheel: PathBuf,
 }
 
+/// Run one of the project's install scripts (`scripts/<name>`); returns what it printed
+/// (the directory it installed into, for most). `needs` says what it downloads from.
+pub fn install_script(name: &str, needs: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let output = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    assert!(
+        output.status.success(),
+        "scripts/{name} failed (it needs {needs} the first time):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 pub fn test_deps() -> &'static TestDeps {
     static DEPS: std::sync::OnceLock<TestDeps> = std::sync::OnceLock::new();
     DEPS.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-deps");
-        let output = Command::new(&script)
-            .output()
-            .expect("run scripts/test-deps");
-        assert!(
-            output.status.success(),
-            "scripts/test-deps failed (it needs PyPI the first time):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+        let dir = PathBuf::from(install_script("test-deps", "PyPI"));
         TestDeps {
             uv: dir.join("tools/bin/uv"),
             wheelhouse: dir.join("wheelhouse"),

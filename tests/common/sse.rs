@@ -97,3 +97,12 @@ pub fn metric(url: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
+
+/// The build token a launch page carries for its event stream.
+pub fn page_build_token(html: &str) -> String {
+    html.split("\"buildToken\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a build token in the page")
+        .to_string()
+}
