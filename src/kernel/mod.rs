@@ -102,8 +102,9 @@ impl KernelSpec {
     ///
     /// The new one is assembled beside it under a name Jupyter never lists (`+` is not a
     /// kernel-name character, so not even a crash leaves a visible half-written kernel),
-    /// then, under a per-name lock so concurrent registrations take turns, the old one is
-    /// renamed away and the new one renamed into place.
+    /// then, under a per-name lock so concurrent registrations take turns, swapped with
+    /// the old one in one step (or, where the filesystem cannot swap, the old one is
+    /// renamed away and the new one renamed into place).
     pub fn install(&self, kernels_dir: &Path) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         fs_err::create_dir_all(kernels_dir)?;
@@ -141,15 +142,20 @@ impl KernelSpec {
                 .open(&lock_path)
                 .or_else(|_| fs_err::File::open(&lock_path))?;
             lock.file().lock()?;
-            let old = hidden("old");
-            let moved = match fs_err::rename(&target, &old) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => return Err(e),
-            };
-            fs_err::rename(&staging, &target)?;
-            if moved {
-                let _ = fs_err::remove_dir_all(&old);
+            if exchange(&staging, &target)? {
+                // The old kernelspec now sits under the hidden staging name.
+                let _ = fs_err::remove_dir_all(&staging);
+            } else {
+                let old = hidden("old");
+                let moved = match fs_err::rename(&target, &old) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(e),
+                };
+                fs_err::rename(&staging, &target)?;
+                if moved {
+                    let _ = fs_err::remove_dir_all(&old);
+                }
             }
             remove_stale(kernels_dir, &self.name);
             Ok(target.clone())
@@ -158,6 +164,21 @@ impl KernelSpec {
             let _ = fs_err::remove_dir_all(&staging);
         }
         result
+    }
+}
+
+/// Swap `new` and `current` in one step (`renameat2(RENAME_EXCHANGE)`), so a reader
+/// listing the kernels never finds the name missing or half there. `false` when there is
+/// nothing to swap with or the filesystem cannot (NFS, older kernels): the caller then
+/// renames in two steps.
+fn exchange(new: &Path, current: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, new, CWD, current, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(false),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => Ok(false),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP => Ok(false),
+        Err(e) => Err(std::io::Error::from(e)),
     }
 }
 
@@ -253,5 +274,46 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(1), "no marker, no kernel");
+    }
+
+    /// Re-registering a kernel never leaves its name missing, even for an instant (the
+    /// CI run of stop 19 caught a reader between the two renames).
+    #[test]
+    fn reinstalling_a_kernel_never_leaves_the_name_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = KernelSpec {
+            name: "swap-test".into(),
+            display_name: "Swap test".into(),
+            helper: "#!/bin/sh\nexec \"$@\"\n".into(),
+            command: vec!["python".into()],
+            metadata: serde_json::json!({}),
+            language: "python".into(),
+        };
+        let target = spec.install(dir.path()).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (done, json) = (done.clone(), target.join("kernel.json"));
+            std::thread::spawn(move || {
+                let mut missing = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if !json.exists() {
+                        missing += 1;
+                    }
+                }
+                missing
+            })
+        };
+        for _ in 0..300 {
+            spec.install(dir.path()).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(reader.join().unwrap(), 0, "the kernel went missing");
+        let names: Vec<_> = fs_err::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with("+lock"))
+            .collect();
+        assert_eq!(names, ["swap-test"], "nothing else is left");
     }
 }
