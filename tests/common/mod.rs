@@ -9,6 +9,56 @@ pub struct Sandbox {
     pub dir: tempfile::TempDir,
 }
 
+/// Images the sandbox's builds made are removed with it: each test run tags new ones (the
+/// key holds the sandbox's paths), and a CI machine filled its disk with them. An image
+/// is the sandbox's when its `org.hpcbinder.source` label names a path inside it.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let Ok(markers) = std::fs::read_dir(self.store().join("e")) else {
+            return;
+        };
+        let markers: Vec<String> = markers
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter(|text| text.contains("[artifact]"))
+            .collect();
+        if markers.is_empty() {
+            return;
+        }
+        // The images the markers name (a Dockerfile's image has no labels of ours), and
+        // those labelled with this sandbox's sources (Charliecloud's and Apptainer's
+        // intermediate Podman images).
+        let named = regex::Regex::new(r"localhost/hpcbinder/[a-z0-9._-]+:[0-9a-f]{16}").unwrap();
+        let mut ids: Vec<String> = markers
+            .iter()
+            .flat_map(|text| named.find_iter(text).map(|m| m.as_str().to_string()))
+            .collect();
+        let Ok(listed) = Command::new("podman")
+            .args(["images", "--filter", "label=org.hpcbinder.key", "--format"])
+            .arg("{{.ID}} {{index .Labels \"org.hpcbinder.source\"}}")
+            .env("CONTAINERS_CONF", CONTAINERS_CONF)
+            .output()
+        else {
+            return;
+        };
+        let mine = format!("{}/", self.path().display());
+        ids.extend(
+            String::from_utf8_lossy(&listed.stdout)
+                .lines()
+                .filter(|line| line.contains(&mine))
+                .filter_map(|line| line.split_whitespace().next().map(str::to_string)),
+        );
+        if !ids.is_empty() {
+            let _ = Command::new("podman")
+                .args(["rmi", "--force", "--ignore"])
+                .args(&ids)
+                .env("CONTAINERS_CONF", CONTAINERS_CONF)
+                .output();
+        }
+    }
+}
+
 impl Sandbox {
     pub fn new() -> Self {
         Self {
