@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::browser::Browser;
 use common::hub::{Hub, HubOptions};
 use common::sse::{client, events, repo, spawn_stream};
+use common::users::{users, ALICE, CAROL};
 use common::{GitRepo, Sandbox};
 use serde_json::Value;
 
@@ -210,159 +211,243 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
     assert_eq!(events(&body).last().unwrap()["phase"], "ready", "{body}");
 }
 
-/// A Hub whose service launches (`launch = "kernel"`, nbgitpuller) into servers that
-/// see the store's kernels.
-fn start_launching(sandbox: &Sandbox) -> Hub {
-    sandbox.native_site_config(
-        "local-sources = true\n[serve]\nlaunch = \"kernel\"\ncontent = \"nbgitpuller\"\nshutdown-grace = 5\n",
+/// A Hub whose service launches (`launch = "kernel"`, nbgitpuller) into the servers of
+/// real users (useradd: hpcb-alice, hpcb-carol) started by LocalProcessSpawner as
+/// themselves, from the world-readable venv of scripts/hub-deps, with the store's kernels
+/// on their `JUPYTER_PATH`. Returns the Hub and the content folder (new per run: the
+/// users' homes outlive the test).
+fn start_launching(sandbox: &Sandbox) -> (Hub, String) {
+    use std::os::unix::fs::PermissionsExt;
+    users();
+    // The users reach the store and the repositories through the sandbox.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deps = common::test_deps();
+    let folder = format!(
+        "launched-{}",
+        &sandbox.path().file_name().unwrap().to_string_lossy()[4..]
     );
-    // The users' servers look in the store for kernels, as a site's spawner environment
-    // does (`hpcbinder jupyter-path`).
-    Hub::start(HubOptions {
+    let folder = folder
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "x");
+    // The environments' Python is Debian's, which the users can run (root's is private).
+    std::fs::write(
+        sandbox.path().join("site.toml"),
+        format!(
+            "python = \"/usr/bin/python3\"\nuv = \"{}\"\npip-find-links = [\"{}\"]\npip-no-index = true\n\
+             kernel-package = \"pip\"\nlocal-sources = true\n[serve]\nlaunch = \"kernel\"\n\
+             content = \"nbgitpuller\"\ncontent-folder = \"{folder}\"\nshutdown-grace = 5\n",
+            deps.uv.display(),
+            deps.wheelhouse.display()
+        ),
+    )
+    .unwrap();
+    let venv = common::hub::hub_deps().join("venv/bin");
+    // The test's repositories are root's local folders, which git refuses to read for
+    // another user ("dubious ownership", even through file://) unless the user's own
+    // config says so; a site's repositories are remote. These users exist for the tests.
+    for user in [ALICE, CAROL] {
+        let config = format!("/home/{user}/.gitconfig");
+        std::fs::write(&config, "[safe]\n\tdirectory = *\n").unwrap();
+        let status = std::process::Command::new("chown")
+            .args([&format!("{user}:"), &config])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let hub = Hub::start(HubOptions {
         service_environment: service_environment(sandbox),
-        allowed_users: vec!["alice".into()],
+        allowed_users: vec![ALICE.into(), CAROL.into()],
         other_users: Vec::new(),
         extra_config: format!(
-            "c.JupyterHub.spawner_class = \"simple\"\nc.Spawner.args = [\"--allow-root\"]\nc.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\"}}\nc.Spawner.start_timeout = 120\nc.SimpleLocalProcessSpawner.home_dir_template = \"{}/homes/{{username}}\"\n",
+            "c.JupyterHub.spawner_class = \"localprocess\"\n\
+             c.Spawner.cmd = [\"{}\"]\n\
+             c.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\", \"PATH\": \"{}:/usr/bin:/bin\"}}\n\
+             c.Spawner.start_timeout = 180\nc.Spawner.http_timeout = 180\n",
+            venv.join("jupyterhub-singleuser").display(),
             sandbox.store().display(),
-            sandbox.path().display(),
+            venv.display(),
         ),
-    })
+    });
+    (hub, folder)
 }
 
-/// A repository with a requirement and a file to open, as a `git/...` spec.
+/// A repository whose requirements include a package only it has (`./localpkg`), a
+/// notebook naming the default `python3` kernel, and a text file; as a `git/...` spec.
 fn launched_repo(sandbox: &Sandbox, post_build: Option<&str>) -> String {
-    let spec = repo(sandbox, "launched", "six==1.16.0\n", post_build);
+    let spec = repo(sandbox, "launched", "six==1.16.0\n./localpkg\n", post_build);
     let git = GitRepo::init(&sandbox.path().join("repos/launched"));
     git.write("notebooks/hello.txt", "hello from the repository\n");
+    git.write(
+        "localpkg/setup.py",
+        "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
+    );
+    git.write(
+        "localpkg/localpkg/__init__.py",
+        "VALUE = 'only-in-the-repository'\n",
+    );
+    let notebook = serde_json::json!({
+        "cells": [{
+            "cell_type": "code", "execution_count": null, "id": "first", "metadata": {},
+            "outputs": [],
+            "source": ["import localpkg, sys\n", "print(localpkg.VALUE, sys.prefix)"]
+        }],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+            "language_info": {"name": "python"}
+        },
+        "nbformat": 4, "nbformat_minor": 5
+    });
+    git.write(
+        "notebooks/index.ipynb",
+        &serde_json::to_string_pretty(&notebook).unwrap(),
+    );
     git.commit("content");
     spec
 }
 
-#[test]
-fn kernel_mode_starts_the_users_server_with_the_environments_kernel() {
-    let sandbox = Sandbox::new();
-    let hub = start_launching(&sandbox);
-    let alice = hub.user_token("alice");
-    let spec = launched_repo(&sandbox, None);
-    let (status, body) = stream(
-        &hub,
-        &format!("{spec}?urlpath=tree/notebooks/hello.txt"),
-        Some(&alice),
-        true,
-    );
-    assert_eq!(status, 200, "{body}");
-    let all = events(&body);
-    let ready = all.last().unwrap();
-    assert_eq!(ready["phase"], "ready", "{body}\n{}", hub.log());
-    assert!(all.iter().any(|e| e["phase"] == "built"), "{body}");
-    assert!(all.iter().any(|e| e["phase"] == "launching"), "{body}");
-    let url = ready["url"].as_str().unwrap().to_string();
-    assert!(url.ends_with("/user/alice/"), "{url}");
-    // The environment's kernel is in the shared kernels directory, and alice's server,
-    // started by the service through the Hub, lists it and starts it.
-    let kernel = ready["kernel"].as_str().unwrap();
-    assert!(sandbox
-        .store()
-        .join("kernels")
-        .join(kernel)
-        .join("kernel.json")
-        .is_file());
-    let api = |path: &str| format!("{url}api/{path}");
-    let specs: Value = serde_json::from_str(
-        &client()
-            .get(api("kernelspecs"))
-            .header("Authorization", format!("token {alice}"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-    )
-    .unwrap();
-    assert!(specs["kernelspecs"].get(kernel).is_some(), "{specs}");
-    let started: Value = serde_json::from_str(
-        &client()
-            .post(api("kernels"))
-            .header("Authorization", format!("token {alice}"))
-            .header("Content-Type", "application/json")
-            .body(serde_json::json!({"name": kernel}).to_string())
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-    )
-    .unwrap();
-    let id = started["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{started}"));
-    // The kernel process runs the environment's Python with the server's connection file
-    // (the REST state stays "starting" until a client connects its websocket).
-    let prefix = ready["prefix"].as_str().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = std::process::Command::new("pgrep")
-            .args(["-af", &format!("kernel-{id}.json")])
-            .output()
-            .unwrap();
-        let lines = String::from_utf8_lossy(&found.stdout).to_string();
-        if lines.lines().any(|l| l.contains(prefix)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no kernel process from {prefix} for kernel {id}: {lines}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    // The launch goes through nbgitpuller's git-pull URL, into a folder named after the
-    // repository, then opens the requested path inside it. Its API (what the git-pull
-    // page's script calls) pulls the repository into alice's home.
-    let launch_url = ready["launch_url"].as_str().unwrap();
-    assert!(
-        launch_url.starts_with(&format!("{url}git-pull?repo=file"))
-            && launch_url.contains("targetpath=repos-launched")
-            && launch_url.contains("urlpath=tree%2Frepos-launched%2Fnotebooks%2Fhello.txt"),
-        "{launch_url}"
-    );
-    let pulled = client()
-        .get(launch_url.replacen("git-pull?", "git-pull/api?", 1))
-        .header("Accept", "text/event-stream")
-        .header("Authorization", format!("token {alice}"))
-        .send()
-        .unwrap()
-        .text()
+/// The pids of `user`'s processes whose command line contains `pattern`.
+fn processes_of(user: &str, pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("pgrep")
+        .args([
+            "-a",
+            "-u",
+            &common::users::uid(user).to_string(),
+            "-f",
+            pattern,
+        ])
+        .output()
         .unwrap();
-    assert!(pulled.contains("\"finished\""), "{pulled}");
-    let file = sandbox
-        .path()
-        .join("homes/alice/repos-launched/notebooks/hello.txt");
-    assert_eq!(
-        std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{pulled}", file.display())),
-        "hello from the repository\n"
-    );
-    // A second launch finds the server running.
-    let (_, again) = stream(&hub, &spec, Some(&alice), true);
-    assert!(again.contains("already running"), "{again}");
-    assert_eq!(events(&again).last().unwrap()["url"], url);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
-fn a_browser_follows_a_launch_link_into_the_pulled_repository() {
+fn two_users_launching_one_link_get_one_build_and_their_own_servers_with_the_kernel() {
     let sandbox = Sandbox::new();
-    let hub = start_launching(&sandbox);
+    let (hub, folder) = start_launching(&sandbox);
+    let spec = launched_repo(&sandbox, None);
+    let before = ready_count(&hub);
+    let tokens: Vec<(String, String)> = [ALICE, CAROL]
+        .iter()
+        .map(|u| (u.to_string(), hub.user_token(u)))
+        .collect();
+    let threads: Vec<_> = tokens
+        .iter()
+        .map(|(_, token)| {
+            spawn_stream(
+                hub.url(&format!(
+                    "/services/binder/build/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
+                )),
+                token,
+            )
+        })
+        .collect();
+    let bodies: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(ready_count(&hub) - before, 1.0, "one build for both");
+    let mut keys = Vec::new();
+    for ((user, token), body) in tokens.iter().zip(&bodies) {
+        let all = events(body);
+        let ready = all.last().unwrap();
+        assert_eq!(ready["phase"], "ready", "{user}: {body}\n{}", hub.log());
+        keys.push(ready["key"].clone());
+        assert!(all.iter().any(|e| e["phase"] == "launching"), "{body}");
+        let url = ready["url"].as_str().unwrap().to_string();
+        assert!(url.ends_with(&format!("/user/{user}/")), "{url}");
+        // The browser opens the notebook inside the pulled folder directly: the service
+        // pulled through the server's nbgitpuller and repointed the notebook.
+        assert_eq!(
+            ready["launch_url"],
+            format!("{url}lab/tree/{folder}/notebooks/index.ipynb"),
+            "{body}"
+        );
+        assert!(body.contains("now use the kernel"), "{body}");
+        // The server runs as the user.
+        assert!(
+            !processes_of(user, "jupyterhub-singleuser").is_empty(),
+            "no jupyterhub-singleuser of {user}"
+        );
+        // The files are the user's, and the notebook names the environment's kernel.
+        let home = std::path::PathBuf::from(format!("/home/{user}/{folder}"));
+        let text = std::fs::read_to_string(home.join("notebooks/hello.txt")).unwrap();
+        assert_eq!(text, "hello from the repository\n");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(home.join("notebooks/index.ipynb"))
+                .unwrap()
+                .uid(),
+            common::users::uid(user)
+        );
+        let notebook: Value = serde_json::from_str(
+            &std::fs::read_to_string(home.join("notebooks/index.ipynb")).unwrap(),
+        )
+        .unwrap();
+        let kernel = ready["kernel"].as_str().unwrap();
+        assert_eq!(
+            notebook["metadata"]["kernelspec"]["name"], kernel,
+            "{notebook}"
+        );
+        // The user's server lists the kernel and starts it as the user, from the
+        // environment.
+        let api = |path: &str| format!("{url}api/{path}");
+        let specs: Value = client()
+            .get(api("kernelspecs"))
+            .header("Authorization", format!("token {token}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(specs["kernelspecs"].get(kernel).is_some(), "{specs}");
+        let started: Value = client()
+            .post(api("kernels"))
+            .header("Authorization", format!("token {token}"))
+            .json(&serde_json::json!({"name": kernel}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let id = started["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{started}"));
+        let prefix = ready["prefix"].as_str().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !processes_of(user, &format!("kernel-{id}.json"))
+            .iter()
+            .any(|l| l.contains(prefix))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no kernel process of {user} from {prefix}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert_eq!(keys[0], keys[1]);
+    // A second launch finds the server running.
+    let (_, again) = stream(&hub, &spec, Some(&tokens[0].1), true);
+    assert!(again.contains("already running"), "{again}");
+    for user in [ALICE, CAROL] {
+        let _ = std::fs::remove_dir_all(format!("/home/{user}/{folder}"));
+    }
+}
+
+#[test]
+fn a_browser_follows_a_launch_link_into_jupyterlab_and_runs_the_notebook_in_the_environment() {
+    let sandbox = Sandbox::new();
+    let (hub, folder) = start_launching(&sandbox);
     let spec = launched_repo(&sandbox, Some("sleep 4"));
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let browser = Browser::start();
     browser.goto(&hub.url(&format!(
-        "/services/binder/v2/{spec}?urlpath=files/notebooks/hello.txt"
+        "/services/binder/v2/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
     )));
     // The Hub's login page (through the service's OAuth redirect).
     browser.wait_for("the Hub's login form", 60, |b| {
         b.find("input[name=username]").is_some()
     });
     let username = browser.find("input[name=username]").unwrap();
-    browser.type_into(&username, "alice");
+    browser.type_into(&username, ALICE);
     let password = browser.find("input[name=password]").unwrap();
     browser.type_into(&password, "anything");
     browser.click(&browser.find("#login_submit").unwrap());
@@ -376,13 +461,43 @@ fn a_browser_follows_a_launch_link_into_the_pulled_repository() {
         "{}",
         browser.text("body")
     );
-    // Then it goes through nbgitpuller into alice's server, at the requested file.
-    browser.wait_for("the launched server", 180, |b| {
-        b.url()
-            .contains("/user/alice/files/repos-launched/notebooks/hello.txt")
+    // Then JupyterLab, in alice's server, with the pulled notebook open on the
+    // environment's kernel.
+    let notebook = format!("/user/{ALICE}/lab/tree/{folder}/notebooks/index.ipynb");
+    browser.wait_for("JupyterLab with the notebook", 240, |b| {
+        b.url().contains(&notebook) && b.find(".jp-Notebook .jp-Cell .cm-content").is_some()
     });
-    browser.wait_for("the repository's file", 30, |b| {
-        b.text("body").contains("hello from the repository")
+    browser.wait_for("the environment's kernel, idle", 120, |b| {
+        b.text(".jp-Toolbar-kernelName").contains("launched")
+            && b.find(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                .is_some()
     });
-    browser.screenshot(&shots.join("launched.png"));
+    // Run the first cell as a user does: click into it, Shift+Enter.
+    browser.click(&browser.find(".jp-Notebook .jp-Cell .cm-content").unwrap());
+    browser.chord(&["\u{E008}", "\u{E007}"]);
+    browser.wait_for("the cell's output", 120, |b| {
+        b.text(".jp-OutputArea-output")
+            .contains("only-in-the-repository")
+    });
+    let output = browser.text(".jp-OutputArea-output");
+    assert!(
+        output.contains(&sandbox.store().display().to_string()),
+        "the kernel runs the environment's Python: {output}"
+    );
+    browser.screenshot(&shots.join("launched-lab.png"));
+
+    // A failure on the launch page: the error and its hint, and no redirect.
+    let broken = repo(&sandbox, "broken", "no-such-package-hpcb==1.0\n", None);
+    browser.goto(&hub.url(&format!("/services/binder/v2/{broken}")));
+    browser.wait_for("the failure on the launch page", 120, |b| {
+        b.text("#phase") == "failed"
+    });
+    let error = browser.text("#error");
+    assert!(
+        error.contains("no-such-package-hpcb") && error.contains("hint:"),
+        "{error}"
+    );
+    assert!(browser.url().contains("/services/binder/v2/"));
+    browser.screenshot(&shots.join("launch-failed.png"));
+    let _ = std::fs::remove_dir_all(format!("/home/{ALICE}/{folder}"));
 }

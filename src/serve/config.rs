@@ -43,6 +43,20 @@ pub const KEYS: &[(&str, &str)] = &[
         "shutdown-grace",
         "seconds SIGTERM waits for running builds before killing them (default 600)",
     ),
+    (
+        "launch",
+        "none (default): build and report; kernel: then start the user's server, whose \
+         JUPYTER_PATH holds the store's kernels",
+    ),
+    (
+        "content",
+        "none (default), or nbgitpuller: pull the repository into the user's server and \
+         point its notebooks at the environment's kernel (the service needs access:servers)",
+    ),
+    (
+        "content-folder",
+        "the folder of the user's home the repository goes to (default: its short name)",
+    ),
 ];
 
 /// The providers the service knows.
@@ -134,7 +148,7 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Whether a build is followed by starting the user's server.
     pub launch_kernel: bool,
-    /// Whether the launch goes through nbgitpuller's `git-pull` URL.
+    /// Whether the service pulls the repository into the server with nbgitpuller.
     pub nbgitpuller: bool,
     /// nbgitpuller's target folder, when the site sets one.
     pub content_folder: Option<String>,

@@ -143,6 +143,58 @@ async fn follow_progress(
     Err("the server did not become ready".into())
 }
 
+/// After the server is up: the repository's content (`content = "nbgitpuller"`), and
+/// the URL the browser opens.
+pub async fn deliver(
+    config: &ServeConfig,
+    server: &str,
+    urlpath: &str,
+    content: Option<&super::content::Content>,
+    kernel: Option<&super::content::KernelRef>,
+    events: &mpsc::Sender<EventObject>,
+) -> Result<String, String> {
+    let Some(content) = content else {
+        if let Some(kernel) = kernel {
+            let _ = events
+                .send(event(
+                    "launching",
+                    format!(
+                        "The kernel \"{}\" is in your server's kernel list; this site does not \
+                         deliver the repository's files (content = \"none\")\n",
+                        kernel.display_name
+                    ),
+                ))
+                .await;
+        }
+        return Ok(open_url(server, urlpath, None));
+    };
+    let token = config.hub_token.as_deref().unwrap_or_default();
+    let server = with_slash(server);
+    match super::content::deliver(&server, token, content, kernel, events).await? {
+        super::content::Delivered::Pulled => Ok(open_url(&server, urlpath, Some(&content.folder))),
+        super::content::Delivered::ByBrowser => {
+            let choose = kernel
+                .map(|k| {
+                    format!(
+                        "; choose the kernel \"{}\" in your notebooks",
+                        k.display_name
+                    )
+                })
+                .unwrap_or_default();
+            let _ = events
+                .send(event(
+                    "launching",
+                    format!(
+                        "The service may not use your server's API (its token lacks \
+                         access:servers): your browser pulls the repository{choose}\n"
+                    ),
+                ))
+                .await;
+            Ok(git_pull_url(&server, urlpath, content))
+        }
+    }
+}
+
 /// BinderHub's launch parameters as one path inside the server (binderhub-client's
 /// `LaunchSpec.fromSearchParams`): `labpath` beats `filepath` beats `urlpath`.
 pub fn urlpath(query: &std::collections::HashMap<String, String>) -> String {
@@ -172,24 +224,10 @@ pub fn urlpath(query: &std::collections::HashMap<String, String>) -> String {
         .unwrap_or_default()
 }
 
-/// Where the browser goes after a launch: the server's `urlpath`, or, with nbgitpuller,
-/// its `git-pull` URL that puts the repository in `folder` and then opens `urlpath`
-/// inside that folder. `branch` is the requested ref when it names a branch or tag.
-pub fn launch_url(
-    server: &str,
-    urlpath: &str,
-    nbgitpuller: Option<(&str, Option<&str>, &str)>,
-) -> String {
-    let server = if server.ends_with('/') {
-        server.to_string()
-    } else {
-        format!("{server}/")
-    };
-    let Some((repo, branch, folder)) = nbgitpuller else {
-        return format!("{server}{urlpath}");
-    };
-    // The repository's paths now live under `folder/`.
-    let inside = [
+/// `urlpath` with the repository's paths moved under `folder/` (where nbgitpuller put
+/// them); an empty one opens the folder in JupyterLab.
+fn inside_folder(urlpath: &str, folder: &str) -> String {
+    [
         "lab/tree/",
         "doc/tree/",
         "tree/",
@@ -209,16 +247,39 @@ pub fn launch_url(
         } else {
             urlpath.to_string()
         }
-    });
+    })
+}
+
+fn with_slash(server: &str) -> String {
+    if server.ends_with('/') {
+        server.to_string()
+    } else {
+        format!("{server}/")
+    }
+}
+
+/// Where the browser goes after a launch: the server's `urlpath`, inside the content
+/// folder when the service pulled the repository there.
+pub fn open_url(server: &str, urlpath: &str, folder: Option<&str>) -> String {
+    let urlpath = match folder {
+        Some(folder) => inside_folder(urlpath, folder),
+        None => urlpath.to_string(),
+    };
+    format!("{}{urlpath}", with_slash(server))
+}
+
+/// When the service cannot pull for the user: nbgitpuller's `git-pull` URL, which pulls
+/// in the browser and then opens `urlpath` inside the content folder.
+pub fn git_pull_url(server: &str, urlpath: &str, content: &super::content::Content) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
-    query.append_pair("repo", repo);
-    if let Some(branch) = branch {
+    query.append_pair("repo", &content.repo);
+    if let Some(branch) = &content.branch {
         query.append_pair("branch", branch);
     }
     query
-        .append_pair("targetpath", folder)
-        .append_pair("urlpath", &inside);
-    format!("{server}git-pull?{}", query.finish())
+        .append_pair("targetpath", &content.folder)
+        .append_pair("urlpath", &inside_folder(urlpath, &content.folder));
+    format!("{}git-pull?{}", with_slash(server), query.finish())
 }
 
 /// The folder nbgitpuller puts a repository in: the site's, else the repository's
@@ -280,19 +341,24 @@ mod tests {
     #[test]
     fn nbgitpuller_urls_open_the_path_inside_the_pulled_folder() {
         assert_eq!(
-            launch_url("http://hub/user/alice", "lab/tree/a.ipynb", None),
+            open_url("http://hub/user/alice", "lab/tree/a.ipynb", None),
             "http://hub/user/alice/lab/tree/a.ipynb"
         );
-        let url = launch_url(
-            "http://hub/user/alice/",
-            "lab/tree/a.ipynb",
-            Some(("https://github.com/org/repo", Some("main"), "org-repo")),
-        );
         assert_eq!(
-            url,
+            open_url("http://hub/user/alice/", "lab/tree/a.ipynb", Some("f")),
+            "http://hub/user/alice/lab/tree/f/a.ipynb"
+        );
+        assert_eq!(open_url("/user/a/", "", Some("f")), "/user/a/lab/tree/f");
+        let content = |branch: Option<&str>, folder: &str| super::super::content::Content {
+            repo: "https://github.com/org/repo".into(),
+            branch: branch.map(str::to_string),
+            folder: folder.into(),
+        };
+        assert_eq!(
+            git_pull_url("http://hub/user/alice/", "lab/tree/a.ipynb", &content(Some("main"), "org-repo")),
             "http://hub/user/alice/git-pull?repo=https%3A%2F%2Fgithub.com%2Forg%2Frepo&branch=main&targetpath=org-repo&urlpath=lab%2Ftree%2Forg-repo%2Fa.ipynb"
         );
-        let url = launch_url("/user/a/", "", Some(("file:///r", None, "r")));
+        let url = git_pull_url("/user/a/", "", &content(None, "r"));
         assert!(
             url.ends_with("targetpath=r&urlpath=lab%2Ftree%2Fr"),
             "{url}"

@@ -11,6 +11,7 @@
 mod auth;
 mod builds;
 mod config;
+mod content;
 mod launch;
 mod metrics;
 mod page;

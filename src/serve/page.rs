@@ -12,7 +12,7 @@ use super::providers::Repo;
 /// The "launch binder" badge (`/badge.svg`, `/badge_logo.svg`).
 pub const BADGE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="109" height="20" role="img" aria-label="launch: binder"><title>launch: binder</title><linearGradient id="s" x2="0" y2="100%"><stop offset="0" stop-color="#bbb" stop-opacity=".1"/><stop offset="1" stop-opacity=".1"/></linearGradient><clipPath id="r"><rect width="109" height="20" rx="3" fill="#fff"/></clipPath><g clip-path="url(#r)"><rect width="64" height="20" fill="#555"/><rect x="64" width="45" height="20" fill="#579aca"/><rect width="109" height="20" fill="url(#s)"/></g><g fill="#fff" text-anchor="middle" font-family="Verdana,Geneva,DejaVu Sans,sans-serif" font-size="11"><text x="32" y="14">launch</text><text x="85.5" y="14">binder</text></g></svg>"##;
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem}pre{background:#111;color:#ddd;padding:1rem;max-height:30rem;overflow:auto;white-space:pre-wrap}#phase{font-weight:bold}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem}pre{background:#111;color:#ddd;padding:1rem;max-height:30rem;overflow:auto;white-space:pre-wrap}#phase{font-weight:bold}.error:not(:empty){background:#fdd;border-left:4px solid #c00;padding:.5rem 1rem;white-space:pre-wrap}";
 
 /// HTML-escape text.
 pub fn escape(text: &str) -> String {
@@ -110,7 +110,7 @@ pub fn launch(
             r#"<!doctype html><html><head><meta charset="utf-8"><title>Launching {title}</title>
 <meta property="og:title" content="{title}"><style>{STYLE}</style></head><body>
 <h1>Launching {title}</h1><p>Signed in as {user}. Spec: <code>{spec}</code></p>
-<p class="error">{detail}</p>
+<p class="error" id="error">{detail}</p>
 <p>Status: <span id="phase">starting</span></p><pre id="log"></pre>
 <script id="hpcbinder-config" type="application/json">{config}</script>
 <script>
@@ -136,6 +136,10 @@ pub fn launch(
     var p = (data.phase || "").toLowerCase();
     if (p) {{ phase.textContent = p; document.body.dataset.phase = p; }}
     if (p === "ready" || p === "failed") {{ source.close(); }}
+    if (p === "failed") {{
+      document.getElementById("error").textContent = data.message || "The build failed.";
+      document.title = "Failed: " + document.title;
+    }}
     if (p === "ready" && (data.launch_url || data.url)) {{
       window.location.href = data.launch_url || target(data.url);
     }}

@@ -325,11 +325,14 @@ async fn build(
             // nbgitpuller pulls a branch (or the default one): a commit id cannot be given.
             let content = app.config.nbgitpuller.then(|| {
                 let named = repo.unresolved_ref != "HEAD" && repo.unresolved_ref != commit;
-                (
-                    repo.url.clone(),
-                    named.then(|| repo.unresolved_ref.clone()),
-                    super::launch::content_folder(app.config.content_folder.as_deref(), &repo.slug),
-                )
+                super::content::Content {
+                    repo: repo.url.clone(),
+                    branch: named.then(|| repo.unresolved_ref.clone()),
+                    folder: super::launch::content_folder(
+                        app.config.content_folder.as_deref(),
+                        &repo.slug,
+                    ),
+                }
             });
             let app = app.clone();
             let user = user.name.clone();
@@ -347,26 +350,38 @@ async fn build(
                         if tx.send(built).await.is_err() {
                             return;
                         }
-                        match super::launch::launch(&app.config, &user, &tx).await {
+                        let launched = match super::launch::launch(&app.config, &user, &tx).await {
                             Ok(path) => {
                                 let url = format!("{launch_origin}{path}");
+                                let kernel = super::content::KernelRef::from_ready(&ready);
+                                super::launch::deliver(
+                                    &app.config,
+                                    &url,
+                                    &urlpath,
+                                    content.as_ref(),
+                                    kernel.as_ref(),
+                                    &tx,
+                                )
+                                .await
+                                .map(|target| (url, target))
+                            }
+                            Err(why) => Err(why),
+                        };
+                        match launched {
+                            Ok((url, target)) => {
                                 ready.insert(
                                     "message".into(),
                                     format!("server running at {url}\n").into(),
-                                );
-                                let target = super::launch::launch_url(
-                                    &url,
-                                    &urlpath,
-                                    content.as_ref().map(|(repo, branch, folder)| {
-                                        (repo.as_str(), branch.as_deref(), folder.as_str())
-                                    }),
                                 );
                                 ready.insert("url".into(), url.into());
                                 ready.insert("launch_url".into(), target.into());
                             }
                             Err(why) => {
                                 let _ = tx
-                                    .send(builds::event("failed", format!("Launch failed: {why}")))
+                                    .send(builds::event(
+                                        "failed",
+                                        format!("Launch failed: {why}\n"),
+                                    ))
                                     .await;
                                 return;
                             }

@@ -136,6 +136,25 @@ impl Browser {
         );
     }
 
+    /// Press keys together, as a user would (WebDriver key actions): e.g. Shift (`\u{E008}`)
+    /// with Enter (`\u{E007}`), into whatever has the focus.
+    pub fn chord(&self, keys: &[&str]) {
+        let mut actions: Vec<Value> = keys
+            .iter()
+            .map(|k| json!({"type": "keyDown", "value": k}))
+            .collect();
+        actions.extend(
+            keys.iter()
+                .rev()
+                .map(|k| json!({"type": "keyUp", "value": k})),
+        );
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
     /// The visible text of the first element matching `css` ("" when there is none).
     pub fn text(&self, css: &str) -> String {
         self.find(css)

@@ -85,7 +85,7 @@ c.JupyterHub.services = [
 c.JupyterHub.load_roles = [
     {{"name": "binder-users", "scopes": ["access:services!service=binder"], "users": {allowed}}},
     {{"name": "test-admin", "scopes": ["admin:users", "tokens", "read:users"], "services": ["test-admin"]}},
-    {{"name": "binder-service", "scopes": ["admin:servers", "read:users"], "services": ["binder"]}},
+    {{"name": "binder-service", "scopes": ["admin:servers", "access:servers", "read:users"], "services": ["binder"]}},
 ]
 {extra}
 "#,

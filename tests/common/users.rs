@@ -11,6 +11,8 @@ use super::{stdout, test_deps};
 pub const GROUP: &str = "hpcb-share";
 pub const ALICE: &str = "hpcb-alice";
 pub const MALLORY: &str = "hpcb-mallory";
+/// A second honest user (the launch service's tests: two users launching one link).
+pub const CAROL: &str = "hpcb-carol";
 
 /// Make the group and the two users once (kept between runs: `useradd` is not free).
 pub fn users() {
@@ -21,7 +23,7 @@ pub fn users() {
             "groupadd {GROUP} (these tests need root)"
         );
     }
-    for user in [ALICE, MALLORY] {
+    for user in [ALICE, MALLORY, CAROL] {
         if !ok(Command::new("id").arg(user)) {
             assert!(
                 ok(Command::new("useradd").args(["-m", "-G", GROUP, user])),
