@@ -197,6 +197,11 @@ pub struct BuildArgs {
     /// Register the kernel without starting it to run a test cell.
     #[arg(long)]
     pub no_verify: bool,
+    /// Also install jupyterhub-singleuser and JupyterLab (`server-packages`), as
+    /// repo2docker does, so a JupyterHub spawner can start the user's server inside the
+    /// environment (the launch service's server mode). Enters the key.
+    #[arg(long)]
+    pub with_server: bool,
     /// Container targets: write the build context (Containerfile, lock, repository) into
     /// DIR and stop, so a centre can build it its own way.
     #[arg(long, value_name = "DIR")]

@@ -83,6 +83,11 @@ pub fn compute(
             format!("sha256:{}", file_digest(&root.join(file))?),
         );
     }
+    // `--with-server`: jupyterhub-singleuser and JupyterLab inside (server mode).
+    let server = settings.pip.server_additions();
+    if !server.is_empty() {
+        inputs.insert("server-packages".to_string(), server.join(","));
+    }
     let uses_conda = target == Target::Conda || spec.buildpack.is_conda_family();
     if uses_conda {
         inputs.insert(

@@ -92,6 +92,13 @@
 //!   pages fetch a new token. There is no per-IP rate limit: every build request is an
 //!   authenticated Hub user's, limited per user (`max-builds-per-user`). A browser session
 //!   is a random id in an HttpOnly cookie; the Hub token stays in the service's memory.
+//! - Kernel mode's content: the service pulls with the server's nbgitpuller API itself and
+//!   sets the pulled notebooks' kernelspec (contents API), instead of sending the browser
+//!   through `git-pull`, so the opened notebook runs on the environment; this needs the
+//!   `access:servers` scope (without it, the `git-pull` redirect is the fallback).
+//!   nbgitpuller pulls a branch, so content is the branch's head, not always the built
+//!   commit. Server mode checks out the built commit itself; it builds native
+//!   environments only (images: not yet).
 
 pub mod backends;
 mod blocking;

@@ -58,6 +58,12 @@ pub enum PlanError {
         /// `file: what` of each.
         sources: String,
     },
+    /// `--with-server` for an image (not built yet).
+    #[error("--with-server builds native environments only; --target {target} is an image")]
+    ServerInImage {
+        /// The target.
+        target: &'static str,
+    },
     /// `--from-lock` files that do not make one environment.
     #[error("{count} --from-lock files given; one lock, or a conda environment's pixi.lock and its pip requirements lock, are accepted")]
     FromLocks {
@@ -99,6 +105,7 @@ impl Diagnostic for PlanError {
             }
             Self::RepositorySources { .. } => "remove them (the site's channels and index apply), ask the site to add them to `package-sources`, or build a local clone of the repository, whose sources are yours to choose".into(),
             Self::LocalSources { .. } => "use the site's channels and index, or a server the site's `package-sources` allows".into(),
+            Self::ServerInImage { .. } => "build with --target venv or conda (server mode runs the server from the environment's kernel helper)".into(),
             Self::FromLocks { .. } => "export them with `hpcbinder export KEY --format pixi` and `--format requirements`".into(),
             Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
@@ -109,6 +116,16 @@ impl Diagnostic for PlanError {
 
 /// Choose the concrete target for a spec.
 pub fn choose_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, PlanError> {
+    let target = choose_any_target(spec, settings)?;
+    if target.is_container() && settings.pip.with_server {
+        return Err(PlanError::ServerInImage {
+            target: target.name(),
+        });
+    }
+    Ok(target)
+}
+
+fn choose_any_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, PlanError> {
     let conda_family = spec.buildpack.is_conda_family();
     let container_reason = || spec.container_reason();
     match settings.target {

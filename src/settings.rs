@@ -181,6 +181,7 @@ config_keys! {
     pip_index_url: String = "pip-index-url", "The Python package index for pip requirements.";
     pip_find_links: Vec<String> = "pip-find-links", "Extra wheel locations (URLs or directories) for pip requirements.";
     pip_no_index: bool = "pip-no-index", "Install pip requirements from pip-find-links only.";
+    server_packages: Vec<String> = "server-packages", "What `build --with-server` (and the launch service's server mode) adds so a JupyterHub spawner can start the user's server inside the environment, as repo2docker does (pip requirement lines; default jupyterhub and jupyterlab; pin jupyterhub to the hub's major version).";
     sandbox_network: String = "sandbox-network", "What network repository code in the sandbox gets: packages (only the hosts of the site's package sources, through hpcbinder's proxy; the default), none, or host (the machine's network, unfiltered).";
     sandbox: String = "sandbox", "Where repository code (postBuild, setup.py builds) runs: bwrap (a bubblewrap sandbox that sees only the environment being built), none, or auto (bwrap when it works here, else none with a warning; the default).";
     modules: Vec<String> = "modules", "Environment modules the kernel helper loads before starting a kernel.";
@@ -195,7 +196,7 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
-    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, content, content-folder (see SERVICE).";
+    serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, named-server-limit, content, content-folder (see SERVICE).";
 }
 
 /// The `[serve]` table of a config file, as written (all optional); `hpcbinder serve`
@@ -221,9 +222,13 @@ pub struct ServeTable {
     pub build_token_expires: Option<u64>,
     /// Seconds SIGTERM waits for running builds before killing them.
     pub shutdown_grace: Option<u64>,
-    /// What follows a build: `none` (report it) or `kernel` (the user's server, with the
-    /// environment's kernel in the shared kernels directory).
+    /// What follows a build: `none` (report it), `kernel` (the user's server, with the
+    /// environment's kernel in the shared kernels directory) or `server` (a named server
+    /// per launch that runs inside the environment, BinderHub's model).
     pub launch: Option<String>,
+    /// `launch = "server"`: the named servers a user may have (BinderHub's
+    /// `named_server_limit_per_user`; 0: no limit of the service's own).
+    pub named_server_limit: Option<usize>,
     /// How the repository's files reach the launched server: `none` or `nbgitpuller`.
     pub content: Option<String>,
     /// The folder of the user's home nbgitpuller puts the repository in (default: the
@@ -328,6 +333,22 @@ pub struct PipSettings {
     /// Use only `find_links` (air-gapped sites).
     #[serde(rename = "pip_no_index")]
     pub no_index: bool,
+    /// What `--with-server` adds (`jupyterhub`, `jupyterlab` unless configured).
+    pub server_packages: Vec<String>,
+    /// `--with-server`: this build adds `server_packages` (they enter the key).
+    pub with_server: bool,
+}
+
+impl PipSettings {
+    /// The packages this build adds for a single-user server: none without
+    /// `--with-server`.
+    pub fn server_additions(&self) -> &[String] {
+        if self.with_server {
+            &self.server_packages
+        } else {
+            &[]
+        }
+    }
 }
 
 /// How container targets build and run images.
@@ -554,6 +575,10 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             no_index: layers
                 .pick("pip-no-index", |f| f.pip_no_index)
                 .unwrap_or(false),
+            server_packages: layers
+                .pick("server-packages", |f| f.server_packages.clone())
+                .unwrap_or_else(|| vec!["jupyterhub".into(), "jupyterlab".into()]),
+            with_server: false,
         },
         container: ContainerSettings {
             base_image: layers.pick_over(

@@ -550,3 +550,31 @@ fn repository_strings_are_sanitised_for_the_terminal() {
     );
     assert!(!stdout(&output).contains('\u{1b}'));
 }
+
+/// `--with-server` (the launch service's server mode) enters the key, adds
+/// jupyterhub-singleuser and JupyterLab to what is resolved, and is refused for images.
+#[test]
+fn with_server_enters_the_key_and_is_refused_for_images() {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config("");
+    let repo = sandbox.repo("plain", &[("requirements.txt", "six==1.16.0\n")]);
+    let key = |extra: &[&str]| {
+        let mut args = vec!["build", "--dry-run", &repo];
+        args.extend_from_slice(extra);
+        let plan = sandbox.ok(&args);
+        plan.lines()
+            .find_map(|l| l.strip_prefix("key:"))
+            .unwrap_or_else(|| panic!("no key in:\n{plan}"))
+            .trim()
+            .to_string()
+    };
+    assert_ne!(key(&[]), key(&["--with-server"]));
+    let output = sandbox.run(&["build", &repo, "--with-server", "--target", "podman"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--with-server builds native environments only")
+            && stderr.contains("hint: build with --target venv or conda"),
+        "{stderr}"
+    );
+}

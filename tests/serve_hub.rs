@@ -217,6 +217,17 @@ fn a_browser_logs_in_through_the_hubs_oauth_and_builds_from_the_launch_page() {
 /// on their `JUPYTER_PATH`. Returns the Hub and the content folder (new per run: the
 /// users' homes outlive the test).
 fn start_launching(sandbox: &Sandbox) -> (Hub, String) {
+    start_launching_in(sandbox, Mode::Kernel)
+}
+
+/// The launch mode under test.
+#[derive(PartialEq)]
+enum Mode {
+    Kernel,
+    Server,
+}
+
+fn start_launching_in(sandbox: &Sandbox, mode: Mode) -> (Hub, String) {
     use std::os::unix::fs::PermissionsExt;
     users();
     // The users reach the store and the repositories through the sandbox.
@@ -229,19 +240,42 @@ fn start_launching(sandbox: &Sandbox) -> (Hub, String) {
     let folder = folder
         .to_lowercase()
         .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "x");
-    // The environments' Python is Debian's, which the users can run (root's is private).
+    // The environments' Python is Debian's, which the users can run (root's is private);
+    // server mode's jupyterhub and JupyterLab come from scripts/hub-deps' wheels.
+    let hub_deps = common::hub::hub_deps();
+    let serve = match mode {
+        Mode::Kernel => format!(
+            "launch = \"kernel\"\ncontent = \"nbgitpuller\"\ncontent-folder = \"{folder}\"\n"
+        ),
+        Mode::Server => "launch = \"server\"\nnamed-server-limit = 1\n".to_string(),
+    };
     std::fs::write(
         sandbox.path().join("site.toml"),
         format!(
-            "python = \"/usr/bin/python3\"\nuv = \"{}\"\npip-find-links = [\"{}\"]\npip-no-index = true\n\
-             kernel-package = \"pip\"\nlocal-sources = true\n[serve]\nlaunch = \"kernel\"\n\
-             content = \"nbgitpuller\"\ncontent-folder = \"{folder}\"\nshutdown-grace = 5\n",
+            "python = \"/usr/bin/python3\"\nuv = \"{}\"\npip-find-links = [\"{}\", \"{}\"]\n\
+             pip-no-index = true\nkernel-package = \"pip\"\nlocal-sources = true\n[serve]\n\
+             {serve}shutdown-grace = 5\n",
             deps.uv.display(),
-            deps.wheelhouse.display()
+            deps.wheelhouse.display(),
+            hub_deps.join("wheels").display(),
         ),
     )
     .unwrap();
-    let venv = common::hub::hub_deps().join("venv/bin");
+    let venv = hub_deps.join("venv/bin");
+    // Server mode: the spawner snippet shipped in contrib/, pointed at the test's store.
+    let snippet = if mode == Mode::Server {
+        format!(
+            "c.JupyterHub.allow_named_servers = True\n\
+             exec(open(\"{}\").read())\nHPCBINDER_STORE = \"{store}\"\n\
+             HPCBINDER_KERNELS = \"{store}/kernels\"\nHPCBINDER_FOLDER = \"{folder}\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("contrib/jupyterhub_config.py")
+                .display(),
+            store = sandbox.store().display(),
+        )
+    } else {
+        String::new()
+    };
     // The test's repositories are root's local folders, which git refuses to read for
     // another user ("dubious ownership", even through file://) unless the user's own
     // config says so; a site's repositories are remote. These users exist for the tests.
@@ -262,7 +296,7 @@ fn start_launching(sandbox: &Sandbox) -> (Hub, String) {
             "c.JupyterHub.spawner_class = \"localprocess\"\n\
              c.Spawner.cmd = [\"{}\"]\n\
              c.Spawner.environment = {{\"JUPYTER_PATH\": \"{}\", \"PATH\": \"{}:/usr/bin:/bin\"}}\n\
-             c.Spawner.start_timeout = 180\nc.Spawner.http_timeout = 180\n",
+             c.Spawner.start_timeout = 180\nc.Spawner.http_timeout = 180\n{snippet}",
             venv.join("jupyterhub-singleuser").display(),
             sandbox.store().display(),
             venv.display(),
@@ -303,6 +337,38 @@ fn launched_repo(sandbox: &Sandbox, post_build: Option<&str>) -> String {
     );
     git.commit("content");
     spec
+}
+
+/// Run the open notebook's first cell as a user does (click into it, Shift+Enter) and
+/// wait for an output holding `expected`. JupyterLab may still be restoring its layout
+/// when the notebook first shows (a click then lands nowhere), so the click is repeated
+/// until the cell is in edit mode, and the keys until the cell has run.
+fn run_first_cell(browser: &Browser, expected: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let cell = ".jp-Notebook .jp-Cell .cm-content";
+    loop {
+        if let Some(editor) = browser.find(cell) {
+            browser.click(&editor);
+            std::thread::sleep(Duration::from_millis(500));
+            if browser.text("#jp-main-statusbar").contains("Mode: Edit") {
+                browser.chord(&["\u{E008}", "\u{E007}"]);
+                let ran = std::time::Instant::now() + Duration::from_secs(30);
+                while std::time::Instant::now() < ran {
+                    if browser.text(".jp-OutputArea-output").contains(expected) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first cell did not print {expected}; the browser is at {}: {}",
+            browser.url(),
+            browser.text("body")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The pids of `user`'s processes whose command line contains `pattern`.
@@ -472,13 +538,7 @@ fn a_browser_follows_a_launch_link_into_jupyterlab_and_runs_the_notebook_in_the_
             && b.find(".jp-Notebook-ExecutionIndicator[data-status='idle']")
                 .is_some()
     });
-    // Run the first cell as a user does: click into it, Shift+Enter.
-    browser.click(&browser.find(".jp-Notebook .jp-Cell .cm-content").unwrap());
-    browser.chord(&["\u{E008}", "\u{E007}"]);
-    browser.wait_for("the cell's output", 120, |b| {
-        b.text(".jp-OutputArea-output")
-            .contains("only-in-the-repository")
-    });
+    run_first_cell(&browser, "only-in-the-repository");
     let output = browser.text(".jp-OutputArea-output");
     assert!(
         output.contains(&sandbox.store().display().to_string()),
@@ -499,5 +559,94 @@ fn a_browser_follows_a_launch_link_into_jupyterlab_and_runs_the_notebook_in_the_
     );
     assert!(browser.url().contains("/services/binder/v2/"));
     browser.screenshot(&shots.join("launch-failed.png"));
+    let _ = std::fs::remove_dir_all(format!("/home/{ALICE}/{folder}"));
+}
+
+#[test]
+fn server_mode_a_browser_lands_in_a_named_server_running_inside_the_environment() {
+    let sandbox = Sandbox::new();
+    let (hub, folder) = start_launching_in(&sandbox, Mode::Server);
+    let spec = launched_repo(&sandbox, None);
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    let browser = Browser::start();
+    browser.goto(&hub.url(&format!(
+        "/services/binder/v2/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
+    )));
+    browser.wait_for("the Hub's login form", 60, |b| {
+        b.find("input[name=username]").is_some()
+    });
+    browser.type_into(&browser.find("input[name=username]").unwrap(), ALICE);
+    browser.type_into(&browser.find("input[name=password]").unwrap(), "anything");
+    browser.click(&browser.find("#login_submit").unwrap());
+    browser.wait_for("build log lines on the launch page", 120, |b| {
+        b.text("#log").contains("for a single-user server")
+    });
+    // A named server (BinderHub's name: the repository's path and 8 random characters)
+    // whose JupyterLab opens the notebook from the repository's checkout.
+    let prefix = format!("/user/{ALICE}/");
+    browser.wait_for("JupyterLab in the named server", 300, |b| {
+        let url = b.url();
+        url.contains(&prefix)
+            && url.ends_with("/lab/tree/notebooks/index.ipynb")
+            && b.find(".jp-Notebook .jp-Cell .cm-content").is_some()
+    });
+    let url = browser.url();
+    let server = url
+        .split(&prefix)
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    // file:///tmp/.tmpXXXXXX/repos/launched -> tmp-tmpxxxxxx-repos-launched-<8>
+    let (name, suffix) = server.rsplit_once('-').unwrap();
+    assert!(
+        name.ends_with("-repos-launched") && suffix.len() == 8,
+        "{server}"
+    );
+    // The notebook's own `python3` kernel is the environment's Python.
+    browser.wait_for("the python3 kernel, idle", 120, |b| {
+        b.find(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            .is_some()
+    });
+    run_first_cell(&browser, "only-in-the-repository");
+    let output = browser.text(".jp-OutputArea-output");
+    let store = sandbox.store().display().to_string();
+    assert!(output.contains(&store), "{output}");
+    browser.screenshot(&shots.join("server-mode-lab.png"));
+    // The server itself runs as alice from the environment, in the checkout of the commit.
+    let environment = output.split_whitespace().last().unwrap().to_string();
+    let servers = processes_of(ALICE, &format!("{environment}/bin/jupyterhub-singleuser"));
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let pid = servers[0].split_whitespace().next().unwrap();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    let checkout = std::path::PathBuf::from(format!("/home/{ALICE}/{folder}/{server}"));
+    assert_eq!(cwd, checkout);
+    let head = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(&checkout)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let built = GitRepo::init(&sandbox.path().join("repos/launched"))
+        .repo
+        .head()
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string();
+    assert_eq!(String::from_utf8_lossy(&head.stdout).trim(), built);
+    // BinderHub's named_server_limit_per_user: a second launch is refused, saying why.
+    let token = hub.user_token(ALICE);
+    let (_, body) = stream(&hub, &spec, Some(&token), true);
+    let last = events(&body).last().cloned().unwrap();
+    assert_eq!(last["phase"], "failed", "{body}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has the maximum of 1 named servers"),
+        "{body}"
+    );
     let _ = std::fs::remove_dir_all(format!("/home/{ALICE}/{folder}"));
 }

@@ -213,6 +213,24 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
             Fault::Spec,
         )?;
     }
+    let server = request.settings.pip.server_additions();
+    if !server.is_empty() && !lock_covers_ipykernel {
+        context.reporter.phase(
+            Phase::Building,
+            format!(
+                "Adding {} for a single-user server (--with-server)",
+                server.join(", ")
+            ),
+        );
+        let mut args = vec!["pip", "install", "--python", &python];
+        args.extend(server.iter().map(String::as_str));
+        uv_run(
+            "uv pip install <server packages>",
+            &args,
+            context.repo(),
+            Fault::Spec,
+        )?;
+    }
     if installs_package(context) {
         context
             .reporter
@@ -315,6 +333,20 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
             "Adding ipykernel: the repository does not list it",
         );
         text.push_str("ipykernel\n");
+    }
+    let server = context.request.settings.pip.server_additions();
+    if !server.is_empty() {
+        context.reporter.phase(
+            Phase::Building,
+            format!(
+                "Adding {} for a single-user server (--with-server)",
+                server.join(", ")
+            ),
+        );
+        for line in server {
+            text.push_str(line);
+            text.push('\n');
+        }
     }
     let path = context.meta.join("requirements.in");
     fs_err::write(&path, text)?;

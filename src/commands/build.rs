@@ -38,6 +38,9 @@ pub fn build(
         replace_kernel: args.replace,
         action,
     };
+    let mut settings = settings.clone();
+    settings.pip.with_server = args.with_server;
+    let settings = &settings;
     let outcome = pipeline::run(&repository, settings, &options, reporter)?;
     if json {
         return Ok(ExitStatus::Success);

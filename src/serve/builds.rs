@@ -375,6 +375,10 @@ impl Builds {
         if let Some(dir) = &self.kernel_dir {
             command.arg("--kernel-dir").arg(dir);
         }
+        if self.config.launch == super::config::Launch::Server {
+            // jupyterhub-singleuser and JupyterLab inside: the server runs from the env.
+            command.arg("--with-server");
+        }
         command
             .args(["--", url.as_str()])
             .current_dir("/")

@@ -46,7 +46,14 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "launch",
         "none (default): build and report; kernel: then start the user's server, whose \
-         JUPYTER_PATH holds the store's kernels",
+         JUPYTER_PATH holds the store's kernels; server: build with --with-server, then \
+         start a named server per launch inside the environment, in the repository at the \
+         built commit (contrib/jupyterhub_config.py makes the spawner do so)",
+    ),
+    (
+        "named-server-limit",
+        "launch = server: named servers one user may have (BinderHub's \
+         named_server_limit_per_user; default 0, no limit of the service's own)",
     ),
     (
         "content",
@@ -85,7 +92,7 @@ pub enum ServeConfigError {
     #[error("[serve] content-folder: `{0}` must be one folder name (letters, digits, . _ -)")]
     ContentFolder(String),
     /// An unknown launch mode.
-    #[error("[serve] launch: unknown mode `{0}` (known: none, kernel)")]
+    #[error("[serve] launch: unknown mode `{0}` (known: none, kernel, server)")]
     Launch(String),
     /// A number that cannot work.
     #[error("[serve] {0} must be at least 1")]
@@ -146,12 +153,25 @@ pub struct ServeConfig {
     pub build_token_expires: Duration,
     /// See [`ServeTable`].
     pub shutdown_grace: Duration,
-    /// Whether a build is followed by starting the user's server.
-    pub launch_kernel: bool,
+    /// What follows a build.
+    pub launch: Launch,
+    /// `launch = "server"`: named servers per user (0: no limit of the service's own).
+    pub named_server_limit: usize,
     /// Whether the service pulls the repository into the server with nbgitpuller.
     pub nbgitpuller: bool,
     /// nbgitpuller's target folder, when the site sets one.
     pub content_folder: Option<String>,
+}
+
+/// What follows a build (`[serve] launch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// Report the build only.
+    None,
+    /// The user's default server, with the environment's kernel.
+    Kernel,
+    /// A named server running inside the environment (BinderHub's model).
+    Server,
 }
 
 impl ServeConfig {
@@ -203,9 +223,10 @@ impl ServeConfig {
             prefix.push('/');
         }
         let listen = listen_address(ip, port)?;
-        let launch_kernel = match table.launch.as_deref() {
-            None | Some("none") => false,
-            Some("kernel") => true,
+        let launch = match table.launch.as_deref() {
+            None | Some("none") => Launch::None,
+            Some("kernel") => Launch::Kernel,
+            Some("server") => Launch::Server,
             Some(other) => return Err(ServeConfigError::Launch(other.to_string())),
         };
         let nbgitpuller = match table.content.as_deref() {
@@ -248,7 +269,8 @@ impl ServeConfig {
                 table.build_token_expires.unwrap_or(300).max(1),
             ),
             shutdown_grace: Duration::from_secs(table.shutdown_grace.unwrap_or(600)),
-            launch_kernel,
+            launch,
+            named_server_limit: table.named_server_limit.unwrap_or(0),
             nbgitpuller,
             content_folder: table.content_folder.clone(),
         })

@@ -18,11 +18,20 @@ use super::config::ServeConfig;
 /// How long a server may take to start.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Start (or find) `user`'s default server; relays progress to `events`. Returns the
-/// server's URL path (`/user/<name>/`).
+/// Which server a launch starts.
+pub enum Server {
+    /// The user's default server (`launch = "kernel"`).
+    Default,
+    /// A new named server with these `user_options` (`launch = "server"`).
+    Named { name: String, options: Value },
+}
+
+/// Start (or find) `user`'s server; relays progress to `events`. Returns the server's
+/// URL path (`/user/<name>/`, or `/user/<name>/<server>/`).
 pub async fn launch(
     config: &ServeConfig,
     user: &str,
+    server: &Server,
     events: &mpsc::Sender<EventObject>,
 ) -> Result<String, String> {
     let api = config
@@ -35,8 +44,10 @@ pub async fn launch(
         .timeout(LAUNCH_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
-    let name =
-        percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let encode = |text: &str| {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let name = encode(user);
     let hub = |method: reqwest::Method, path: String| {
         http.request(method, format!("{api}{path}"))
             .header("Authorization", format!("token {token}"))
@@ -53,23 +64,52 @@ pub async fn launch(
     }
     let model: Value = serde_json::from_slice(&model.bytes().await.map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let server = &model["servers"][""];
-    if server["ready"].as_bool() == Some(true) {
+    let (server_name, options) = match server {
+        Server::Default => (String::new(), serde_json::json!({})),
+        Server::Named { name, options } => (name.clone(), options.clone()),
+    };
+    let (start_path, progress_path) = if server_name.is_empty() {
+        (
+            format!("/users/{name}/server"),
+            format!("/users/{name}/server/progress"),
+        )
+    } else {
+        let limit = config.named_server_limit;
+        let named = model["servers"].as_object().map_or(0, |servers| {
+            servers.keys().filter(|k| !k.is_empty()).count()
+        });
+        if limit > 0 && named >= limit {
+            // BinderHub's words (launcher.py).
+            return Err(format!(
+                "User {user} already has the maximum of {limit} named servers. One must be \
+                 deleted before a new server can be created"
+            ));
+        }
+        let server = encode(&server_name);
+        (
+            format!("/users/{name}/servers/{server}"),
+            format!("/users/{name}/servers/{server}/progress"),
+        )
+    };
+    let current = &model["servers"][server_name.as_str()];
+    if server_name.is_empty() && current["ready"].as_bool() == Some(true) {
         let _ = events
             .send(event("launching", "Your server is already running"))
             .await;
-        return Ok(server_url(&model, user));
+        return Ok(server_url(&model, user, &server_name));
     }
     let _ = events.send(event("launching", "Launching server...")).await;
-    if server["pending"].is_null() {
-        let started = hub(reqwest::Method::POST, format!("/users/{name}/server"))
+    if current["pending"].is_null() {
+        let started = hub(reqwest::Method::POST, start_path)
             .header("Content-Type", "application/json")
-            .body("{}")
+            .body(options.to_string())
             .send()
             .await
             .map_err(|e| format!("the Hub API did not answer: {e}"))?;
         let status = started.status().as_u16();
-        if !matches!(status, 201 | 202 | 400) {
+        // 400 for the default server: it is already starting.
+        let accepted = matches!(status, 201 | 202) || (status == 400 && server_name.is_empty());
+        if !accepted {
             let body = started.text().await.unwrap_or_default();
             return Err(format!(
                 "the Hub did not start {user}'s server ({status}): {}",
@@ -77,33 +117,67 @@ pub async fn launch(
             ));
         }
     }
-    follow_progress(&hub, &name, events).await?;
-    Ok(server_url(&model, user))
+    follow_progress(&hub, progress_path, events).await?;
+    Ok(server_url(&model, user, &server_name))
 }
 
-fn server_url(model: &Value, user: &str) -> String {
-    model["servers"][""]["url"]
+/// BinderHub's name for a launch's named server (`unique_name_from_repo`): the
+/// repository's path as `a-b-c` (at most 15 + 15 characters), a dash and 8 random
+/// lowercase letters and digits.
+pub fn server_name(repo_url: &str) -> String {
+    let path = url::Url::parse(repo_url)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| repo_url.to_string());
+    let path = path
+        .trim_matches('/')
+        .trim_end_matches(".git")
+        .to_ascii_lowercase();
+    let mut prefix = String::new();
+    for c in path.chars() {
+        if c.is_ascii_alphanumeric() {
+            prefix.push(c);
+        } else if !prefix.ends_with('-') {
+            prefix.push('-');
+        }
+    }
+    let prefix = prefix.trim_matches('-');
+    let prefix = if prefix.len() > 30 {
+        format!("{}{}", &prefix[..15], &prefix[prefix.len() - 15..])
+    } else {
+        prefix.to_string()
+    };
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    // A uuid's hex digits: lowercase letters and digits, as BinderHub's suffix.
+    format!("{prefix}-{}", &random[..8])
+}
+
+fn server_url(model: &Value, user: &str, server: &str) -> String {
+    model["servers"][server]["url"]
         .as_str()
         .map(str::to_string)
-        .unwrap_or_else(|| format!("/user/{user}/"))
+        .unwrap_or_else(|| {
+            if server.is_empty() {
+                format!("/user/{user}/")
+            } else {
+                format!("/user/{user}/{server}/")
+            }
+        })
 }
 
-/// Relay the Hub's spawn progress (`GET /users/<name>/server/progress`, an event stream)
+/// Relay the Hub's spawn progress (`GET /users/<name>/server[s/<server>]/progress`, an
+/// event stream)
 /// until the server is ready or has failed.
 async fn follow_progress(
     hub: &impl Fn(reqwest::Method, String) -> reqwest::RequestBuilder,
-    name: &str,
+    path: String,
     events: &mpsc::Sender<EventObject>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + LAUNCH_TIMEOUT;
-    let mut response = hub(
-        reqwest::Method::GET,
-        format!("/users/{name}/server/progress"),
-    )
-    .header("Accept", "text/event-stream")
-    .send()
-    .await
-    .map_err(|e| format!("the Hub's progress stream: {e}"))?;
+    let mut response = hub(reqwest::Method::GET, path)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| format!("the Hub's progress stream: {e}"))?;
     if !response.status().is_success() {
         return Err(format!(
             "the Hub's progress stream answered {}",
@@ -141,6 +215,84 @@ async fn follow_progress(
         }
     }
     Err("the server did not become ready".into())
+}
+
+/// A finished build, to launch for a user.
+pub struct AfterBuild<'a> {
+    /// The user.
+    pub user: &'a str,
+    /// The repository's URL.
+    pub repo_url: &'a str,
+    /// The build's `ready` event (key, prefix, kernel, BinderHub's fields).
+    pub ready: &'a EventObject,
+    /// BinderHub's launch path ([`urlpath`]).
+    pub urlpath: &'a str,
+    /// `content = "nbgitpuller"`: what to pull.
+    pub content: Option<&'a super::content::Content>,
+    /// The origin (scheme, host) the browser sees.
+    pub origin: &'a str,
+}
+
+/// What follows a build: the user's server (the default one, or a new named one running
+/// inside the environment), the content, and the URL the browser opens. Returns the
+/// server's URL and that URL.
+pub async fn after_build(
+    config: &ServeConfig,
+    build: AfterBuild<'_>,
+    events: &mpsc::Sender<EventObject>,
+) -> Result<(String, String), String> {
+    let origin = build.origin;
+    if config.launch == super::config::Launch::Server {
+        let server = Server::Named {
+            name: server_name(build.repo_url),
+            options: server_options(build.ready),
+        };
+        let url = format!(
+            "{origin}{}",
+            launch(config, build.user, &server, events).await?
+        );
+        // The named server starts in the repository's checkout: BinderHub's paths are
+        // relative to it already.
+        let target = open_url(&url, build.urlpath, None);
+        return Ok((url, target));
+    }
+    let url = format!(
+        "{origin}{}",
+        launch(config, build.user, &Server::Default, events).await?
+    );
+    let kernel = super::content::KernelRef::from_ready(build.ready);
+    let target = deliver(
+        config,
+        &url,
+        build.urlpath,
+        build.content,
+        kernel.as_ref(),
+        events,
+    )
+    .await?;
+    Ok((url, target))
+}
+
+/// A named server's `user_options` (`launch = "server"`): BinderHub's fields, and what
+/// contrib/jupyterhub_config.py needs to start the server inside the environment, in
+/// the repository at the built commit.
+fn server_options(ready: &EventObject) -> Value {
+    let field = |name: &str| ready.get(name).cloned().unwrap_or(Value::Null);
+    serde_json::json!({
+        "hpcbinder": {
+            "key": field("key"),
+            "prefix": field("prefix"),
+            "kernel": field("kernel"),
+            "repo_url": field("repo_url"),
+            "ref": field("ref"),
+        },
+        "image": field("imageName"),
+        "repo_url": field("repo_url"),
+        "binder_ref_url": field("binder_ref_url"),
+        "binder_launch_host": field("binder_launch_host"),
+        "binder_request": field("binder_request"),
+        "binder_persistent_request": field("binder_persistent_request"),
+    })
 }
 
 /// After the server is up: the repository's content (`content = "nbgitpuller"`), and

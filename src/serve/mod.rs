@@ -58,8 +58,7 @@ pub fn run(
                 config.clone(),
                 executable,
                 settings.store.clone(),
-                config
-                    .launch_kernel
+                (config.launch != config::Launch::None)
                     .then(|| crate::collab::kernels_dir(settings)),
             )),
             resolver: providers::Resolver::new(crate::source::Policy {

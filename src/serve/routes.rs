@@ -320,7 +320,7 @@ async fn build(
             // One relay per request: the shared build's events, then (launch = "kernel",
             // not build_only) the launch of this user's server.
             let (tx, rx) = tokio::sync::mpsc::channel::<EventObject>(64);
-            let launch = app.config.launch_kernel && !build_only;
+            let launch = app.config.launch != super::config::Launch::None && !build_only;
             let urlpath = super::launch::urlpath(query);
             // nbgitpuller pulls a branch (or the default one): a commit id cannot be given.
             let content = app.config.nbgitpuller.then(|| {
@@ -336,6 +336,7 @@ async fn build(
             });
             let app = app.clone();
             let user = user.name.clone();
+            let repo_url = repo.url.clone();
             tokio::spawn(async move {
                 while let Some(event) = receiver.recv().await {
                     if event.get("phase").and_then(Value::as_str) != Some("ready") {
@@ -350,23 +351,15 @@ async fn build(
                         if tx.send(built).await.is_err() {
                             return;
                         }
-                        let launched = match super::launch::launch(&app.config, &user, &tx).await {
-                            Ok(path) => {
-                                let url = format!("{launch_origin}{path}");
-                                let kernel = super::content::KernelRef::from_ready(&ready);
-                                super::launch::deliver(
-                                    &app.config,
-                                    &url,
-                                    &urlpath,
-                                    content.as_ref(),
-                                    kernel.as_ref(),
-                                    &tx,
-                                )
-                                .await
-                                .map(|target| (url, target))
-                            }
-                            Err(why) => Err(why),
+                        let build = super::launch::AfterBuild {
+                            user: &user,
+                            repo_url: &repo_url,
+                            ready: &ready,
+                            urlpath: &urlpath,
+                            content: content.as_ref(),
+                            origin: &launch_origin,
                         };
+                        let launched = super::launch::after_build(&app.config, build, &tx).await;
                         match launched {
                             Ok((url, target)) => {
                                 ready.insert(

@@ -1,0 +1,96 @@
+# hpcbinder's launch service, `[serve] launch = "server"`: the spawner side.
+#
+# Add this to the site's jupyterhub_config.py (paste it, or `exec(open(path).read())`
+# after `c = get_config()`), and set the two paths below. It works with any Spawner that
+# starts `cmd` as the user with a working directory (LocalProcessSpawner, batchspawner's
+# SlurmSpawner and friends, SSHSpawner): for a named server the service started with
+# hpcbinder's `user_options`, the single-user server runs inside the built environment,
+# through the environment's kernel helper (the site's modules, the environment's PATH,
+# the repository's `start` script), in a folder of the user's home holding the
+# repository at the built commit. Every notebook's default `python3` kernel is then the
+# environment's Python. Other servers start as before.
+#
+# The environment must have been built for it (`hpcbinder build --with-server`, which
+# the service does in this mode): jupyterhub-singleuser and JupyterLab inside.
+#
+# What the hook trusts: only the store. The kernel named in user_options must be a
+# kernelspec of the store's kernels directory whose environment is in the store and
+# ready; the repository URL and commit (which a user could set on their own servers)
+# are passed to git as arguments, never through a shell, and run as the user.
+import json
+import os
+import re
+
+# The store the service builds into, and its kernels directory (`hpcbinder
+# jupyter-path` prints the directory that holds `kernels/`).
+HPCBINDER_STORE = os.environ.get("HPCBINDER_STORE", "/global/common/software/hpcbinder")
+HPCBINDER_KERNELS = os.path.join(HPCBINDER_STORE, "kernels")
+# Where in the user's home each launch's checkout goes: <folder>/<server name>.
+HPCBINDER_FOLDER = "binder"
+
+# Run as the user, inside the environment: clone (or reuse) the repository, check out
+# the commit, start the server there. $1 repository, $2 commit, $3 folder, then the
+# server's command.
+HPCBINDER_CHECKOUT = r"""
+set -e
+repo=$1 commit=$2 dir=$3
+shift 3
+if [ ! -d "$dir/.git" ]; then
+    mkdir -p "$(dirname "$dir")"
+    git clone --quiet --no-checkout -- "$repo" "$dir"
+fi
+cd "$dir"
+git -c advice.detachedHead=false checkout --quiet "$commit" --
+exec "$@"
+"""
+
+
+def hpcbinder_pre_spawn_hook(spawner):
+    """Point a named server launched by hpcbinder at its environment and checkout."""
+    if not hasattr(spawner, "_hpcbinder_cmd"):
+        spawner._hpcbinder_cmd = list(spawner.cmd)
+    spawner.cmd = list(spawner._hpcbinder_cmd)
+    options = (spawner.user_options or {}).get("hpcbinder")
+    if not options:
+        return
+    kernel = str(options.get("kernel") or "")
+    commit = str(options.get("ref") or "")
+    repo = str(options.get("repo_url") or "")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", kernel) or kernel.startswith("."):
+        raise ValueError("hpcbinder: invalid kernel name in user_options")
+    if not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
+        raise ValueError("hpcbinder: the launch names no commit")
+    if not repo or repo.startswith("-"):
+        raise ValueError("hpcbinder: the launch names no repository")
+    kernels = os.path.realpath(HPCBINDER_KERNELS)
+    kernel_dir = os.path.join(kernels, kernel)
+    with open(os.path.join(kernel_dir, "kernel.json")) as f:
+        spec = json.load(f)
+    helper = spec["argv"][0]
+    store = os.path.realpath(HPCBINDER_STORE)
+    prefix = os.path.realpath(spec["metadata"]["hpcbinder"]["prefix"])
+    if os.path.realpath(helper) != os.path.join(kernel_dir, "kernel-helper.sh"):
+        raise ValueError(f"hpcbinder: kernel {kernel} has no helper of its own")
+    if os.path.dirname(prefix) != os.path.join(store, "e") or not os.path.isfile(prefix + ".toml"):
+        raise ValueError(f"hpcbinder: the environment of kernel {kernel} is not ready in the store")
+    if not os.path.exists(os.path.join(prefix, "bin", "jupyterhub-singleuser")):
+        raise ValueError(
+            f"hpcbinder: the environment of kernel {kernel} has no jupyterhub-singleuser "
+            "(build it with --with-server)"
+        )
+    folder = os.path.join(HPCBINDER_FOLDER, spawner.name or "default")
+    singleuser = [os.path.basename(part) if part.endswith("jupyterhub-singleuser") else part
+                  for part in spawner.cmd] or ["jupyterhub-singleuser"]
+    spawner.cmd = [helper, "sh", "-c", HPCBINDER_CHECKOUT, "hpcbinder-checkout",
+                   repo, commit, folder] + singleuser
+    spawner.environment = dict(spawner.environment or {})
+    for name, key in [("BINDER_REPO_URL", "repo_url"), ("BINDER_REF_URL", "binder_ref_url"),
+                      ("BINDER_LAUNCH_HOST", "binder_launch_host"),
+                      ("BINDER_REQUEST", "binder_request"),
+                      ("BINDER_PERSISTENT_REQUEST", "binder_persistent_request")]:
+        value = spawner.user_options.get(key)
+        if isinstance(value, str):
+            spawner.environment[name] = value
+
+
+c.Spawner.pre_spawn_hook = hpcbinder_pre_spawn_hook  # noqa: F821 (jupyterhub's config)
