@@ -224,6 +224,8 @@ fn start_launching(sandbox: &Sandbox) -> (Hub, String) {
 #[derive(PartialEq)]
 enum Mode {
     Kernel,
+    /// `launch = "kernel"` without `content`.
+    KernelOnly,
     Server,
 }
 
@@ -247,6 +249,7 @@ fn start_launching_in(sandbox: &Sandbox, mode: Mode) -> (Hub, String) {
         Mode::Kernel => format!(
             "launch = \"kernel\"\ncontent = \"nbgitpuller\"\ncontent-folder = \"{folder}\"\n"
         ),
+        Mode::KernelOnly => "launch = \"kernel\"\n".to_string(),
         Mode::Server => "launch = \"server\"\nnamed-server-limit = 1\n".to_string(),
     };
     std::fs::write(
@@ -649,4 +652,31 @@ fn server_mode_a_browser_lands_in_a_named_server_running_inside_the_environment(
         "{body}"
     );
     let _ = std::fs::remove_dir_all(format!("/home/{ALICE}/{folder}"));
+}
+
+#[test]
+fn kernel_mode_without_content_says_where_the_repository_is() {
+    let sandbox = Sandbox::new();
+    let (hub, _) = start_launching_in(&sandbox, Mode::KernelOnly);
+    let spec = launched_repo(&sandbox, None);
+    let token = hub.user_token(CAROL);
+    let (status, body) = stream(&hub, &format!("{spec}?urlpath=lab"), Some(&token), true);
+    assert_eq!(status, 200, "{body}");
+    let all = events(&body);
+    let ready = all.last().unwrap();
+    assert_eq!(ready["phase"], "ready", "{body}\n{}", hub.log());
+    let url = ready["url"].as_str().unwrap();
+    assert_eq!(ready["launch_url"], format!("{url}lab"));
+    let commit = ready["ref"].as_str().unwrap();
+    let said = all
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains("does not copy the repository"))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        said.contains("repos/launched")
+            && said.contains(commit)
+            && said.contains(&format!("choose the kernel \"{}", "repos-launched")),
+        "{said}"
+    );
 }

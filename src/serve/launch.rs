@@ -261,6 +261,33 @@ pub async fn after_build(
         launch(config, build.user, &Server::Default, events).await?
     );
     let kernel = super::content::KernelRef::from_ready(build.ready);
+    if build.content.is_none() {
+        // Say where the repository is, and which kernel is its environment.
+        let commit = build
+            .ready
+            .get("ref")
+            .and_then(Value::as_str)
+            .unwrap_or("HEAD");
+        let choose = kernel
+            .as_ref()
+            .map(|k| {
+                format!(
+                    "; choose the kernel \"{}\" in your notebooks",
+                    k.display_name
+                )
+            })
+            .unwrap_or_default();
+        let _ = events
+            .send(event(
+                "launching",
+                format!(
+                    "This site does not copy the repository into your server: it is {} at \
+                     commit {commit} (git clone it there){choose}\n",
+                    crate::source::redact(build.repo_url)
+                ),
+            ))
+            .await;
+    }
     let target = deliver(
         config,
         &url,
@@ -306,18 +333,6 @@ pub async fn deliver(
     events: &mpsc::Sender<EventObject>,
 ) -> Result<String, String> {
     let Some(content) = content else {
-        if let Some(kernel) = kernel {
-            let _ = events
-                .send(event(
-                    "launching",
-                    format!(
-                        "The kernel \"{}\" is in your server's kernel list; this site does not \
-                         deliver the repository's files (content = \"none\")\n",
-                        kernel.display_name
-                    ),
-                ))
-                .await;
-        }
         return Ok(open_url(server, urlpath, None));
     };
     let token = config.hub_token.as_deref().unwrap_or_default();
