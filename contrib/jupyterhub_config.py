@@ -6,8 +6,9 @@
 # SlurmSpawner and friends, SSHSpawner): for a named server the service started with
 # hpcbinder's `user_options`, the single-user server runs inside the built environment,
 # through the environment's kernel helper (the site's modules, the environment's PATH,
-# the repository's `start` script), in a folder of the user's home holding the
-# repository at the built commit. Every notebook's default `python3` kernel is then the
+# the repository's `start` script), or for a Charliecloud image under `ch-run` (the
+# user's home bound at its own path, the host's network), in a folder of the user's home
+# holding the repository at the built commit. Every notebook's default `python3` kernel is then the
 # environment's Python. Other servers start as before.
 #
 # The environment must have been built for it (`hpcbinder build --with-server`, which
@@ -41,6 +42,12 @@ if [ ! -d "$dir/.git" ]; then
 fi
 cd "$dir"
 git -c advice.detachedHead=false checkout --quiet "$commit" --
+if [ "$1" = hpcbinder-ch-run ]; then
+    # A Charliecloud image: the user's home at the same path, the image's environment
+    # (but the user's HOME), starting in the checkout; the host's network.
+    shift
+    exec ch-run --home --set-env --set-env=HOME="$HOME" --cd="$PWD" "$@"
+fi
 exec "$@"
 """
 
@@ -73,7 +80,13 @@ def hpcbinder_pre_spawn_hook(spawner):
         raise ValueError(f"hpcbinder: kernel {kernel} has no helper of its own")
     if os.path.dirname(prefix) != os.path.join(store, "e") or not os.path.isfile(prefix + ".toml"):
         raise ValueError(f"hpcbinder: the environment of kernel {kernel} is not ready in the store")
-    if not os.path.exists(os.path.join(prefix, "bin", "jupyterhub-singleuser")):
+    image = spec["metadata"]["hpcbinder"].get("image")
+    # A Charliecloud image is the directory `image` in the environment's folder, its
+    # environment in /opt/env; a native environment is the prefix.
+    env_bin = os.path.join(prefix, "image", "opt", "env", "bin") if image else os.path.join(prefix, "bin")
+    if image and os.path.realpath(image) != os.path.join(prefix, "image"):
+        raise ValueError(f"hpcbinder: kernel {kernel} runs an image this hook cannot start")
+    if not os.path.exists(os.path.join(env_bin, "jupyterhub-singleuser")):
         raise ValueError(
             f"hpcbinder: the environment of kernel {kernel} has no jupyterhub-singleuser "
             "(build it with --with-server)"
@@ -81,8 +94,11 @@ def hpcbinder_pre_spawn_hook(spawner):
     folder = os.path.join(HPCBINDER_FOLDER, spawner.name or "default")
     singleuser = [os.path.basename(part) if part.endswith("jupyterhub-singleuser") else part
                   for part in spawner.cmd] or ["jupyterhub-singleuser"]
-    spawner.cmd = [helper, "sh", "-c", HPCBINDER_CHECKOUT, "hpcbinder-checkout",
-                   repo, commit, folder] + singleuser
+    checkout = ["sh", "-c", HPCBINDER_CHECKOUT, "hpcbinder-checkout", repo, commit, folder]
+    if image:
+        spawner.cmd = checkout + ["hpcbinder-ch-run", os.path.join(prefix, "image"), "--"] + singleuser
+    else:
+        spawner.cmd = [helper] + checkout + singleuser
     spawner.environment = dict(spawner.environment or {})
     for name, key in [("BINDER_REPO_URL", "repo_url"), ("BINDER_REF_URL", "binder_ref_url"),
                       ("BINDER_LAUNCH_HOST", "binder_launch_host"),

@@ -199,7 +199,9 @@ pub struct BuildArgs {
     pub no_verify: bool,
     /// Also install jupyterhub-singleuser and JupyterLab (`server-packages`), as
     /// repo2docker does, so a JupyterHub spawner can start the user's server inside the
-    /// environment (the launch service's server mode). Enters the key.
+    /// environment (the launch service's server mode). Enters the key. Native targets,
+    /// and Charliecloud images of requirements.txt, setup.py, pyproject.toml or Pipfile
+    /// repositories.
     #[arg(long)]
     pub with_server: bool,
     /// Container targets: write the build context (Containerfile, lock, repository) into

@@ -97,8 +97,9 @@
 //!   through `git-pull`, so the opened notebook runs on the environment; this needs the
 //!   `access:servers` scope (without it, the `git-pull` redirect is the fallback).
 //!   nbgitpuller pulls a branch, so content is the branch's head, not always the built
-//!   commit. Server mode checks out the built commit itself; it builds native
-//!   environments only (images: not yet).
+//!   commit. Server mode checks out the built commit itself; it runs native
+//!   environments and Charliecloud images (ch-run needs no daemon and keeps the user and
+//!   the host's network); the other image engines are refused for now.
 
 pub mod backends;
 mod blocking;

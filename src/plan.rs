@@ -58,11 +58,13 @@ pub enum PlanError {
         /// `file: what` of each.
         sources: String,
     },
-    /// `--with-server` for an image (not built yet).
-    #[error("--with-server builds native environments only; --target {target} is an image")]
+    /// `--with-server` for an image it cannot run a server from (yet).
+    #[error("--with-server builds native environments, and Charliecloud images of requirements.txt, setup.py, pyproject.toml or Pipfile repositories; not a {buildpack} repository with --target {target}")]
     ServerInImage {
         /// The target.
         target: &'static str,
+        /// The buildpack.
+        buildpack: &'static str,
     },
     /// `--from-lock` files that do not make one environment.
     #[error("{count} --from-lock files given; one lock, or a conda environment's pixi.lock and its pip requirements lock, are accepted")]
@@ -105,7 +107,7 @@ impl Diagnostic for PlanError {
             }
             Self::RepositorySources { .. } => "remove them (the site's channels and index apply), ask the site to add them to `package-sources`, or build a local clone of the repository, whose sources are yours to choose".into(),
             Self::LocalSources { .. } => "use the site's channels and index, or a server the site's `package-sources` allows".into(),
-            Self::ServerInImage { .. } => "build with --target venv or conda (server mode runs the server from the environment's kernel helper)".into(),
+            Self::ServerInImage { .. } => "build with --target venv or conda (the server runs through the environment's kernel helper), or --target charliecloud (the server runs under ch-run)".into(),
             Self::FromLocks { .. } => "export them with `hpcbinder export KEY --format pixi` and `--format requirements`".into(),
             Self::NoKernelDir => "pass --kernel-dir DIR, set JUPYTER_DATA_DIR, or build with --no-kernel".into(),
             Self::BadKernelName { .. } => "kernel names are letters, digits, `.`, `_` and `-` (Jupyter's rule), e.g. --kernel-name analysis-2024".into(),
@@ -117,9 +119,17 @@ impl Diagnostic for PlanError {
 /// Choose the concrete target for a spec.
 pub fn choose_target(spec: &EnvSpec, settings: &Settings) -> Result<Target, PlanError> {
     let target = choose_any_target(spec, settings)?;
-    if target.is_container() && settings.pip.with_server {
+    // An image's server runs under ch-run (no daemon, the host's network and user, the
+    // image in the store): Charliecloud images whose Python lock is resolved here.
+    let server_image = target == Target::Charliecloud
+        && matches!(
+            spec.buildpack,
+            Buildpack::Python | Buildpack::Default | Buildpack::Pipfile
+        );
+    if target.is_container() && settings.pip.with_server && !server_image {
         return Err(PlanError::ServerInImage {
             target: target.name(),
+            buildpack: spec.buildpack.name(),
         });
     }
     Ok(target)

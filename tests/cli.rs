@@ -573,8 +573,8 @@ fn with_server_enters_the_key_and_is_refused_for_images() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("--with-server builds native environments only")
-            && stderr.contains("hint: build with --target venv or conda"),
+        stderr.contains("--with-server builds native environments, and Charliecloud images")
+            && stderr.contains("or --target charliecloud"),
         "{stderr}"
     );
 }

@@ -227,6 +227,8 @@ enum Mode {
     /// `launch = "kernel"` without `content`.
     KernelOnly,
     Server,
+    /// Server mode with Charliecloud images (`ch-run`).
+    ServerImage,
 }
 
 fn start_launching_in(sandbox: &Sandbox, mode: Mode) -> (Hub, String) {
@@ -250,13 +252,25 @@ fn start_launching_in(sandbox: &Sandbox, mode: Mode) -> (Hub, String) {
             "launch = \"kernel\"\ncontent = \"nbgitpuller\"\ncontent-folder = \"{folder}\"\n"
         ),
         Mode::KernelOnly => "launch = \"kernel\"\n".to_string(),
-        Mode::Server => "launch = \"server\"\nnamed-server-limit = 1\n".to_string(),
+        Mode::Server | Mode::ServerImage => {
+            "launch = \"server\"\nnamed-server-limit = 1\n".to_string()
+        }
+    };
+    let image = if mode == Mode::ServerImage {
+        format!(
+            "target = \"charliecloud\"\nbase-image = \"{}\"\npodman-isolation = \"chroot\"\n\
+             containers-conf = \"{}\"\n",
+            common::base_image(),
+            common::CONTAINERS_CONF
+        )
+    } else {
+        String::new()
     };
     std::fs::write(
         sandbox.path().join("site.toml"),
         format!(
             "python = \"/usr/bin/python3\"\nuv = \"{}\"\npip-find-links = [\"{}\", \"{}\"]\n\
-             pip-no-index = true\nkernel-package = \"pip\"\nlocal-sources = true\n[serve]\n\
+             pip-no-index = true\nkernel-package = \"pip\"\nlocal-sources = true\n{image}[serve]\n\
              {serve}shutdown-grace = 5\n",
             deps.uv.display(),
             deps.wheelhouse.display(),
@@ -266,7 +280,7 @@ fn start_launching_in(sandbox: &Sandbox, mode: Mode) -> (Hub, String) {
     .unwrap();
     let venv = hub_deps.join("venv/bin");
     // Server mode: the spawner snippet shipped in contrib/, pointed at the test's store.
-    let snippet = if mode == Mode::Server {
+    let snippet = if matches!(mode, Mode::Server | Mode::ServerImage) {
         format!(
             "c.JupyterHub.allow_named_servers = True\n\
              exec(open(\"{}\").read())\nHPCBINDER_STORE = \"{store}\"\n\
@@ -567,8 +581,20 @@ fn a_browser_follows_a_launch_link_into_jupyterlab_and_runs_the_notebook_in_the_
 
 #[test]
 fn server_mode_a_browser_lands_in_a_named_server_running_inside_the_environment() {
+    server_mode_in_a_browser(Mode::Server, "server-mode-lab.png");
+}
+
+#[test]
+fn server_mode_a_browser_lands_in_a_named_server_running_inside_a_charliecloud_image() {
+    server_mode_in_a_browser(Mode::ServerImage, "server-mode-charliecloud-lab.png");
+}
+
+/// Server mode end to end in a browser: a named server inside the environment (native,
+/// or a Charliecloud image under ch-run), in a checkout of the commit.
+fn server_mode_in_a_browser(mode: Mode, screenshot: &str) {
+    let image = mode == Mode::ServerImage;
     let sandbox = Sandbox::new();
-    let (hub, folder) = start_launching_in(&sandbox, Mode::Server);
+    let (hub, folder) = start_launching_in(&sandbox, mode);
     let spec = launched_repo(&sandbox, None);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let browser = Browser::start();
@@ -614,8 +640,9 @@ fn server_mode_a_browser_lands_in_a_named_server_running_inside_the_environment(
     run_first_cell(&browser, "only-in-the-repository");
     let output = browser.text(".jp-OutputArea-output");
     let store = sandbox.store().display().to_string();
-    assert!(output.contains(&store), "{output}");
-    browser.screenshot(&shots.join("server-mode-lab.png"));
+    let inside = if image { "/opt/env" } else { store.as_str() };
+    assert!(output.contains(inside), "{output}");
+    browser.screenshot(&shots.join(screenshot));
     // The server itself runs as alice from the environment, in the checkout of the commit.
     let environment = output.split_whitespace().last().unwrap().to_string();
     let servers = processes_of(ALICE, &format!("{environment}/bin/jupyterhub-singleuser"));
