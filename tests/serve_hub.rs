@@ -70,14 +70,7 @@ fn api_clients_build_through_the_hubs_proxy_and_get_binderhubs_answers() {
     let carol = hub.user_token("carol");
     let bob = hub.user_token("bob");
     let spec = repo(&sandbox, "shared", "six==1.16.0\n", Some("sleep 2"));
-    let head = GitRepo::init(&sandbox.path().join("repos/shared"))
-        .repo
-        .head()
-        .unwrap()
-        .peel_to_commit()
-        .unwrap()
-        .id()
-        .to_string();
+    let head = head_of(&sandbox, "shared");
 
     // Two clients of one new spec at once: one build, both ready with the same key.
     let before = ready_count(&hub);
@@ -356,6 +349,34 @@ fn launched_repo(sandbox: &Sandbox, post_build: Option<&str>) -> String {
     spec
 }
 
+/// The commit a test repository's HEAD points at.
+fn head_of(sandbox: &Sandbox, name: &str) -> String {
+    GitRepo::init(&sandbox.path().join("repos").join(name))
+        .repo
+        .head()
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string()
+}
+
+/// A browser opening the launch link of `spec`'s notebook, logging in at the Hub's form
+/// (where the service's OAuth sends it) as `user`.
+fn open_notebook_launch_link(hub: &Hub, spec: &str, user: &str) -> Browser {
+    let browser = Browser::start();
+    browser.goto(&hub.url(&format!(
+        "/services/binder/v2/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
+    )));
+    browser.wait_for("the Hub's login form", 60, |b| {
+        b.find("input[name=username]").is_some()
+    });
+    browser.type_into(&browser.find("input[name=username]").unwrap(), user);
+    browser.type_into(&browser.find("input[name=password]").unwrap(), "anything");
+    browser.click(&browser.find("#login_submit").unwrap());
+    browser
+}
+
 /// Run the open notebook's first cell as a user does (click into it, Shift+Enter) and
 /// wait for an output holding `expected`. JupyterLab may still be restoring its layout
 /// when the notebook first shows (a click then lands nowhere), so the click is repeated
@@ -521,19 +542,7 @@ fn a_browser_follows_a_launch_link_into_jupyterlab_and_runs_the_notebook_in_the_
     let (hub, folder) = start_launching(&sandbox);
     let spec = launched_repo(&sandbox, Some("sleep 4"));
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    let browser = Browser::start();
-    browser.goto(&hub.url(&format!(
-        "/services/binder/v2/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
-    )));
-    // The Hub's login page (through the service's OAuth redirect).
-    browser.wait_for("the Hub's login form", 60, |b| {
-        b.find("input[name=username]").is_some()
-    });
-    let username = browser.find("input[name=username]").unwrap();
-    browser.type_into(&username, ALICE);
-    let password = browser.find("input[name=password]").unwrap();
-    browser.type_into(&password, "anything");
-    browser.click(&browser.find("#login_submit").unwrap());
+    let browser = open_notebook_launch_link(&hub, &spec, ALICE);
     // The launch page streams the build log with its phases.
     browser.wait_for("build log lines on the launch page", 120, |b| {
         b.url().contains("/services/binder/v2/") && b.text("#log").contains("Building a venv")
@@ -597,16 +606,7 @@ fn server_mode_in_a_browser(mode: Mode, screenshot: &str) {
     let (hub, folder) = start_launching_in(&sandbox, mode);
     let spec = launched_repo(&sandbox, None);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    let browser = Browser::start();
-    browser.goto(&hub.url(&format!(
-        "/services/binder/v2/{spec}?urlpath=lab/tree/notebooks/index.ipynb"
-    )));
-    browser.wait_for("the Hub's login form", 60, |b| {
-        b.find("input[name=username]").is_some()
-    });
-    browser.type_into(&browser.find("input[name=username]").unwrap(), ALICE);
-    browser.type_into(&browser.find("input[name=password]").unwrap(), "anything");
-    browser.click(&browser.find("#login_submit").unwrap());
+    let browser = open_notebook_launch_link(&hub, &spec, ALICE);
     browser.wait_for("build log lines on the launch page", 120, |b| {
         b.text("#log").contains("for a single-user server")
     });
@@ -657,14 +657,7 @@ fn server_mode_in_a_browser(mode: Mode, screenshot: &str) {
         .args(["rev-parse", "HEAD"])
         .output()
         .unwrap();
-    let built = GitRepo::init(&sandbox.path().join("repos/launched"))
-        .repo
-        .head()
-        .unwrap()
-        .peel_to_commit()
-        .unwrap()
-        .id()
-        .to_string();
+    let built = head_of(&sandbox, "launched");
     assert_eq!(String::from_utf8_lossy(&head.stdout).trim(), built);
     // BinderHub's named_server_limit_per_user: a second launch is refused, saying why.
     let token = hub.user_token(ALICE);

@@ -124,6 +124,21 @@ impl Context<'_> {
     pub fn repo(&self) -> &Path {
         &self.request.checkout.root
     }
+
+    /// `--with-server`'s packages (none without it), announced when there are some.
+    pub fn server_packages(&self) -> &[String] {
+        let server = self.request.settings.pip.server_additions();
+        if !server.is_empty() {
+            self.reporter.phase(
+                Phase::Building,
+                format!(
+                    "Adding {} for a single-user server (--with-server)",
+                    server.join(", ")
+                ),
+            );
+        }
+        server
+    }
 }
 
 /// Build (or reuse), register and verify.

@@ -213,15 +213,12 @@ fn with_uv(context: &Context<'_>, uv: &Path, interpreter: &Path) -> anyhow::Resu
             Fault::Spec,
         )?;
     }
-    let server = request.settings.pip.server_additions();
-    if !server.is_empty() && !lock_covers_ipykernel {
-        context.reporter.phase(
-            Phase::Building,
-            format!(
-                "Adding {} for a single-user server (--with-server)",
-                server.join(", ")
-            ),
-        );
+    let server = if lock_covers_ipykernel {
+        &[]
+    } else {
+        context.server_packages()
+    };
+    if !server.is_empty() {
         let mut args = vec!["pip", "install", "--python", &python];
         args.extend(server.iter().map(String::as_str));
         uv_run(
@@ -334,19 +331,9 @@ pub fn requirements_input(context: &Context<'_>, needs_ipykernel: bool) -> anyho
         );
         text.push_str("ipykernel\n");
     }
-    let server = context.request.settings.pip.server_additions();
-    if !server.is_empty() {
-        context.reporter.phase(
-            Phase::Building,
-            format!(
-                "Adding {} for a single-user server (--with-server)",
-                server.join(", ")
-            ),
-        );
-        for line in server {
-            text.push_str(line);
-            text.push('\n');
-        }
+    for line in context.server_packages() {
+        text.push_str(line);
+        text.push('\n');
     }
     let path = context.meta.join("requirements.in");
     fs_err::write(&path, text)?;

@@ -67,6 +67,20 @@ impl KernelRef {
     }
 }
 
+impl KernelRef {
+    /// "; choose the kernel "<display name>" in your notebooks", or nothing.
+    pub fn choose(kernel: Option<&Self>) -> String {
+        kernel
+            .map(|k| {
+                format!(
+                    "; choose the kernel \"{}\" in your notebooks",
+                    k.display_name
+                )
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// How the delivery went.
 #[derive(Debug, PartialEq)]
 pub enum Delivered {

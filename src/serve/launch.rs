@@ -268,15 +268,7 @@ pub async fn after_build(
             .get("ref")
             .and_then(Value::as_str)
             .unwrap_or("HEAD");
-        let choose = kernel
-            .as_ref()
-            .map(|k| {
-                format!(
-                    "; choose the kernel \"{}\" in your notebooks",
-                    k.display_name
-                )
-            })
-            .unwrap_or_default();
+        let choose = super::content::KernelRef::choose(kernel.as_ref());
         let _ = events
             .send(event(
                 "launching",
@@ -340,14 +332,7 @@ pub async fn deliver(
     match super::content::deliver(&server, token, content, kernel, events).await? {
         super::content::Delivered::Pulled => Ok(open_url(&server, urlpath, Some(&content.folder))),
         super::content::Delivered::ByBrowser => {
-            let choose = kernel
-                .map(|k| {
-                    format!(
-                        "; choose the kernel \"{}\" in your notebooks",
-                        k.display_name
-                    )
-                })
-                .unwrap_or_default();
+            let choose = super::content::KernelRef::choose(kernel);
             let _ = events
                 .send(event(
                     "launching",

@@ -51,17 +51,7 @@ pub(super) fn pip_lock(
         lines.push("ipykernel".into());
     }
     if request.from_lock.is_none() {
-        let server = request.settings.pip.server_additions();
-        if !server.is_empty() {
-            context.reporter.phase(
-                Phase::Building,
-                format!(
-                    "Adding {} for a single-user server (--with-server)",
-                    server.join(", ")
-                ),
-            );
-            lines.extend(server.iter().cloned());
-        }
+        lines.extend(context.server_packages().iter().cloned());
     }
     if lines.is_empty() {
         return Ok(None);
