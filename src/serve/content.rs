@@ -142,18 +142,11 @@ pub async fn deliver(
     }
     // nbgitpuller's stream: {"phase": "syncing", "output": ...}, then "finished" or
     // {"phase": "error", "message": ..., "output": ...}.
-    let mut buffer = String::new();
+    let mut stream = super::launch::DataEvents::default();
     let mut finished = false;
     'stream: while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            let Ok(update) = serde_json::from_str::<Value>(data.trim()) else {
-                continue;
-            };
+        stream.push(&chunk);
+        while let Some(update) = stream.next_event() {
             match update["phase"].as_str() {
                 Some("finished") => {
                     finished = true;

@@ -184,20 +184,13 @@ async fn follow_progress(
             response.status()
         ));
     }
-    let mut buffer = String::new();
+    let mut stream = DataEvents::default();
     while Instant::now() < deadline {
         let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? else {
             break;
         };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            let Ok(progress) = serde_json::from_str::<Value>(data.trim()) else {
-                continue;
-            };
+        stream.push(&chunk);
+        while let Some(progress) = stream.next_event() {
             if let Some(message) = progress["message"].as_str() {
                 let _ = events
                     .send(event("launching", crate::printer::sanitize_line(message)))
@@ -347,6 +340,32 @@ pub async fn deliver(
     }
 }
 
+/// The JSON `data:` of an event stream read in chunks (the Hub's spawn progress,
+/// nbgitpuller's pull): blocks without JSON data are skipped.
+#[derive(Default)]
+pub struct DataEvents {
+    buffer: String,
+}
+
+impl DataEvents {
+    /// Add a chunk as it came.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+    }
+
+    /// The next complete block's data, if one has arrived.
+    pub fn next_event(&mut self) -> Option<Value> {
+        while let Some(end) = self.buffer.find("\n\n") {
+            let block: String = self.buffer.drain(..end + 2).collect();
+            let data = block.lines().find_map(|l| l.strip_prefix("data:"));
+            if let Some(value) = data.and_then(|d| serde_json::from_str(d.trim()).ok()) {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
 /// BinderHub's launch parameters as one path inside the server (binderhub-client's
 /// `LaunchSpec.fromSearchParams`): `labpath` beats `filepath` beats `urlpath`.
 pub fn urlpath(query: &std::collections::HashMap<String, String>) -> String {
@@ -467,6 +486,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn event_stream_data_arrives_whole_across_chunks() {
+        let mut stream = DataEvents::default();
+        stream.push(b":keepalive\n\ndata: {\"progress\": 5");
+        assert_eq!(stream.next_event(), None, "half a block");
+        stream.push(b"0}\n\ndata: not json\n\ndata: {\"ready\": true}\n\n");
+        assert_eq!(stream.next_event().unwrap()["progress"], 50);
+        assert_eq!(stream.next_event().unwrap()["ready"], true);
+        assert_eq!(stream.next_event(), None);
     }
 
     #[test]
