@@ -213,6 +213,17 @@ pub struct BuildArgs {
     /// for a conda environment with a pip part: its pixi.lock and its requirements lock.
     #[arg(long, value_name = "FILE")]
     pub from_lock: Vec<PathBuf>,
+    /// Build as a Slurm batch job (the `[slurm]` table's sbatch options) and follow it:
+    /// its events as they come, `waiting` with Slurm's reason while it is pending; Ctrl-C
+    /// cancels it (the default with `builder = "slurm"`).
+    #[arg(long, conflicts_with_all = ["dry_run", "containerfile_only", "local"])]
+    pub submit: bool,
+    /// With --submit: print the job's id and return without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Build on this machine even with `builder = "slurm"`.
+    #[arg(long)]
+    pub local: bool,
 }
 
 /// `pin` arguments.

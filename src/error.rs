@@ -78,6 +78,7 @@ domain_errors! {
     StoreError => crate::store::StoreError,
     BuildError => crate::backends::BuildError,
     ServeConfigError => crate::serve::ServeConfigError,
+    SlurmError => crate::slurm::SlurmError,
 }
 
 /// Find the first [`Diagnostic`] in an error chain.

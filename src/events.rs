@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::printer::{sanitize, Printer};
 
 /// BinderHub's build phases (`reference/binderhub-hpc.md` §1.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Queued behind something (a lock, another build).
@@ -34,7 +34,7 @@ pub enum Phase {
 }
 
 /// One progress event. `message` ends with a newline, as BinderHub's do.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
     /// The phase this event belongs to.
     pub phase: Phase,

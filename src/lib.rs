@@ -121,6 +121,7 @@ mod recipe;
 pub mod serve;
 pub mod settings;
 mod shell;
+pub mod slurm;
 pub mod source;
 pub mod sources;
 pub mod store;

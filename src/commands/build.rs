@@ -7,7 +7,41 @@ use crate::events::Reporter;
 use crate::pipeline::{self, Action, Options, Outcome, Repository};
 use crate::plan::KernelOptions;
 use crate::printer::{sanitize, sanitize_line, Printer};
-use crate::settings::Settings;
+use crate::settings::{Builder, Settings};
+
+/// What a finished build says to people (a local build's outcome, or a job's `ready`).
+pub struct Ready<'a> {
+    /// The image, else the prefix.
+    pub built: &'a str,
+    /// The kernelspec's name, when one was registered.
+    pub kernel: Option<&'a str>,
+    /// Its directory.
+    pub kernel_dir: Option<&'a std::path::Path>,
+    /// The kernel's display name.
+    pub display_name: &'a str,
+    /// Why the kernel was not verified, if it was not.
+    pub verification: Option<&'a str>,
+}
+
+/// `Ready: ...`, how to use the kernel, and the prefix or image on stdout.
+pub fn print_ready(printer: &Printer, ready: &Ready<'_>) {
+    let kernel = ready
+        .kernel
+        .map(|k| format!(" (kernel {k})"))
+        .unwrap_or_default();
+    printer.info(&format!("Ready: {}{kernel}", ready.built));
+    if let Some(reason) = ready.verification {
+        printer.warning(&format!("the kernel was not verified ({reason})"));
+    }
+    if let (Some(name), Some(dir)) = (ready.kernel, ready.kernel_dir) {
+        printer.info(&format!(
+            "Use it: pick \"{}\" in JupyterLab's launcher or Kernel menu, or run `jupyter console --kernel {name}` (kernelspec in {})",
+            sanitize(ready.display_name),
+            dir.display()
+        ));
+    }
+    printer.data(ready.built);
+}
 
 /// Build, plan (`--dry-run`) or write a build context (`--containerfile-only`).
 pub fn build(
@@ -41,6 +75,20 @@ pub fn build(
     let mut settings = settings.clone();
     settings.pip.with_server = args.with_server;
     let settings = &settings;
+    let batch = args.submit || (settings.builder == Builder::Slurm && !args.local);
+    if batch && options.action == Action::Build {
+        if let Some(status) = super::submit::submit(
+            args,
+            &repository,
+            settings,
+            &options,
+            printer,
+            reporter,
+            json,
+        )? {
+            return Ok(status);
+        }
+    }
     let outcome = pipeline::run(&repository, settings, &options, reporter)?;
     if json {
         return Ok(ExitStatus::Success);
@@ -52,27 +100,17 @@ pub fn build(
             printer.data(&containerfile.display().to_string());
         }
         Outcome::Built { plan, outcome } => {
-            let kernel = outcome
-                .kernel
-                .as_ref()
-                .map(|k| format!(" (kernel {k})"))
-                .unwrap_or_default();
-            let built = outcome
-                .image
-                .clone()
-                .unwrap_or_else(|| outcome.prefix.display().to_string());
-            printer.info(&format!("Ready: {built}{kernel}"));
-            if let Some(reason) = &outcome.verification {
-                printer.warning(&format!("the kernel was not verified ({reason})"));
-            }
-            if let (Some(name), Some(dir)) = (&outcome.kernel, &outcome.kernel_dir) {
-                printer.info(&format!(
-                    "Use it: pick \"{}\" in JupyterLab's launcher or Kernel menu, or run `jupyter console --kernel {name}` (kernelspec in {})",
-                    sanitize(&plan.kernel.display_name),
-                    dir.display()
-                ));
-            }
-            printer.data(&built);
+            let prefix = outcome.prefix.display().to_string();
+            print_ready(
+                printer,
+                &Ready {
+                    built: outcome.image.as_deref().unwrap_or(&prefix),
+                    kernel: outcome.kernel.as_deref(),
+                    kernel_dir: outcome.kernel_dir.as_deref(),
+                    display_name: &plan.kernel.display_name,
+                    verification: outcome.verification.as_deref(),
+                },
+            );
         }
         Outcome::Planned {
             plan,

@@ -6,6 +6,7 @@ mod config;
 mod detect;
 mod doctor;
 mod key;
+mod submit;
 
 pub use build::build;
 pub use config::show as config_show;

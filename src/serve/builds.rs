@@ -368,8 +368,13 @@ impl Builds {
     async fn run_child(&self, id: &BuildId, build: &Arc<Build>) -> &'static str {
         let (url, commit) = id;
         let mut command = tokio::process::Command::new(&self.executable);
+        command.arg("build");
+        if self.config.slurm {
+            // A Slurm job; SIGTERM makes the submitting process cancel it.
+            command.arg("--submit");
+        }
         command
-            .args(["build", "--json", "--store"])
+            .args(["--json", "--store"])
             .arg(&self.store)
             .args(["--ref", commit.as_str()]);
         if let Some(dir) = &self.kernel_dir {
@@ -440,7 +445,14 @@ impl Builds {
             }
         }
         if timed_out {
-            kill_group(pid);
+            // SIGTERM first: a submitted build cancels its Slurm job, then exits.
+            signal_group(pid, "TERM");
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                kill_group(pid);
+            }
         }
         let status = child.wait().await;
         // Whatever the build left in its process group (it crashed, or was killed) goes too.
@@ -517,13 +529,20 @@ fn log_line(event: &EventObject) -> String {
     line
 }
 
+/// How long a timed-out build has after SIGTERM (to cancel its Slurm job) before SIGKILL.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// SIGKILL a build's process group (the child was started as its group's leader).
 fn kill_group(pid: u32) {
+    signal_group(pid, "KILL");
+}
+
+fn signal_group(pid: u32, signal: &str) {
     if pid == 0 {
         return;
     }
     let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
+        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
         .stderr(Stdio::null())
         .status();
 }

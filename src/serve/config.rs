@@ -161,6 +161,8 @@ pub struct ServeConfig {
     pub nbgitpuller: bool,
     /// nbgitpuller's target folder, when the site sets one.
     pub content_folder: Option<String>,
+    /// Builds are Slurm jobs (`builder = "slurm"`): `build --submit`.
+    pub slurm: bool,
 }
 
 /// What follows a build (`[serve] launch`).
@@ -273,6 +275,7 @@ impl ServeConfig {
             named_server_limit: table.named_server_limit.unwrap_or(0),
             nbgitpuller,
             content_folder: table.content_folder.clone(),
+            slurm: false,
         })
     }
 

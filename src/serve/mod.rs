@@ -20,6 +20,9 @@ mod routes;
 
 use std::sync::Arc;
 
+/// `max-builds` by default with `builder = "slurm"`: jobs submitted and followed at once.
+const SLURM_MAX_BUILDS: usize = 64;
+
 pub use config::{ServeConfig, ServeConfigError, ServeTable, KEYS};
 
 use crate::settings::Settings;
@@ -43,7 +46,15 @@ pub fn run(
     reporter: &dyn crate::events::Reporter,
 ) -> anyhow::Result<()> {
     use crate::events::ReporterExt as _;
-    let config = Arc::new(ServeConfig::resolve(&settings.serve, ip, port)?);
+    let mut config = ServeConfig::resolve(&settings.serve, ip, port)?;
+    if settings.builder == crate::settings::Builder::Slurm {
+        // Builds run on the batch system's nodes, not this host's cores.
+        config.slurm = true;
+        if settings.serve.max_builds.is_none() {
+            config.max_builds = SLURM_MAX_BUILDS;
+        }
+    }
+    let config = Arc::new(config);
     let executable = std::env::current_exe()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -406,6 +406,7 @@ pub mod http;
 pub mod hub;
 pub mod hubapi;
 pub mod jupyter;
+pub mod slurm;
 pub mod sse;
 pub mod users;
 

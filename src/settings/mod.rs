@@ -14,6 +14,9 @@ use crate::diagnostic::{Blame, Diagnostic};
 use crate::target::Target;
 use crate::variables;
 
+mod tables;
+pub use tables::{Builder, ServeTable, SlurmTable};
+
 /// Errors in configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -196,44 +199,9 @@ config_keys! {
     registry_tls_verify: bool = "registry-tls-verify", "Verify the registry's TLS certificate (default true).";
     squash_dir: PathBuf = "squash-dir", "podman-hpc's squash directory (SQUASH_DIR) that migrated images go to.";
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
+    builder: String = "builder", "Where builds run: local (this machine; the default) or slurm (each build a Slurm batch job, as `build --submit` does; the launch service's builds too).";
+    slurm: SlurmTable = "slurm", "The batch jobs of slurm builds ([slurm]): partition, qos, account, time, cpus, memory, sbatch-args, hpcbinder (the executable jobs run), and per-target overrides in [slurm.target.<target>] (see SLURM).";
     serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, named-server-limit, content, content-folder (see SERVICE).";
-}
-
-/// The `[serve]` table of a config file, as written (all optional); `hpcbinder serve`
-/// resolves it (`serve::ServeConfig`).
-#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ServeTable {
-    /// Builds running at once; more wait in the queue.
-    pub max_builds: Option<usize>,
-    /// Builds one user may have running or queued at once.
-    pub max_builds_per_user: Option<usize>,
-    /// Seconds before a build is killed.
-    pub build_timeout: Option<u64>,
-    /// Seconds a failed build's failure is reported again instead of rebuilding.
-    pub failed_build_retry: Option<u64>,
-    /// Regexes (matched at the start of `<spec>`, case-insensitive) that may not build.
-    pub banned_specs: Option<Vec<String>>,
-    /// Regexes of the only specs that may build, when given.
-    pub allowed_specs: Option<Vec<String>>,
-    /// The enabled providers (`gh`, `gl`, `git`, `gist`).
-    pub providers: Option<Vec<String>>,
-    /// Seconds a launch page's build token is valid.
-    pub build_token_expires: Option<u64>,
-    /// Seconds SIGTERM waits for running builds before killing them.
-    pub shutdown_grace: Option<u64>,
-    /// What follows a build: `none` (report it), `kernel` (the user's server, with the
-    /// environment's kernel in the shared kernels directory) or `server` (a named server
-    /// per launch that runs inside the environment, BinderHub's model).
-    pub launch: Option<String>,
-    /// `launch = "server"`: the named servers a user may have (BinderHub's
-    /// `named_server_limit_per_user`; 0: no limit of the service's own).
-    pub named_server_limit: Option<usize>,
-    /// How the repository's files reach the launched server: `none` or `nbgitpuller`.
-    pub content: Option<String>,
-    /// The folder of the user's home nbgitpuller puts the repository in (default: the
-    /// repository's short name).
-    pub content_folder: Option<String>,
 }
 
 /// What the command line contributes (the flags common to commands).
@@ -266,6 +234,10 @@ pub struct Settings {
     pub local_sources: bool,
     /// The launch service's `[serve]` table (`hpcbinder serve` resolves it).
     pub serve: ServeTable,
+    /// Where builds run (`builder`).
+    pub builder: Builder,
+    /// The `[slurm]` table: the batch jobs of `slurm` builds.
+    pub slurm: SlurmTable,
     /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
     pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).
@@ -510,6 +482,24 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         |f| f.sandbox_network.clone(),
         &["packages", "none", "host"],
     )?;
+    let builder = match layers
+        .choice("builder", |f| f.builder.clone(), &["local", "slurm"])?
+        .as_str()
+    {
+        "slurm" => Builder::Slurm,
+        _ => Builder::Local,
+    };
+    let slurm = layers
+        .pick("slurm", |f| f.slurm.clone())
+        .unwrap_or_default();
+    if let Some(problem) = slurm.problem() {
+        return Err(ConfigError::BadValue {
+            name: "slurm",
+            value: problem.0,
+            origin: layers.origin("slurm"),
+            allowed: problem.1,
+        });
+    }
     let shared_kernels = layers.pick("shared-kernels", |f| f.shared_kernels.clone());
     if let Some(dir) = &shared_kernels {
         if !dir.is_absolute() || dir.file_name().is_none_or(|n| n != "kernels") {
@@ -538,6 +528,8 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         serve: layers
             .pick("serve", |f| f.serve.clone())
             .unwrap_or_default(),
+        builder,
+        slurm,
         store_maintainers: layers
             .pick("store-maintainers", |f| f.store_maintainers.clone())
             .unwrap_or_default(),
