@@ -17,67 +17,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::bench::{percentile, rss_kb, time_to_ready, Service};
 use common::hubapi::{HubApi, HubUsers};
 use common::{GitRepo, Sandbox};
-
-struct Service {
-    child: Child,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Stream one build; the time to its last event and whether that was `ready`.
-async fn time_to_ready(client: &reqwest::Client, url: &str) -> Result<Duration, String> {
-    let start = Instant::now();
-    let response = client
-        .get(url)
-        .header("Accept", "text/event-stream")
-        .header("Authorization", "token alice-token")
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let body = response.text().await.map_err(|e| e.to_string())?;
-    let elapsed = start.elapsed();
-    let last = body
-        .split("\n\n")
-        .filter(|b| b.starts_with("data:"))
-        .last()
-        .unwrap_or_default();
-    if last.contains("\"phase\":\"ready\"") {
-        Ok(elapsed)
-    } else {
-        Err(format!("not ready: {last}"))
-    }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index]
-}
 
 fn metric(port: u16, name: &str) -> f64 {
     common::sse::metric(&format!("http://127.0.0.1:{port}/metrics"), name)
@@ -89,24 +33,8 @@ fn main() {
         "local-sources = true\n[serve]\nmax-builds = 2\nmax-builds-per-user = 100\n",
     );
     let hub = HubApi::start(HubUsers::standard());
-    let port = common::sse::free_port();
-    let child = sandbox
-        .command()
-        .args(["serve", "--port", &port.to_string()])
-        .env("JUPYTERHUB_API_URL", hub.api_url())
-        .env("JUPYTERHUB_API_TOKEN", "service-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let service = Service { child };
-    let pid = service.child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{base}/versions")).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let service = Service::start(&sandbox, &hub, &[]);
+    let (pid, port, base) = (service.child.id(), service.port, service.base());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

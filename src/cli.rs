@@ -313,6 +313,7 @@ pub fn man_page() -> Vec<u8> {
         );
     }
     out.extend_from_slice(COLLABORATIONS.as_bytes());
+    out.extend_from_slice(SLURM.as_bytes());
     out.extend_from_slice(b".SH SERVICE\nhpcbinder serve runs BinderHub's build API as a JupyterHub service (register it in the Hub's services with command [\"hpcbinder\", \"serve\"]). Keys of the site config's [serve] table:\n");
     for (key, what) in crate::serve::KEYS {
         out.extend_from_slice(
@@ -330,6 +331,20 @@ pub fn man_page() -> Vec<u8> {
     );
     out
 }
+
+/// The man page's section on builds as Slurm jobs (the README's "Building on Slurm").
+const SLURM: &str = r#".SH SLURM
+build \-\-submit (or any build with builder = "slurm", unless \-\-local) plans on this node, then runs the build as a Slurm batch job and relays its events: waiting (with Slurm's pending reason) while it is queued, then the job's own. Ctrl\-C cancels the job (scancel); \-\-no\-wait prints the job id and returns. The job's events, error output and exit status are in <store>/jobs/u<uid>/<job>/. A job killed by scancel, its time limit or a node failure exits 2 with the reason; nothing half\-built is kept. Keys of the [slurm] table, each also allowed in a [slurm.target.<target>] table that overrides it for that target:
+.TP
+\fBpartition\fR, \fBqos\fR, \fBaccount\fR, \fBtime\fR, \fBcpus\fR, \fBmemory\fR
+sbatch's \-\-partition, \-\-qos, \-\-account, \-\-time, \-\-cpus\-per\-task and \-\-mem.
+.TP
+\fBsbatch\-args\fR
+Other sbatch arguments, one per element (not \-\-output, \-\-error, \-\-parsable, \-\-wait or \-\-wrap, which hpcbinder sets).
+.TP
+\fBhpcbinder\fR
+The hpcbinder executable the job runs (default: the one submitting; it must be at that path on the compute nodes).
+"#;
 
 /// The man page's worked example of a collaboration (the README's, shorter).
 const COLLABORATIONS: &str = r#".SH COLLABORATIONS

@@ -20,6 +20,9 @@
 //! - [`collab`] keeps collaborations' pins and their shared kernels, and manages the store
 //!   (`list`, `show`, `rm`, `gc`, `export`); [`sources`] is the site's allow-list of
 //!   package sources.
+//! - [`slurm`] is the `slurm` builder: `build --submit` (and `builder = "slurm"`, in the
+//!   CLI and the service) runs `hpcbinder build --local --json` as a batch job, relays its
+//!   events from the store's jobs folder and cancels it on SIGINT/SIGTERM.
 //! - [`python`] chooses the interpreter (configured, the repository's, else the
 //!   `python3` on PATH); [`tools`] finds or bootstraps uv into the store.
 //!
@@ -100,6 +103,10 @@
 //!   commit. Server mode checks out the built commit itself; it runs native
 //!   environments and Charliecloud images (ch-run needs no daemon and keeps the user and
 //!   the host's network); the other image engines are refused for now.
+//! - The `slurm` builder plans on the submitting node before the job (the fetch lands in
+//!   the user's cache in the store, which the job reuses): the job builds the planned
+//!   commit, its target picks the `[slurm.target.*]` options, and an environment already
+//!   in the store is registered there without a job.
 
 pub mod backends;
 mod blocking;

@@ -400,6 +400,7 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+pub mod bench;
 pub mod browser;
 pub mod channel;
 pub mod http;
