@@ -407,6 +407,7 @@ pub mod http;
 pub mod hub;
 pub mod hubapi;
 pub mod jupyter;
+pub mod launch;
 pub mod slurm;
 pub mod sse;
 pub mod users;
