@@ -14,6 +14,25 @@
 # The environment must have been built for it (`hpcbinder build --with-server`, which
 # the service does in this mode): jupyterhub-singleuser and JupyterLab inside.
 #
+# batchspawner (SlurmSpawner and the other batch spawners): the server runs as a batch
+# job, and batchspawner's `batchspawner-singleuser` must run inside the environment (it
+# reports the server's port to the Hub, then runs jupyterhub-singleuser as a Python
+# script in its own interpreter). So the site
+#   - adds batchspawner to what --with-server installs, in hpcbinder's site config:
+#       server-packages = ["jupyterhub==5.*", "jupyterlab", "batchspawner"]
+#     (the jupyterhub pin matching the Hub's major version);
+#   - sets, in jupyterhub_config.py, besides this snippet:
+#       c.JupyterHub.spawner_class = "batchspawner.SlurmSpawner"
+#       c.JupyterHub.allow_named_servers = True
+#       c.Spawner.start_timeout = 300   # the queue wait and the first start of the job
+#   - and, as for any batchspawner, lets the Hub submit as the user (the default
+#     exec_prefix `sudo -E -u {username}`, or the site's own) with the Slurm client
+#     commands and their config (SLURM_CONF or /etc/slurm/slurm.conf) on the Hub's and
+#     the job's PATH. The job's resources are SlurmSpawner's req_* settings, as usual.
+# The hook then writes the job's command line itself (batchspawner puts it into the job
+# script unquoted): the kernel helper and the checkout, then the environment's
+# batchspawner-singleuser and jupyterhub-singleuser.
+#
 # What the hook trusts: only the store. The kernel named in user_options must be a
 # kernelspec of the store's kernels directory whose environment is in the store and
 # ready; the repository URL and commit (which a user could set on their own servers)
@@ -21,6 +40,7 @@
 import json
 import os
 import re
+import shlex
 
 # The store the service builds into, and its kernels directory (`hpcbinder
 # jupyter-path` prints the directory that holds `kernels/`).
@@ -57,6 +77,12 @@ def hpcbinder_pre_spawn_hook(spawner):
     if not hasattr(spawner, "_hpcbinder_cmd"):
         spawner._hpcbinder_cmd = list(spawner.cmd)
     spawner.cmd = list(spawner._hpcbinder_cmd)
+    # batchspawner's spawners start `batchspawner_singleuser_cmd cmd... args...` in the job.
+    batch = hasattr(spawner, "batchspawner_singleuser_cmd")
+    if batch:
+        if not hasattr(spawner, "_hpcbinder_batch_cmd"):
+            spawner._hpcbinder_batch_cmd = spawner.batchspawner_singleuser_cmd
+        spawner.batchspawner_singleuser_cmd = spawner._hpcbinder_batch_cmd
     options = (spawner.user_options or {}).get("hpcbinder")
     if not options:
         return
@@ -91,14 +117,27 @@ def hpcbinder_pre_spawn_hook(spawner):
             f"hpcbinder: the environment of kernel {kernel} has no jupyterhub-singleuser "
             "(build it with --with-server)"
         )
+    if batch and not os.path.exists(os.path.join(env_bin, "batchspawner-singleuser")):
+        raise ValueError(
+            f"hpcbinder: the environment of kernel {kernel} has no batchspawner-singleuser "
+            "(add batchspawner to hpcbinder's server-packages)"
+        )
     folder = os.path.join(HPCBINDER_FOLDER, spawner.name or "default")
     singleuser = [os.path.basename(part) if part.endswith("jupyterhub-singleuser") else part
                   for part in spawner.cmd] or ["jupyterhub-singleuser"]
     checkout = ["sh", "-c", HPCBINDER_CHECKOUT, "hpcbinder-checkout", repo, commit, folder]
     if image:
-        spawner.cmd = checkout + ["hpcbinder-ch-run", os.path.join(prefix, "image"), "--"] + singleuser
+        inside = checkout + ["hpcbinder-ch-run", os.path.join(prefix, "image"), "--"]
     else:
-        spawner.cmd = [helper] + checkout + singleuser
+        inside = [helper] + checkout
+    if batch:
+        # batchspawner-singleuser runs its first argument as a Python script (runpy) in
+        # its own interpreter, so it comes last and from the environment; batchspawner
+        # joins the words into the job script unquoted, so they are quoted here.
+        spawner.batchspawner_singleuser_cmd = shlex.join(inside + ["batchspawner-singleuser"])
+        spawner.cmd = [shlex.quote(part) for part in singleuser]
+    else:
+        spawner.cmd = inside + singleuser
     spawner.environment = dict(spawner.environment or {})
     for name, key in [("BINDER_REPO_URL", "repo_url"), ("BINDER_REF_URL", "binder_ref_url"),
                       ("BINDER_LAUNCH_HOST", "binder_launch_host"),
