@@ -334,3 +334,97 @@ fn sbatch_refusing_the_job_is_one_error_with_a_hint_and_leaves_no_job_folder() {
     assert_eq!(output.status.code(), Some(1));
     assert!(common::stderr(&output).contains("hpcbinder sets those"));
 }
+
+/// The id of the job building the repository `repos/<name>` in this sandbox's store, once
+/// its postBuild (which runs `marker`) runs.
+fn job_running_post_build(sandbox: &Sandbox, name: &str, marker: &str) -> String {
+    let fetching = format!("{}\\n", sandbox.path().join("repos").join(name).display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let jobs = sandbox.store().join("jobs").join("u0");
+        for entry in std::fs::read_dir(&jobs).into_iter().flatten().flatten() {
+            let events =
+                std::fs::read_to_string(entry.path().join("events.jsonl")).unwrap_or_default();
+            let running = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+            let mine = events.lines().any(|l| l.contains(&fetching));
+            if !mine || !events.contains("Running postBuild") || !running.status.success() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = &name[..name.rfind('-').unwrap()];
+            let output = slurm::command("squeue")
+                .args(["--noheader", "--format=%i", "--name", name])
+                .output()
+                .unwrap();
+            let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            if !id.is_empty() {
+                return id;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no job ran {marker}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_service_with_builder_slurm_gives_many_clients_one_job_and_reports_jobs_that_die() {
+    use common::sse::{events, repo, spawn_stream};
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(
+        "local-sources = true\nbuilder = \"slurm\"\n[serve]\nbuild-timeout = 45\nmax-builds-per-user = 100\n",
+    );
+    let hub = common::hubapi::HubApi::start(common::hubapi::HubUsers::standard());
+    let service = common::bench::Service::start(&sandbox, &hub, &[("SLURM_CONF", slurm::conf())]);
+    let url = |spec: &str| format!("{}/build/{spec}?build_only=true", service.base());
+    let fast = repo(&sandbox, "fast", "six==1.16.0\n", Some("sleep 2"));
+    let slow = repo(&sandbox, "slow", "six==1.16.0\n", Some("sleep 93.75"));
+    let killed = repo(&sandbox, "killed", "six==1.16.0\n", Some("sleep 94.25"));
+
+    // Five clients of one new key: one job, every stream ends ready.
+    let clients: Vec<_> = (0..5)
+        .map(|_| spawn_stream(url(&fast), "alice-token"))
+        .collect();
+    let slow_client = spawn_stream(url(&slow), "alice-token");
+    let killed_client = spawn_stream(url(&killed), "carol-token");
+    let mut ids = std::collections::BTreeSet::new();
+    for client in clients {
+        let events = events(&client.join().unwrap());
+        assert_eq!(events.last().unwrap()["phase"], "ready", "{events:?}");
+        ids.insert(job_id(&events));
+    }
+    assert_eq!(ids.len(), 1, "one job for one key: {ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(slurm::wait_ended(&id, 30), "COMPLETED");
+
+    // A job cancelled from outside (scancel) is a failed event that says so.
+    let job = job_running_post_build(&sandbox, "killed", "sleep 94.25");
+    assert!(slurm::command("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    let events_killed = events(&killed_client.join().unwrap());
+    let last = events_killed.last().unwrap();
+    assert_eq!(last["phase"], "failed", "{events_killed:?}");
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("the Slurm job {job} was cancelled")),
+        "{message}"
+    );
+
+    // The service's timeout cancels the job.
+    let events_slow = events(&slow_client.join().unwrap());
+    let slow_job = job_id(&events_slow);
+    let last = events_slow.last().unwrap();
+    assert_eq!(last["phase"], "failed");
+    assert!(last["message"]
+        .as_str()
+        .unwrap()
+        .contains("longer than the service's limit (45 s)"));
+    assert_eq!(slurm::wait_ended(&slow_job, 30), "CANCELLED");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    for marker in ["sleep 93.75", "sleep 94.25"] {
+        let left = Command::new("pgrep").args(["-f", marker]).output().unwrap();
+        assert!(!left.status.success(), "{marker} still runs");
+    }
+}
