@@ -428,3 +428,33 @@ fn the_service_with_builder_slurm_gives_many_clients_one_job_and_reports_jobs_th
         assert!(!left.status.success(), "{marker} still runs");
     }
 }
+
+#[test]
+fn a_pending_job_is_a_waiting_event_with_slurms_reason() {
+    // Held jobs stay pending (reason JobHeldUser) until released.
+    let sandbox = sandbox("[slurm]\nsbatch-args = [\"--hold\"]\n");
+    let repo = sandbox.repo("held", &[("requirements.txt", "six==1.16.0\n")]);
+    let (child, seen, lines) = start_until(submit(&sandbox, &["--json", &repo]), |e| {
+        e["phase"] == "waiting" && e["job_reason"].is_string()
+    });
+    let waiting = seen.last().unwrap();
+    let id = job_id(&seen);
+    assert_eq!(waiting["job_reason"], "JobHeldUser", "{waiting}");
+    assert_eq!(waiting["job_state"], "PENDING");
+    assert_eq!(
+        waiting["message"],
+        format!("The Slurm job {id} is waiting in the queue (JobHeldUser)\n")
+    );
+    assert_eq!(slurm::job(&id).unwrap().0, "PENDING");
+    let released = slurm::command("scontrol")
+        .args(["release", &id])
+        .status()
+        .unwrap();
+    assert!(released.success());
+    let (status, seen, stderr) = finish(child, seen, lines);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(seen.last().unwrap()["phase"], "ready");
+    assert!(seen
+        .iter()
+        .any(|e| e["job_state"] == "RUNNING" && e["phase"] == "building"));
+}
