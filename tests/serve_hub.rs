@@ -11,7 +11,7 @@ use common::launch::{
     open_notebook_launch_link, run_first_cell, service_environment, trust_repositories,
 };
 use common::sse::{client, events, repo, spawn_stream};
-use common::users::{users, ALICE, CAROL};
+use common::users::{processes_of, users, ALICE, CAROL};
 use common::{GitRepo, Sandbox};
 use serde_json::Value;
 
@@ -335,24 +335,6 @@ fn head_of(sandbox: &Sandbox, name: &str) -> String {
         .unwrap()
         .id()
         .to_string()
-}
-
-/// The pids of `user`'s processes whose command line contains `pattern`.
-fn processes_of(user: &str, pattern: &str) -> Vec<String> {
-    let output = std::process::Command::new("pgrep")
-        .args([
-            "-a",
-            "-u",
-            &common::users::uid(user).to_string(),
-            "-f",
-            pattern,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::hub::{Hub, HubOptions};
 use common::launch::{open_notebook_launch_link, run_first_cell, service_environment};
 use common::sse::{client, events, repo, spec_of};
-use common::users::{users, ALICE};
+use common::users::{processes_of, users, ALICE};
 use common::{slurm, GitRepo, Sandbox};
 use serde_json::Value;
 
@@ -242,20 +242,6 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
     let _ = std::fs::remove_dir_all(format!("/home/{ALICE}/{folder}"));
     // SlurmSpawner's default job output.
     let _ = std::fs::remove_file(format!("/home/{ALICE}/jupyterhub_slurmspawner_{job}.log"));
-}
-
-/// The pids and command lines of `user`'s processes whose command line contains
-/// `pattern`.
-fn processes_of(user: &str, pattern: &str) -> Vec<String> {
-    let output = std::process::Command::new("pgrep")
-        .args(["-a", "-u", &common::users::uid(user).to_string(), "-f"])
-        .arg(pattern)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

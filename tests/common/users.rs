@@ -156,3 +156,16 @@ pub fn as_user(user: &str, script: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// The pids and command lines (`pgrep -a`) of `user`'s processes whose command line
+/// contains `pattern`.
+pub fn processes_of(user: &str, pattern: &str) -> Vec<String> {
+    let output = Command::new("pgrep")
+        .args(["-a", "-u", &uid(user).to_string(), "-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
