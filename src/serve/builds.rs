@@ -192,6 +192,14 @@ impl Builds {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// Ask every running build to stop (SIGTERM: a Slurm build cancels its job).
+    pub fn terminate_all(&self) {
+        let pids: Vec<u32> = self.state().children.keys().copied().collect();
+        for pid in pids {
+            signal_group(pid, "TERM");
+        }
+    }
+
     /// Kill every running build (the shutdown grace ran out).
     pub fn kill_all(&self) {
         let pids: Vec<u32> = self.state().children.keys().copied().collect();

@@ -108,6 +108,12 @@ pub fn run(
             while builds.running() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
+            // SIGTERM first, so Slurm builds cancel their jobs; what is left is killed.
+            builds.terminate_all();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while builds.running() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
             builds.kill_all();
         });
         let mut stop_for_server = stop_rx.clone();
