@@ -19,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::bench::{percentile, rss_kb, time_to_ready, Service};
+use common::bench::{concurrent, percentile, rss_kb, time_to_ready, Service};
 use common::hubapi::{HubApi, HubUsers};
 use common::{GitRepo, Sandbox};
 
@@ -112,19 +112,7 @@ fn main() {
         git.commit("fifty");
         std::thread::sleep(Duration::from_secs(4));
         let before = metric(port, "hpcbinder_builds_total{outcome=\"ready\"}");
-        let times: Vec<Duration> = runtime.block_on(async {
-            let tasks: Vec<_> = (0..50)
-                .map(|_| {
-                    let (client, url) = (client.clone(), fresh_url.clone());
-                    tokio::spawn(async move { time_to_ready(&client, &url).await })
-                })
-                .collect();
-            let mut times = Vec::new();
-            for task in tasks {
-                times.push(task.await.unwrap().expect("ready"));
-            }
-            times
-        });
+        let times = concurrent(&runtime, &vec![fresh_url.clone(); 50]);
         let after = metric(port, "hpcbinder_builds_total{outcome=\"ready\"}");
         builds_per_round.push(after - before);
         let slowest = times.iter().max().copied().unwrap_or_default();

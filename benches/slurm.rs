@@ -17,29 +17,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::bench::{concurrent, percentile, Service};
+use common::bench::{concurrent, median, percentile, time, Service};
 use common::hubapi::{HubApi, HubUsers};
 use common::{slurm, GitRepo, Sandbox};
-
-fn timed(mut command: Command) -> Duration {
-    let start = Instant::now();
-    let output = command.output().unwrap();
-    let elapsed = start.elapsed();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    elapsed
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
@@ -97,7 +79,7 @@ fn main() {
             pair.reverse();
         }
         for (how, elapsed) in &mut pair {
-            *elapsed = timed(command(&["build", how, "--json", repo]));
+            *elapsed = time(command(&["build", how, "--json", repo]));
             sandbox.ok(&["rm", "--force", &key]);
         }
         if round == 0 {

@@ -82,6 +82,14 @@ fn start_until(
     panic!("the build ended ({status}) before the awaited event: {seen:?}");
 }
 
+/// The event of a build starting its postBuild.
+fn is_post_build(event: &serde_json::Value) -> bool {
+    event["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("Running postBuild")
+}
+
 fn finish(
     mut child: Child,
     mut seen: Vec<serde_json::Value>,
@@ -202,12 +210,7 @@ fn two_concurrent_submits_of_one_key_are_two_jobs_that_build_it_once() {
 fn scancel_mid_build_leaves_nothing_ready_and_the_next_submit_builds_it() {
     let sandbox = sandbox("");
     let repo = slow_repo(&sandbox, "cancelled", 8);
-    let (child, seen, lines) = start_until(submit(&sandbox, &["--json", &repo]), |e| {
-        e["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("Running postBuild")
-    });
+    let (child, seen, lines) = start_until(submit(&sandbox, &["--json", &repo]), is_post_build);
     let id = job_id(&seen);
     let status = slurm::command("scancel").arg(&id).status().unwrap();
     assert!(status.success());
@@ -259,12 +262,7 @@ fn a_build_job_killed_by_its_time_limit_says_so() {
 fn interrupting_a_submitted_build_cancels_its_job() {
     let sandbox = sandbox("");
     let repo = slow_repo(&sandbox, "interrupted", 30);
-    let (child, seen, lines) = start_until(submit(&sandbox, &["--json", &repo]), |e| {
-        e["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("Running postBuild")
-    });
+    let (child, seen, lines) = start_until(submit(&sandbox, &["--json", &repo]), is_post_build);
     let id = job_id(&seen);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
