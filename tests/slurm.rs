@@ -456,3 +456,37 @@ fn a_pending_job_is_a_waiting_event_with_slurms_reason() {
         .iter()
         .any(|e| e["job_state"] == "RUNNING" && e["phase"] == "building"));
 }
+
+#[test]
+fn a_build_failing_in_its_job_ends_as_the_same_build_fails_here() {
+    let sandbox = sandbox("");
+    let repo = sandbox.repo(
+        "unsatisfiable",
+        &[("requirements.txt", "no-such-package-hpcbinder==1.0\n")],
+    );
+    let here = sandbox.run(&["build", "--local", &repo]);
+    let there = submit(&sandbox, &[&repo]).output().unwrap();
+    assert_eq!(here.status.code(), Some(1), "{}", common::stderr(&here));
+    assert_eq!(there.status.code(), here.status.code());
+    let error_lines = |output: &Output| -> Vec<String> {
+        common::stderr(output)
+            .lines()
+            .filter(|l| l.starts_with("error:") || l.starts_with("hint:"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!error_lines(&here).is_empty());
+    assert_eq!(error_lines(&there), error_lines(&here));
+    // With --json the job's own `failed` event is the last.
+    let json = submit(&sandbox, &["--json", &repo]).output().unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    let events = events(&json);
+    let id = job_id(&events); // it failed in the job, not while planning
+    assert_eq!(slurm::wait_ended(&id, 30), "FAILED");
+    assert_eq!(events.last().unwrap()["phase"], "failed");
+    assert_eq!(
+        events.iter().filter(|e| e["phase"] == "failed").count(),
+        1,
+        "{events:?}"
+    );
+}
