@@ -490,3 +490,18 @@ fn a_build_failing_in_its_job_ends_as_the_same_build_fails_here() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_targets_own_slurm_options_send_its_builds_to_their_partition() {
+    let sandbox =
+        sandbox("[slurm]\npartition = \"debug\"\n[slurm.target.venv]\npartition = \"images\"\n");
+    let repo = sandbox.repo("imaged", &[("requirements.txt", "six==1.16.0\n")]);
+    let output = submit(&sandbox, &["--json", &repo]).output().unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let id = job_id(&events(&output));
+    let partition = slurm::command("squeue")
+        .args(["--noheader", "--states=all", "--format=%P", "--jobs", &id])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&partition.stdout).trim(), "images");
+}
