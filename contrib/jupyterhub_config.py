@@ -42,6 +42,8 @@ import os
 import re
 import shlex
 
+from tornado import web
+
 # The store the service builds into, and its kernels directory (`hpcbinder
 # jupyter-path` prints the directory that holds `kernels/`).
 HPCBINDER_STORE = os.environ.get("HPCBINDER_STORE", "/global/common/software/hpcbinder")
@@ -72,6 +74,12 @@ exec "$@"
 """
 
 
+def hpcbinder_refused(message):
+    """A launch the hook refuses: JupyterHub's REST API answers 400 with this message,
+    which the service shows on the launch page (any other exception is a bare 500)."""
+    return web.HTTPError(400, message.replace("%", "%%"))
+
+
 def hpcbinder_pre_spawn_hook(spawner):
     """Point a named server launched by hpcbinder at its environment and checkout."""
     if not hasattr(spawner, "_hpcbinder_cmd"):
@@ -90,35 +98,38 @@ def hpcbinder_pre_spawn_hook(spawner):
     commit = str(options.get("ref") or "")
     repo = str(options.get("repo_url") or "")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", kernel) or kernel.startswith("."):
-        raise ValueError("hpcbinder: invalid kernel name in user_options")
+        raise hpcbinder_refused("hpcbinder: invalid kernel name in user_options")
     if not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
-        raise ValueError("hpcbinder: the launch names no commit")
+        raise hpcbinder_refused("hpcbinder: the launch names no commit")
     if not repo or repo.startswith("-"):
-        raise ValueError("hpcbinder: the launch names no repository")
+        raise hpcbinder_refused("hpcbinder: the launch names no repository")
     kernels = os.path.realpath(HPCBINDER_KERNELS)
     kernel_dir = os.path.join(kernels, kernel)
-    with open(os.path.join(kernel_dir, "kernel.json")) as f:
-        spec = json.load(f)
-    helper = spec["argv"][0]
+    try:
+        with open(os.path.join(kernel_dir, "kernel.json")) as f:
+            spec = json.load(f)
+        helper = spec["argv"][0]
+        prefix = os.path.realpath(spec["metadata"]["hpcbinder"]["prefix"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        raise hpcbinder_refused(f"hpcbinder: the store has no kernel {kernel}") from None
     store = os.path.realpath(HPCBINDER_STORE)
-    prefix = os.path.realpath(spec["metadata"]["hpcbinder"]["prefix"])
     if os.path.realpath(helper) != os.path.join(kernel_dir, "kernel-helper.sh"):
-        raise ValueError(f"hpcbinder: kernel {kernel} has no helper of its own")
+        raise hpcbinder_refused(f"hpcbinder: kernel {kernel} has no helper of its own")
     if os.path.dirname(prefix) != os.path.join(store, "e") or not os.path.isfile(prefix + ".toml"):
-        raise ValueError(f"hpcbinder: the environment of kernel {kernel} is not ready in the store")
+        raise hpcbinder_refused(f"hpcbinder: the environment of kernel {kernel} is not ready in the store")
     image = spec["metadata"]["hpcbinder"].get("image")
     # A Charliecloud image is the directory `image` in the environment's folder, its
     # environment in /opt/env; a native environment is the prefix.
     env_bin = os.path.join(prefix, "image", "opt", "env", "bin") if image else os.path.join(prefix, "bin")
     if image and os.path.realpath(image) != os.path.join(prefix, "image"):
-        raise ValueError(f"hpcbinder: kernel {kernel} runs an image this hook cannot start")
+        raise hpcbinder_refused(f"hpcbinder: kernel {kernel} runs an image this hook cannot start")
     if not os.path.exists(os.path.join(env_bin, "jupyterhub-singleuser")):
-        raise ValueError(
+        raise hpcbinder_refused(
             f"hpcbinder: the environment of kernel {kernel} has no jupyterhub-singleuser "
             "(build it with --with-server)"
         )
     if batch and not os.path.exists(os.path.join(env_bin, "batchspawner-singleuser")):
-        raise ValueError(
+        raise hpcbinder_refused(
             f"hpcbinder: the environment of kernel {kernel} has no batchspawner-singleuser "
             "(add batchspawner to hpcbinder's server-packages)"
         )

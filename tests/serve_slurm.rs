@@ -113,25 +113,26 @@ fn word_after<'a>(text: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {label} in {text}"))
 }
 
-#[test]
-fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environment_real_slurm_hub_and_browser(
-) {
+/// A Hub whose spawner is SlurmSpawner, set up as contrib/jupyterhub_config.py's header
+/// says (it submits with `sudo -E -u <user> sbatch`; the Hub's own squeue and scancel
+/// need the cluster's config, which a site has in /etc/slurm), with the contrib hook,
+/// and the service in server mode building with `server_packages`. Returns the Hub, the
+/// folder of the user's checkouts and the user's server jobs (by their unique name).
+fn start_with_slurmspawner(sandbox: &Sandbox, server_packages: &str) -> (Hub, String, JobsNamed) {
     use std::os::unix::fs::PermissionsExt;
     let conf = slurm::conf();
     users();
-    let sandbox = Sandbox::new();
     // The user's job reaches the store and the repositories through the sandbox.
     std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     common::launch::trust_repositories(ALICE);
-    let tag = tag(&sandbox);
+    let tag = tag(sandbox);
     let folder = format!("slurm-{tag}");
-    let job_name = format!("hpcb-lab-{tag}");
     let jobs = JobsNamed {
         user: ALICE,
-        name: job_name.clone(),
+        name: format!("hpcb-lab-{tag}"),
     };
-    // The environment's Python is Debian's (the user can run it); the server's packages,
-    // batchspawner among them, come from scripts/hub-deps' wheels.
+    // The environment's Python is Debian's (the user can run it); the server's packages
+    // come from scripts/hub-deps' wheels.
     let deps = common::test_deps();
     let hub_deps = common::hub::hub_deps();
     std::fs::write(
@@ -139,7 +140,7 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
         format!(
             "python = \"/usr/bin/python3\"\nuv = \"{}\"\npip-find-links = [\"{}\", \"{}\"]\n\
              pip-no-index = true\nkernel-package = \"pip\"\nlocal-sources = true\n\
-             server-packages = [\"jupyterhub==5.*\", \"jupyterlab\", \"batchspawner\"]\n\
+             server-packages = {server_packages}\n\
              [serve]\nlaunch = \"server\"\nnamed-server-limit = 1\nshutdown-grace = 5\n",
             deps.uv.display(),
             deps.wheelhouse.display(),
@@ -147,11 +148,8 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
         ),
     )
     .unwrap();
-    // SlurmSpawner as a site sets it up (contrib/jupyterhub_config.py's header): it
-    // submits with `sudo -E -u <user> sbatch`; the Hub's own squeue and scancel need the
-    // cluster's config, which a site has in /etc/slurm.
     let hub = Hub::start(HubOptions {
-        service_environment: slurm_service_environment(&sandbox),
+        service_environment: slurm_service_environment(sandbox),
         allowed_users: vec![ALICE.into()],
         other_users: Vec::new(),
         extra_config: format!(
@@ -164,12 +162,24 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
              exec(open(\"{contrib}\").read())\nHPCBINDER_STORE = \"{store}\"\n\
              HPCBINDER_KERNELS = \"{store}/kernels\"\nHPCBINDER_FOLDER = \"{folder}\"\n",
             conf = conf.display(),
+            job_name = jobs.name,
             contrib = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("contrib/jupyterhub_config.py")
                 .display(),
             store = sandbox.store().display(),
         ),
     });
+    (hub, folder, jobs)
+}
+
+#[test]
+fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environment_real_slurm_hub_and_browser(
+) {
+    let sandbox = Sandbox::new();
+    let (hub, folder, jobs) = start_with_slurmspawner(
+        &sandbox,
+        "[\"jupyterhub==5.*\", \"jupyterlab\", \"batchspawner\"]",
+    );
     let spec = job_repo(&sandbox);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let browser = open_notebook_launch_link(&hub, &spec, ALICE);
@@ -302,4 +312,33 @@ fn builder_slurm_the_launch_services_build_streams_to_ready_through_a_slurm_job_
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&limit.stdout).trim(), "debug|20:00");
+}
+
+#[test]
+fn server_mode_with_slurmspawner_refuses_an_environment_without_batchspawner_real_slurm_and_hub() {
+    let sandbox = Sandbox::new();
+    let (hub, _, jobs) = start_with_slurmspawner(&sandbox, "[\"jupyterhub==5.*\", \"jupyterlab\"]");
+    let spec = job_repo(&sandbox);
+    let token = hub.user_token(ALICE);
+    let body = client()
+        .get(hub.url(&format!("/services/binder/build/{spec}")))
+        .header("Accept", "text/event-stream")
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let last = events(&body).last().cloned().unwrap();
+    assert_eq!(last["phase"], "failed", "{body}\n{}", hub.log());
+    // The hook says what is missing, and nothing is submitted.
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains("(400)")
+            && message.contains(
+                "has no batchspawner-singleuser (add batchspawner to hpcbinder's server-packages)"
+            ),
+        "{body}\n{}",
+        hub.log()
+    );
+    assert_eq!(jobs.list(), Vec::new());
 }
