@@ -71,6 +71,7 @@ macro_rules! domain_errors {
 
 domain_errors! {
     SourceError => crate::source::SourceError,
+    ArchiveError => crate::source::archive::ArchiveError,
     DetectError => crate::detect::DetectError,
     ConfigError => crate::settings::ConfigError,
     PlanError => crate::plan::PlanError,

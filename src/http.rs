@@ -29,6 +29,38 @@ pub enum HttpError {
     },
 }
 
+impl HttpError {
+    /// Worth trying again: no answer, or the server said so (5xx, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+        }
+    }
+}
+
+/// Tries for a request that fails transiently, with backoff (0.5 s, 1 s, 2 s between).
+const ATTEMPTS: u32 = 4;
+
+/// Run `attempt` until it succeeds, fails for good, or has been tried [`ATTEMPTS`] times.
+pub fn retry<T, E>(
+    mut attempt: impl FnMut() -> Result<T, E>,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut delay = Duration::from_millis(500);
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(e) if tries < ATTEMPTS && transient(&e) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A successful answer.
 #[derive(Debug)]
 pub struct Response {
@@ -55,6 +87,68 @@ pub fn head(settings: &Settings, url: &str, timeout: Duration) -> Result<(), Htt
     request(settings, reqwest::Method::HEAD, url, None, timeout).map(|_| ())
 }
 
+/// GET `url` and hand its body to `sink` chunk by chunk as it arrives (never all in
+/// memory); `timeout` bounds each read, not the whole transfer. The bytes received.
+pub fn download(
+    settings: &Settings,
+    url: &str,
+    timeout: Duration,
+    sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+) -> Result<u64, HttpError> {
+    let redacted = crate::source::redact(url);
+    let unreachable = |message: String| HttpError::Unreachable {
+        url: redacted.clone(),
+        message,
+    };
+    let client = client(settings, None, timeout).map_err(unreachable)?;
+    let url = url.to_string();
+    let work = async move {
+        let mut response = client.get(&url).send().await.map_err(|e| chain(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Ok(Err(status.as_u16()));
+        }
+        let mut bytes = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| chain(&e))? {
+            sink(&chunk).map_err(|e| format!("cannot write what it sent: {e}"))?;
+            bytes += chunk.len() as u64;
+        }
+        Ok::<_, String>(Ok(bytes))
+    };
+    let outcome = crate::blocking::block_on(work)
+        .map_err(|e| e.to_string())
+        .and_then(|result| result);
+    match outcome.map_err(unreachable)? {
+        Ok(bytes) => Ok(bytes),
+        Err(status) => Err(HttpError::Status {
+            url: redacted,
+            status,
+        }),
+    }
+}
+
+/// A client with the site's CA bundle; `total` bounds whole requests, `read` each read.
+fn client(
+    settings: &Settings,
+    total: Option<Duration>,
+    read: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .read_timeout(read)
+        .connect_timeout(read.min(Duration::from_secs(10)))
+        .user_agent(concat!("hpcbinder/", env!("CARGO_PKG_VERSION")));
+    if let Some(total) = total {
+        builder = builder.timeout(total);
+    }
+    if let Some(bundle) = settings.ca_bundle() {
+        let pem = fs_err::read(&bundle).map_err(|e| e.to_string())?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("the CA bundle {}: {e}", bundle.display()))?;
+        builder = builder.tls_certs_only(certificates);
+    }
+    builder.build().map_err(|e| chain(&e))
+}
+
 fn request(
     settings: &Settings,
     method: reqwest::Method,
@@ -67,17 +161,7 @@ fn request(
         url: redacted.clone(),
         message,
     };
-    let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .user_agent(concat!("hpcbinder/", env!("CARGO_PKG_VERSION")));
-    if let Some(bundle) = settings.ca_bundle() {
-        let pem = fs_err::read(&bundle).map_err(|e| unreachable(e.to_string()))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| unreachable(format!("the CA bundle {}: {e}", bundle.display())))?;
-        builder = builder.tls_certs_only(certificates);
-    }
-    let client = builder.build().map_err(|e| unreachable(chain(&e)))?;
+    let client = client(settings, Some(timeout), timeout).map_err(unreachable)?;
     let url = url.to_string();
     let accept = accept.map(str::to_string);
     let work = async move {

@@ -20,6 +20,9 @@
 //! - [`collab`] keeps collaborations' pins and their shared kernels, and manages the store
 //!   (`list`, `show`, `rm`, `gc`, `export`); [`sources`] is the site's allow-list of
 //!   package sources.
+//! - [`records`] fetches archived records (a DOI, `zenodo/<doi>`): the DOI resolved to a
+//!   record id first, each file downloaded once into a checksum-keyed cache and verified,
+//!   a single archive unpacked one level by [`source::archive`]'s hostile-archive rules.
 //! - [`slurm`] is the `slurm` builder: `build --submit` (and `builder = "slurm"`, in the
 //!   CLI and the service) runs `hpcbinder build --local --json` as a batch job, relays its
 //!   events from the store's jobs folder and cancels it on SIGINT/SIGTERM.
@@ -125,6 +128,7 @@ pub mod plan;
 pub mod printer;
 pub mod python;
 mod recipe;
+pub mod records;
 pub mod serve;
 pub mod settings;
 mod shell;

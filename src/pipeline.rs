@@ -118,8 +118,15 @@ pub fn checkout_and_detect(
         hosts: settings.source_hosts.clone(),
         allow_local: settings.local_sources,
     };
-    let checkout = source::checkout(&spec, &settings.cache_dir(), &policy, reporter)
-        .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
+    let checkout = match &spec {
+        source::RepoSpec::Record {
+            provider,
+            doi,
+            reference,
+        } => crate::records::checkout(*provider, doi, reference.as_deref(), settings, reporter),
+        _ => source::checkout(&spec, &settings.cache_dir(), &policy, reporter),
+    }
+    .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;
     reporter.phase(Phase::Building, "Detecting the environment");
     let env = crate::detect::detect(&checkout.root, &settings.conda.platform)
         .context("detection failed")?;
@@ -139,8 +146,8 @@ pub fn prepare(
     let (checkout, spec) = checkout_and_detect(repository, settings, reporter)?;
     // Someone else's repository must not point builds at other indexes or channels
     // (request forgery, another tenant's files); a local one is the user's own choice.
-    let remote =
-        checkout.identity.kind == "git" && !checkout.identity.origin.starts_with("file://");
+    let remote = checkout.identity.kind == "record"
+        || (checkout.identity.kind == "git" && !checkout.identity.origin.starts_with("file://"));
     crate::sources::check(&spec, settings, !remote)?;
     let target = plan::choose_target(&spec, settings)?;
     if !matches!(spec.buildpack, Buildpack::Docker | Buildpack::Nix) {

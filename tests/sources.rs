@@ -276,11 +276,11 @@ fn credentials_in_urls_are_redacted_in_errors() {
 }
 
 #[test]
-fn archive_providers_are_rejected_clearly() {
+fn archive_providers_not_supported_yet_are_rejected_clearly() {
     let sandbox = Sandbox::new();
     for spec in [
-        "zenodo/10.5281/zenodo.3242074",
         "figshare/10.6084/m9.figshare.9782777.v1",
+        "dataverse/10.7910/DVN/TJCLKP",
     ] {
         let output = sandbox.run(&["detect", spec]);
         assert_eq!(output.status.code(), Some(1));

@@ -72,10 +72,13 @@ pub fn run(
                 (config.launch != config::Launch::None)
                     .then(|| crate::collab::kernels_dir(settings)),
             )),
-            resolver: providers::Resolver::new(crate::source::Policy {
-                hosts: settings.source_hosts.clone(),
-                allow_local: settings.local_sources,
-            }),
+            resolver: providers::Resolver::new(
+                crate::source::Policy {
+                    hosts: settings.source_hosts.clone(),
+                    allow_local: settings.local_sources,
+                },
+                settings.clone(),
+            ),
             settings: settings.clone(),
             health: tokio::sync::Mutex::new(None),
             config: config.clone(),

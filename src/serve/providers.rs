@@ -40,6 +40,22 @@ impl Repo {
             return Err(format!("No provider found for prefix {provider}"));
         }
         let spec = raw_spec.trim_end_matches('/').to_string();
+        if provider == "zenodo" {
+            // A record: the DOI is the whole spec; the record it resolves to is the "commit".
+            let parsed = spec::parse_provider(&format!("zenodo/{spec}"))
+                .map_err(|e| crate::printer::sanitize_line(&with_causes(&e)))?;
+            let RepoSpec::Record { doi, .. } = parsed else {
+                return Err("not a Zenodo DOI".into());
+            };
+            return Ok(Self {
+                provider: provider.to_string(),
+                head: doi.clone(),
+                unresolved_ref: "latest".into(),
+                url: format!("zenodo/{doi}"),
+                slug: "zenodo".into(),
+                spec,
+            });
+        }
         let (head, unresolved_ref) = match provider {
             "gh" => {
                 let mut parts = spec.splitn(3, '/');
@@ -92,7 +108,11 @@ impl Repo {
 
     /// `v2/<provider>/<spec at the commit>` (BinderHub's `binder_persistent_request`).
     pub fn persistent_request(&self, commit: &str) -> String {
-        format!("v2/{}/{}/{commit}", self.provider, self.head)
+        match commit.strip_prefix("zenodo-") {
+            // Every Zenodo version has its own DOI, 10.5281/zenodo.<record id>.
+            Some(id) if self.provider == "zenodo" => format!("v2/zenodo/10.5281/zenodo.{id}"),
+            _ => format!("v2/{}/{}/{commit}", self.provider, self.head),
+        }
     }
 
     /// A page showing the repository at `commit` (BinderHub's `binder_ref_url`).
@@ -101,6 +121,7 @@ impl Repo {
             "gh" => format!("{}/tree/{commit}", self.url),
             "gl" => format!("{}/tree/{commit}", self.url.trim_end_matches(".git")),
             "gist" => format!("{}/{commit}", self.url.trim_end_matches(".git")),
+            "zenodo" => format!("https://doi.org/{}", self.head),
             _ => crate::source::redact(&self.url),
         }
     }
@@ -169,6 +190,12 @@ pub fn display_configs(enabled: &[String]) -> serde_json::Value {
             "repo": {"label": "Gist ID (username/gistId) or URL", "placeholder": "", "urlEncode": false},
             "ref": {"enabled": true, "default": "HEAD"}
         }),
+        json!({
+            "displayName": "Zenodo DOI", "id": "zenodo",
+            "spec": {"validateRegex": "10\\.\\d+\\/(.)+"},
+            "repo": {"label": "Zenodo DOI", "placeholder": "example: 10.5281/zenodo.3242074", "urlEncode": false},
+            "ref": {"enabled": false}
+        }),
     ];
     serde_json::Value::Array(
         all.into_iter()
@@ -187,6 +214,8 @@ type Gate = std::sync::Arc<tokio::sync::Mutex<()>>;
 pub struct Resolver {
     cache: Mutex<HashMap<RefKey, (Instant, Option<String>)>>,
     policy: crate::source::git::Policy,
+    /// For records: the `[records]` table, the CA bundle.
+    settings: std::sync::Arc<crate::settings::Settings>,
     /// One resolution at a time per (url, ref): the rest wait for its answer.
     inflight: tokio::sync::Mutex<HashMap<RefKey, Gate>>,
 }
@@ -196,10 +225,11 @@ pub const RESOLVE_TTL: Duration = Duration::from_secs(3);
 
 impl Resolver {
     /// A resolver that checks every URL against `policy` first.
-    pub fn new(policy: crate::source::git::Policy) -> Self {
+    pub fn new(policy: crate::source::git::Policy, settings: crate::settings::Settings) -> Self {
         Self {
             cache: Mutex::new(HashMap::new()),
             policy,
+            settings: std::sync::Arc::new(settings),
             inflight: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -227,8 +257,15 @@ impl Resolver {
             return Ok(hit);
         }
         let (url, reference, policy) = (key.0.clone(), key.1.clone(), self.policy.clone());
-        let answer = tokio::task::spawn_blocking(move || {
-            crate::source::git::ls_remote(&url, &reference, &policy)
+        let settings = self.settings.clone();
+        let record = (repo.provider == "zenodo").then(|| repo.head.clone());
+        let answer = tokio::task::spawn_blocking(move || match record {
+            Some(doi) => crate::records::resolve(
+                crate::source::spec::RecordProvider::Zenodo,
+                &doi,
+                &settings,
+            ),
+            None => crate::source::git::ls_remote(&url, &reference, &policy),
         })
         .await
         .map_err(|e| e.to_string())?

@@ -15,7 +15,7 @@ use crate::target::Target;
 use crate::variables;
 
 mod tables;
-pub use tables::{Builder, ServeTable, SlurmTable};
+pub use tables::{Builder, RecordsTable, ServeTable, SlurmTable};
 
 /// Errors in configuration.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +201,7 @@ config_keys! {
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
     builder: String = "builder", "Where builds run: local (this machine; the default) or slurm (each build a Slurm batch job, as `build --submit` does; the launch service's builds too).";
     slurm: SlurmTable = "slurm", "The batch jobs of slurm builds ([slurm]): partition, qos, account, time, cpus, memory, sbatch-args, hpcbinder (the executable jobs run), and per-target overrides in [slurm.target.<target>] (see SLURM).";
+    records: RecordsTable = "records", "Where archived records are looked up ([records]): doi-resolver (the DOI handle API's base URL, default https://doi.org) and zenodo (default https://zenodo.org).";
     serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, named-server-limit, content, content-folder (see SERVICE).";
 }
 
@@ -238,6 +239,8 @@ pub struct Settings {
     pub builder: Builder,
     /// The `[slurm]` table: the batch jobs of `slurm` builds.
     pub slurm: SlurmTable,
+    /// The `[records]` table: DOI resolver and providers' base URLs.
+    pub records: RecordsTable,
     /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
     pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).
@@ -530,6 +533,9 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             .unwrap_or_default(),
         builder,
         slurm,
+        records: layers
+            .pick("records", |f| f.records.clone())
+            .unwrap_or_default(),
         store_maintainers: layers
             .pick("store-maintainers", |f| f.store_maintainers.clone())
             .unwrap_or_default(),

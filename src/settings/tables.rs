@@ -175,3 +175,33 @@ impl SlurmTable {
         None
     }
 }
+
+/// The `[records]` table: where archived records (DOIs, Zenodo) are looked up. Each is a
+/// base URL; tests and sites with mirrors point them elsewhere.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RecordsTable {
+    /// The DOI resolver whose handle API (`/api/handles/<doi>`) turns a DOI into a URL
+    /// (default https://doi.org).
+    pub doi_resolver: Option<String>,
+    /// Zenodo (default https://zenodo.org): its records API is `<zenodo>/api/records/`.
+    pub zenodo: Option<String>,
+}
+
+impl RecordsTable {
+    /// The DOI resolver's base URL, without a trailing `/`.
+    pub fn doi_resolver(&self) -> &str {
+        self.doi_resolver
+            .as_deref()
+            .unwrap_or("https://doi.org")
+            .trim_end_matches('/')
+    }
+
+    /// Zenodo's base URL, without a trailing `/`.
+    pub fn zenodo(&self) -> &str {
+        self.zenodo
+            .as_deref()
+            .unwrap_or("https://zenodo.org")
+            .trim_end_matches('/')
+    }
+}

@@ -5,6 +5,7 @@
 //! reuse; a cached clone is checked to belong to the same origin before it is trusted.
 //! A local plain folder's identity is a content digest of its files.
 
+pub mod archive;
 pub mod git;
 mod local;
 pub mod spec;
@@ -80,6 +81,24 @@ pub enum SourceError {
         /// git's message (redacted).
         message: String,
     },
+    /// A record's provider failed or answered something unusable.
+    #[error("{provider}: {message}")]
+    Record {
+        /// The provider (`Zenodo`, `the DOI resolver`).
+        provider: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A downloaded file does not match the checksum its provider publishes.
+    #[error("{file} does not match its published checksum ({expected}; downloaded {found})")]
+    Checksum {
+        /// The file's path in the record.
+        file: String,
+        /// The published checksum.
+        expected: String,
+        /// The downloaded file's.
+        found: String,
+    },
     /// Another git operation failed.
     #[error("git failed on {path}")]
     Git {
@@ -110,7 +129,16 @@ impl Diagnostic for SourceError {
             {
                 Blame::User
             }
-            Self::Fetch { .. } | Self::Git { .. } | Self::Io(_) => Blame::Environment,
+            Self::Record { message, .. }
+                if message.contains("does not exist") || message.contains("not found") =>
+            {
+                Blame::User
+            }
+            Self::Fetch { .. }
+            | Self::Git { .. }
+            | Self::Io(_)
+            | Self::Record { .. }
+            | Self::Checksum { .. } => Blame::Environment,
             _ => Blame::User,
         }
     }
@@ -129,6 +157,8 @@ impl Diagnostic for SourceError {
             Self::AmbiguousRef { .. } => Some("give more characters of the commit id".into()),
             Self::BadRef { .. } => Some("refs are branch names, tags or commit ids, e.g. main, v1.2, 3f2a9c1".into()),
             Self::Fetch { .. } => Some("check the URL and your network or proxy settings (https_proxy)".into()),
+            Self::Record { .. } => Some("check the DOI, your network or proxy settings (https_proxy), and the [records] table's URLs (`hpcbinder config show`)".into()),
+            Self::Checksum { .. } => Some("the download was damaged or the provider's file changed; nothing was kept, so run the build again".into()),
             _ => None,
         }
     }
@@ -137,7 +167,7 @@ impl Diagnostic for SourceError {
 /// Who the checkout is: where it came from and exactly which content it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {
-    /// `git` or `directory`.
+    /// `git`, `directory` or `record`.
     pub kind: &'static str,
     /// The origin URL (credentials redacted) or `file://` path.
     pub origin: String,
@@ -172,6 +202,18 @@ pub struct Checkout {
     /// A short name for kernels and images.
     pub slug: String,
     _lock: Option<fs_err::File>,
+}
+
+impl Checkout {
+    /// A checkout of `root` (no lock to hold).
+    pub fn new(root: PathBuf, identity: Identity, slug: String) -> Self {
+        Self {
+            root,
+            identity,
+            slug,
+            _lock: None,
+        }
+    }
 }
 
 /// Get a checkout for a spec: a local directory as it is, or a clone in the cache.
@@ -212,6 +254,11 @@ pub fn checkout(
             let slug = local::slug_for_dir(&absolute);
             git::checkout(&url, Some(reference), slug, cache_dir, policy, reporter)
         }
+        RepoSpec::Record { provider, doi, .. } => Err(SourceError::Unsupported {
+            spec: doi.clone(),
+            // Records are fetched over HTTP by the records module, not here.
+            provider: provider.name().to_string(),
+        }),
         RepoSpec::Git {
             url,
             reference,

@@ -20,6 +20,17 @@ pub enum RepoSpec {
         /// A ref to check out, for git work trees.
         reference: Option<String>,
     },
+    /// An archived record (a DOI or a provider's record), downloaded over HTTP.
+    Record {
+        /// Which provider answers for it ([`RecordProvider::Doi`]: whichever the DOI
+        /// resolves to).
+        provider: RecordProvider,
+        /// The DOI (`10.5281/zenodo.3242074`), as given.
+        doi: String,
+        /// The record it must resolve to (`zenodo-<id>`), as `--ref` (the launch service
+        /// passes the one it resolved, so a new version meanwhile is an error).
+        reference: Option<String>,
+    },
     /// A git repository to clone.
     Git {
         /// The clone URL (may carry credentials; redact before showing).
@@ -31,8 +42,27 @@ pub enum RepoSpec {
     },
 }
 
+/// Archive providers hpcbinder downloads records from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordProvider {
+    /// A bare DOI: the provider it resolves to.
+    Doi,
+    /// Zenodo (and InvenioRDM sites configured as Zenodo).
+    Zenodo,
+}
+
+impl RecordProvider {
+    /// The provider's BinderHub prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Doi => "doi",
+            Self::Zenodo => "zenodo",
+        }
+    }
+}
+
 /// BinderHub providers that fetch archives rather than git repositories; not yet supported.
-const ARCHIVE_PROVIDERS: &[&str] = &["zenodo", "figshare", "hydroshare", "dataverse", "ckan"];
+const ARCHIVE_PROVIDERS: &[&str] = &["figshare", "hydroshare", "dataverse", "ckan"];
 
 /// URL schemes we hand to git.
 const GIT_SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];
@@ -53,6 +83,13 @@ pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError
     if path.is_dir() {
         return Ok(RepoSpec::Local {
             path,
+            reference: cli_ref.map(str::to_string),
+        });
+    }
+    if let Some(RepoSpec::Record { provider, doi, .. }) = record_spec(input)? {
+        return Ok(RepoSpec::Record {
+            provider,
+            doi,
             reference: cli_ref.map(str::to_string),
         });
     }
@@ -117,6 +154,9 @@ fn git_spec(
 /// this machine, whatever directories the service's working directory holds.
 pub fn parse_provider(spec: &str) -> Result<RepoSpec, SourceError> {
     refuse_option_like("repository", spec)?;
+    if let Some(record) = record_spec(spec)? {
+        return Ok(record);
+    }
     let (url, reference, slug) = provider_spec(spec, spec)?;
     git_spec(spec, url, reference, None, slug)
 }
@@ -129,7 +169,53 @@ fn bad(spec: &str, reason: &str) -> SourceError {
 }
 
 fn is_provider(name: &str) -> bool {
-    matches!(name, "gh" | "gl" | "git" | "gist") || ARCHIVE_PROVIDERS.contains(&name)
+    matches!(name, "gh" | "gl" | "git" | "gist" | "zenodo") || ARCHIVE_PROVIDERS.contains(&name)
+}
+
+/// `zenodo/<doi>`, `doi:<doi>`, `https://doi.org/<doi>` (and launch URLs of them).
+fn record_spec(input: &str) -> Result<Option<RepoSpec>, SourceError> {
+    let launch = launch_url_spec(input);
+    let spec = launch.as_deref().unwrap_or(input);
+    let (provider, doi) = if let Some(doi) = spec.strip_prefix("zenodo/") {
+        (RecordProvider::Zenodo, decode(doi))
+    } else if let Some(doi) = spec.strip_prefix("doi:") {
+        (RecordProvider::Doi, doi.to_string())
+    } else if let Some(doi) = ["https://doi.org/", "http://doi.org/", "https://dx.doi.org/"]
+        .iter()
+        .find_map(|prefix| spec.strip_prefix(prefix))
+    {
+        (RecordProvider::Doi, decode(doi))
+    } else {
+        return Ok(None);
+    };
+    if !is_doi(&doi) {
+        return Err(bad(
+            input,
+            "expected a DOI such as 10.5281/zenodo.3242074 (BinderHub's `10\\.\\d+/.+`)",
+        ));
+    }
+    Ok(Some(RepoSpec::Record {
+        provider,
+        doi,
+        reference: None,
+    }))
+}
+
+/// BinderHub's DOI grammar, `10\.\d+/(.)+`, with nothing a URL or a shell would read.
+fn is_doi(text: &str) -> bool {
+    let Some((prefix, suffix)) = text.split_once('/') else {
+        return false;
+    };
+    let Some(registrant) = prefix.strip_prefix("10.") else {
+        return false;
+    };
+    !registrant.is_empty()
+        && !suffix.split('/').any(|s| s == ".." || s == ".")
+        && registrant.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !suffix.is_empty()
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%' | b'\\'))
 }
 
 /// `https://host/.../v2/<provider>/<spec>?urlpath=...` → `<provider>/<spec>`.
@@ -514,9 +600,43 @@ mod tests {
             matches!(parse("gh/org/repo", None), Err(SourceError::BadSpec { reason, .. }) if reason.contains("gh/org/repo/HEAD"))
         );
         assert!(matches!(
-            parse("zenodo/10.5281/zenodo.1", None),
+            parse("figshare/10.6084/m9.figshare.9782777", None),
             Err(SourceError::Unsupported { .. })
         ));
+        assert!(matches!(
+            parse("zenodo/10.5281/zenodo.1", None),
+            Ok(RepoSpec::Record { provider: RecordProvider::Zenodo, ref doi, reference: None }) if doi == "10.5281/zenodo.1"
+        ));
+        assert!(matches!(
+            parse("https://doi.org/10.5281/zenodo.1", Some("zenodo-1")),
+            Ok(RepoSpec::Record {
+                provider: RecordProvider::Doi,
+                reference: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(
+                "https://mybinder.org/v2/zenodo/10.5281/zenodo.1?urlpath=lab",
+                None
+            ),
+            Ok(RepoSpec::Record {
+                provider: RecordProvider::Zenodo,
+                ..
+            })
+        ));
+        for hostile in [
+            "doi:10.1/../x",
+            "doi:10.1/a?b",
+            "zenodo/11.1/x",
+            "doi:10.x/y",
+            "doi:10.1/",
+        ] {
+            assert!(
+                matches!(parse(hostile, None), Err(SourceError::BadSpec { .. })),
+                "{hostile}"
+            );
+        }
         assert!(matches!(
             parse("-uhack", None),
             Err(SourceError::Hostile { .. })

@@ -408,6 +408,7 @@ pub mod hub;
 pub mod hubapi;
 pub mod jupyter;
 pub mod launch;
+pub mod records;
 pub mod slurm;
 pub mod sse;
 pub mod users;

@@ -1,0 +1,209 @@
+//! A loopback server that answers like doi.org's handle API and Zenodo's (InvenioRDM)
+//! records API, with the shapes repo2docker's Zenodo provider reads: the DOI's handle
+//! (`/api/handles/<doi>` → `values[type=URL].data.value`), the record
+//! (`/api/records/<id>` → `links.files`), its file list (`entries[]` with `key`,
+//! `checksum` `md5:<hex>`, `size`, `links.content`) and each file's content. Tests
+//! publish records, tamper with files and take the server down.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use md5::Digest as _;
+
+type Routes = Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>>;
+
+/// The running server (doi.org and Zenodo on one loopback port).
+pub struct RecordServer {
+    pub port: u16,
+    routes: Routes,
+    down: Arc<AtomicBool>,
+    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl RecordServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().unwrap().port();
+        let routes: Routes = Arc::default();
+        let down = Arc::new(AtomicBool::new(false));
+        let hits: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let (r, d, h) = (routes.clone(), down.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (r, d, h) = (r.clone(), d.clone(), h.clone());
+                std::thread::spawn(move || serve(stream, &r, &d, &h));
+            }
+        });
+        Self {
+            port,
+            routes,
+            down,
+            hits,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`: the base of both the DOI resolver and Zenodo.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The site config's `[records]` table pointing at this server.
+    pub fn config(&self) -> String {
+        format!(
+            "[records]\ndoi-resolver = \"{0}\"\nzenodo = \"{0}\"\n",
+            self.base()
+        )
+    }
+
+    fn route(&self, path: &str, content_type: &str, body: Vec<u8>) {
+        self.routes
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (content_type.to_string(), body));
+    }
+
+    /// Publish Zenodo record `id` with `files`, and point `doi` at it.
+    pub fn publish(&self, doi: &str, id: u64, files: &[(&str, Vec<u8>)]) {
+        let base = self.base();
+        let entries: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = format!("/api/records/{id}/files/{name}/content");
+                self.route(&path, "application/octet-stream", bytes.clone());
+                serde_json::json!({
+                    "key": name,
+                    "checksum": format!("md5:{}", hex::encode(md5::Md5::digest(bytes))),
+                    "size": bytes.len(),
+                    "mimetype": "application/octet-stream",
+                    "links": {"content": format!("{base}{path}"), "self": format!("{base}/api/records/{id}/files/{name}")},
+                })
+            })
+            .collect();
+        self.route(
+            &format!("/api/records/{id}/files"),
+            "application/json",
+            serde_json::json!({"enabled": true, "entries": entries, "links": {"self": format!("{base}/api/records/{id}/files")}})
+                .to_string()
+                .into_bytes(),
+        );
+        self.route(
+            &format!("/api/records/{id}"),
+            "application/json",
+            serde_json::json!({
+                "id": id.to_string(),
+                "doi": doi,
+                "metadata": {"title": "a test record", "resource_type": {"id": "software"}, "upload_type": "software"},
+                "links": {"files": format!("{base}/api/records/{id}/files"), "self_html": format!("{base}/records/{id}")},
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        self.point(doi, &format!("{base}/records/{id}"));
+    }
+
+    /// The DOI's handle names `url`.
+    pub fn point(&self, doi: &str, url: &str) {
+        self.route(
+            &format!("/api/handles/{doi}"),
+            "application/json",
+            serde_json::json!({
+                "responseCode": 1,
+                "handle": doi,
+                "values": [
+                    {"index": 1, "type": "URL", "data": {"format": "string", "value": url}, "ttl": 86400},
+                    {"index": 100, "type": "HS_ADMIN", "data": {"format": "admin", "value": {}}},
+                ],
+            })
+            .to_string()
+            .into_bytes(),
+        );
+    }
+
+    /// Serve other bytes for record `id`'s `name` than its checksum says.
+    pub fn tamper(&self, id: u64, name: &str, bytes: Vec<u8>) {
+        self.route(
+            &format!("/api/records/{id}/files/{name}/content"),
+            "application/octet-stream",
+            bytes,
+        );
+    }
+
+    /// Answer every request with 503 (a provider that is down).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Requests for `path` so far.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    routes: &Routes,
+    down: &AtomicBool,
+    hits: &Mutex<BTreeMap<String, usize>>,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/")
+        .to_string();
+    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let answer = if down.load(Ordering::SeqCst) {
+        None
+    } else {
+        routes.lock().unwrap().get(&path).cloned()
+    };
+    let (status, content_type, body) = match answer {
+        Some((content_type, body)) => ("200 OK", content_type, body),
+        None if down.load(Ordering::SeqCst) => (
+            "503 Service Unavailable",
+            "text/plain".into(),
+            b"down".to_vec(),
+        ),
+        None => (
+            "404 Not Found",
+            "application/json".into(),
+            br#"{"status":404,"message":"not found"}"#.to_vec(),
+        ),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(&body);
+    let _ = stream.flush();
+    let _ = reader.read(&mut [0u8; 0]);
+}
+
+/// A zip archive of `files` (path, contents), as a Zenodo record of a repository is.
+pub fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, contents) in files {
+        zip.start_file(*path, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(contents.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}

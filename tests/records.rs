@@ -1,0 +1,256 @@
+//! Archived records as sources, against a loopback server that answers like doi.org's
+//! handle API and Zenodo's records API (tests/common/records.rs): a record becomes a real
+//! venv whose kernel answers; a new version is a new identity; a tampered file is a
+//! checksum error naming it; a provider that is down is a clear error naming it.
+
+mod common;
+
+use std::path::Path;
+
+use common::records::{zip_of, RecordServer};
+use common::Sandbox;
+
+const DOI: &str = "10.5281/zenodo.3242074";
+
+fn sandbox(server: &RecordServer) -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(&server.config());
+    sandbox
+}
+
+/// A record of a repository as Zenodo's GitHub integration makes them: one zip holding
+/// one top-level folder.
+fn repository_zip(requirements: &str) -> Vec<u8> {
+    zip_of(&[
+        ("binder-demo-1.0/requirements.txt", requirements),
+        ("binder-demo-1.0/index.ipynb", "{}"),
+    ])
+}
+
+#[test]
+fn a_zenodo_record_from_a_loopback_zenodo_api_builds_a_venv_whose_kernel_answers() {
+    let server = RecordServer::start();
+    server.publish(
+        DOI,
+        3242074,
+        &[("binder-demo-1.0.zip", repository_zip("six==1.16.0\n"))],
+    );
+    let sandbox = sandbox(&server);
+    let spec = format!("zenodo/{DOI}");
+    let detected = sandbox.ok(&["detect", &spec]);
+    assert!(detected.contains("requirements.txt"), "{detected}");
+    let ready = sandbox.build_ready(&[&spec]);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    common::run_cell(
+        kernel_dir,
+        "import six; print(six.__version__)",
+        "1.16.0",
+        60,
+    );
+    // Unpacked one level: the folder's files are the repository's root.
+    let plan = sandbox.ok(&["build", "--dry-run", &spec]);
+    assert!(plan.contains("source:    http://127.0.0.1:"), "{plan}");
+    assert!(plan.contains("/records/3242074"), "{plan}");
+    // The download is cached by its checksum: the second build reuses it.
+    let content = "/api/records/3242074/files/binder-demo-1.0.zip/content";
+    assert_eq!(server.hits(content), 1);
+    let again = sandbox.build_ready(&[&format!("doi:{DOI}")]);
+    assert_eq!(again["prefix"], ready["prefix"]);
+    assert_eq!(server.hits(content), 1);
+}
+
+#[test]
+fn a_new_version_of_the_record_is_a_new_identity() {
+    let server = RecordServer::start();
+    server.publish(
+        DOI,
+        3242074,
+        &[("repo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    let sandbox = sandbox(&server);
+    let spec = format!("zenodo/{DOI}");
+    let first = sandbox.ok(&["build", "--dry-run", &spec]);
+    // The concept DOI now resolves to a new version: another record id.
+    server.publish(
+        DOI,
+        3242099,
+        &[("repo.zip", repository_zip("six==1.16.0\n# v2\n"))],
+    );
+    let second = sandbox.ok(&["build", "--dry-run", &spec]);
+    assert!(first.contains("/records/3242074"), "{first}");
+    assert!(second.contains("/records/3242099"), "{second}");
+    let key = |plan: &str| {
+        plan.lines()
+            .find(|l| l.starts_with("key:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(key(&first), key(&second));
+}
+
+#[test]
+fn a_tampered_file_is_a_checksum_error_naming_it_and_nothing_is_kept() {
+    let server = RecordServer::start();
+    server.publish(
+        DOI,
+        3242074,
+        &[("repo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    server.tamper(3242074, "repo.zip", repository_zip("evil==6.6.6\n"));
+    let sandbox = sandbox(&server);
+    let output = sandbox.run(&["build", &format!("zenodo/{DOI}")]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("repo.zip does not match its published checksum (md5:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: the download was damaged"),
+        "{stderr}"
+    );
+    let downloads = sandbox.store().join("cache").join("u0").join("downloads");
+    let kept: Vec<_> = std::fs::read_dir(&downloads)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "{kept:?}");
+}
+
+#[test]
+fn a_provider_that_is_down_is_a_clear_error_naming_it() {
+    let resolver = RecordServer::start();
+    let zenodo = RecordServer::start();
+    zenodo.publish(
+        DOI,
+        3242074,
+        &[("repo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    resolver.point(DOI, &format!("{}/records/3242074", zenodo.base()));
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(&format!(
+        "[records]\ndoi-resolver = \"{}\"\nzenodo = \"{}\"\n",
+        resolver.base(),
+        zenodo.base()
+    ));
+    zenodo.set_down(true);
+    let output = sandbox.run(&["build", &format!("zenodo/{DOI}")]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error: could not get zenodo/"), "{stderr}");
+    assert!(stderr.contains("Zenodo did not answer"), "{stderr}");
+    assert!(stderr.contains("HTTP 503"), "{stderr}");
+    // Retried with backoff before giving up.
+    assert_eq!(zenodo.hits("/api/records/3242074"), 4);
+    resolver.set_down(true);
+    let output = sandbox.run(&["build", &format!("doi:{DOI}")]);
+    assert!(common::stderr(&output).contains("the DOI resolver did not answer"));
+}
+
+#[test]
+fn dois_that_do_not_exist_or_lead_elsewhere_say_so() {
+    let server = RecordServer::start();
+    server.point(
+        "10.1234/elsewhere",
+        "https://figshare.example.org/articles/1",
+    );
+    let sandbox = sandbox(&server);
+    let output = sandbox.run(&["build", "doi:10.1234/missing"]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the DOI 10.1234/missing does not exist"),
+        "{stderr}"
+    );
+    let output = sandbox.run(&["build", "https://doi.org/10.1234/elsewhere"]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("figshare.example.org"), "{stderr}");
+    assert!(stderr.contains("not supported yet"), "{stderr}");
+    let output = sandbox.run(&["build", "zenodo/not-a-doi"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(common::stderr(&output).contains("expected a DOI"));
+    let output = sandbox.run(&["build", "doi:10.1/../../etc"]);
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn a_record_of_several_files_is_the_repository_as_it_is() {
+    let server = RecordServer::start();
+    server.publish(
+        DOI,
+        3242074,
+        &[
+            ("requirements.txt", b"six==1.16.0\n".to_vec()),
+            ("notebooks/index.ipynb", b"{}".to_vec()),
+        ],
+    );
+    let sandbox = sandbox(&server);
+    let ready = sandbox.build_ready(&[&format!("zenodo/{DOI}"), "--no-verify"]);
+    assert_eq!(ready["phase"], "ready");
+    let plan = sandbox.ok(&["build", "--dry-run", &format!("zenodo/{DOI}")]);
+    assert!(plan.contains("buildpack: python"), "{plan}");
+    assert!(plan.contains("(ready)"), "{plan}");
+}
+
+#[test]
+fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_version() {
+    let server = RecordServer::start();
+    // A concept DOI resolves to the newest version's record.
+    let concept = "10.5281/zenodo.1000";
+    server.publish(
+        concept,
+        3242074,
+        &[("repo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(&format!(
+        "local-sources = true\n{}[serve]\nproviders = [\"gh\", \"zenodo\"]\n",
+        server.config()
+    ));
+    let hub = common::hubapi::HubApi::start(common::hubapi::HubUsers::standard());
+    let service = common::bench::Service::start(&sandbox, &hub, &[]);
+    let providers: serde_json::Value =
+        reqwest::blocking::get(format!("{}/api/repoproviders", service.base()))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert!(providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == "zenodo"));
+    let body = common::sse::spawn_stream(
+        format!("{}/build/zenodo/{concept}?build_only=true", service.base()),
+        "alice-token",
+    )
+    .join()
+    .unwrap();
+    let events = common::sse::events(&body);
+    let ready = events.last().unwrap();
+    assert_eq!(ready["phase"], "ready", "{events:?}");
+    assert_eq!(ready["binder_request"], format!("v2/zenodo/{concept}"));
+    assert_eq!(
+        ready["binder_persistent_request"],
+        "v2/zenodo/10.5281/zenodo.3242074"
+    );
+    // A DOI that does not exist is BinderHub's unresolved-ref failure.
+    let body = common::sse::spawn_stream(
+        format!(
+            "{}/build/zenodo/10.5281/zenodo.999?build_only=true",
+            service.base()
+        ),
+        "alice-token",
+    )
+    .join()
+    .unwrap();
+    let events = common::sse::events(&body);
+    let last = events.last().unwrap();
+    assert_eq!(last["phase"], "failed");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("Could not resolve ref"),
+        "{last}"
+    );
+}
