@@ -29,7 +29,10 @@ status_file=$1
 shift
 "$@"
 status=$?
-printf '%s\n' "$status" > "$status_file.tmp" && mv -f "$status_file.tmp" "$status_file"
+# A build killed by a signal (scancel, the time limit) records nothing: Slurm's state says.
+if [ "$status" -lt 128 ]; then
+    printf '%s\n' "$status" > "$status_file.tmp" && mv -f "$status_file.tmp" "$status_file"
+fi
 exit "$status"
 "#;
 
@@ -451,6 +454,20 @@ async fn follow_async(job: &Job, reporter: &dyn Reporter) -> Result<Finished, Sl
         String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(64 << 10)..]).into_owned();
     if cancelled_at.is_some() && code.is_none_or(|c| c != 0) {
         return Err(SlurmError::Interrupted { id: job.id.clone() });
+    }
+    // Slurm ended it (scancel, its time limit, its node): whatever the build's status
+    // was as it died, the build did not finish.
+    const KILLED: &[&str] = &[
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+    ];
+    if KILLED.contains(&end_state.as_str()) && code != Some(0) {
+        code = None;
     }
     match code {
         Some(code) => Ok(Finished {
