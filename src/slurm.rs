@@ -36,6 +36,19 @@ fi
 exit "$status"
 "#;
 
+/// Slurm's end states of a job it ended itself (the build did not finish)...
+const KILLED: &[&str] = &[
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+];
+/// ...and those of a job whose script ended.
+const FINISHED: &[&str] = &["COMPLETED", "FAILED", "SPECIAL_EXIT", "REVOKED"];
+
 /// How often the events file is read and the job's state asked for.
 const POLL: Duration = Duration::from_millis(250);
 const STATE_EVERY: Duration = Duration::from_secs(1);
@@ -268,20 +281,8 @@ fn query(id: &str) -> State {
     let state = parts.next().unwrap_or_default().to_string();
     let reason = parts.next().unwrap_or_default().to_string();
     let nodes = parts.next().unwrap_or_default().to_string();
-    const ENDED: &[&str] = &[
-        "COMPLETED",
-        "CANCELLED",
-        "FAILED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "SPECIAL_EXIT",
-        "REVOKED",
-    ];
-    if ENDED.contains(&state.as_str()) {
+
+    if KILLED.contains(&state.as_str()) || FINISHED.contains(&state.as_str()) {
         State::Ended { state }
     } else {
         State::Active {
@@ -457,15 +458,7 @@ async fn follow_async(job: &Job, reporter: &dyn Reporter) -> Result<Finished, Sl
     }
     // Slurm ended it (scancel, its time limit, its node): whatever the build's status
     // was as it died, the build did not finish.
-    const KILLED: &[&str] = &[
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-    ];
+
     if KILLED.contains(&end_state.as_str()) && code != Some(0) {
         code = None;
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::hub::{Hub, HubOptions};
 use common::launch::{
     open_notebook_launch_link, run_first_cell, service_environment, trust_repositories,
+    wait_for_named_server_lab,
 };
 use common::sse::{client, events, repo, spawn_stream};
 use common::users::{processes_of, users, ALICE, CAROL};
@@ -517,19 +518,10 @@ fn server_mode_in_a_browser(mode: Mode, screenshot: &str) {
     let spec = launched_repo(&sandbox, None);
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let browser = open_notebook_launch_link(&hub, &spec, ALICE);
-    browser.wait_for("build log lines on the launch page", 120, |b| {
-        b.text("#log").contains("for a single-user server")
-    });
     // A named server (BinderHub's name: the repository's path and 8 random characters)
     // whose JupyterLab opens the notebook from the repository's checkout.
+    let url = wait_for_named_server_lab(&browser, ALICE, 300);
     let prefix = format!("/user/{ALICE}/");
-    browser.wait_for("JupyterLab in the named server", 300, |b| {
-        let url = b.url();
-        url.contains(&prefix)
-            && url.ends_with("/lab/tree/notebooks/index.ipynb")
-            && b.find(".jp-Notebook .jp-Cell .cm-content").is_some()
-    });
-    let url = browser.url();
     let server = url
         .split(&prefix)
         .nth(1)

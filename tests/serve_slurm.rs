@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::hub::{Hub, HubOptions};
-use common::launch::{open_notebook_launch_link, run_first_cell, service_environment};
+use common::launch::{
+    open_notebook_launch_link, run_first_cell, service_environment, wait_for_named_server_lab,
+};
 use common::sse::{client, events, repo, spec_of};
 use common::users::{processes_of, users, ALICE};
 use common::{slurm, GitRepo, Sandbox};
@@ -183,16 +185,8 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
     let spec = job_repo(&sandbox);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     let browser = open_notebook_launch_link(&hub, &spec, ALICE);
-    browser.wait_for("build log lines on the launch page", 120, |b| {
-        b.text("#log").contains("for a single-user server")
-    });
+    let lab = wait_for_named_server_lab(&browser, ALICE, 420);
     let prefix = format!("/user/{ALICE}/");
-    browser.wait_for("JupyterLab in the named server", 420, |b| {
-        let url = b.url();
-        url.contains(&prefix)
-            && url.ends_with("/lab/tree/notebooks/index.ipynb")
-            && b.find(".jp-Notebook .jp-Cell .cm-content").is_some()
-    });
     // The server is alice's Slurm job, running.
     let listed = jobs.list();
     assert_eq!(listed.len(), 1, "{listed:?}\n{}", hub.log());
@@ -224,8 +218,7 @@ fn server_mode_with_slurmspawner_runs_the_lab_as_a_slurm_job_inside_the_environm
         "{servers:?}"
     );
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-    let server = browser
-        .url()
+    let server = lab
         .split(&prefix)
         .nth(1)
         .and_then(|rest| rest.split('/').next())

@@ -56,6 +56,23 @@ pub fn open_notebook_launch_link(hub: &Hub, spec: &str, user: &str) -> Browser {
     browser
 }
 
+/// Follow a server-mode launch in `browser` (logged in as `user`): the build log on the
+/// launch page, then JupyterLab in a named server with the repository's notebook open
+/// (within `seconds`). The lab's URL.
+pub fn wait_for_named_server_lab(browser: &Browser, user: &str, seconds: u64) -> String {
+    browser.wait_for("build log lines on the launch page", 120, |b| {
+        b.text("#log").contains("for a single-user server")
+    });
+    let prefix = format!("/user/{user}/");
+    browser.wait_for("JupyterLab in the named server", seconds, |b| {
+        let url = b.url();
+        url.contains(&prefix)
+            && url.ends_with("/lab/tree/notebooks/index.ipynb")
+            && b.find(".jp-Notebook .jp-Cell .cm-content").is_some()
+    });
+    browser.url()
+}
+
 /// Run the open notebook's first cell as a user does (click into it, Shift+Enter) and
 /// wait for an output holding `expected`. JupyterLab may still be restoring its layout
 /// when the notebook first shows (a click then lands nowhere), so the click is repeated
