@@ -52,8 +52,49 @@ struct Resolved {
     files: Vec<RecordFile>,
 }
 
-/// What the record `doi` of `provider` is now: `<provider>-<record id>` (the launch
-/// service's "commit"), or `None` when the DOI does not exist.
+/// Which record a provider's page is.
+enum Found {
+    /// A Zenodo record id.
+    Zenodo { id: String },
+    /// A Figshare article, in a version when the page names one.
+    Figshare { id: String, version: Option<u64> },
+}
+
+/// The record `page` (what `doi` resolves to) is, if `provider` can serve it.
+fn locate(
+    provider: RecordProvider,
+    doi: &str,
+    page: &str,
+    settings: &Settings,
+) -> Result<Found, SourceError> {
+    let records = &settings.records;
+    let found = zenodo_record_id(page, records.zenodo())
+        .map(|id| Found::Zenodo { id })
+        .or_else(|| {
+            figshare_article(page, records.figshare())
+                .map(|(id, version)| Found::Figshare { id, version })
+        });
+    match (provider, found) {
+        (RecordProvider::Doi, Some(found))
+        | (RecordProvider::Zenodo, Some(found @ Found::Zenodo { .. }))
+        | (RecordProvider::Figshare, Some(found @ Found::Figshare { .. })) => Ok(found),
+        (RecordProvider::Doi, None) => Err(SourceError::Unsupported {
+            spec: format!("doi:{doi} (resolves to {page})"),
+            provider: host_of(page),
+        }),
+        (provider, _) => Err(record_error(
+            provider.display(),
+            format!(
+                "the DOI {doi} resolves to {page}, which is not a {} record",
+                provider.display()
+            ),
+        )),
+    }
+}
+
+/// What the record `doi` of `provider` is now: `zenodo-<record id>` or
+/// `figshare-<article id>.v<version>` (the launch service's "commit"), or `None` when
+/// the DOI does not exist.
 pub fn resolve(
     provider: RecordProvider,
     doi: &str,
@@ -66,18 +107,16 @@ pub fn resolve(
         }
         Err(e) => return Err(e),
     };
-    let zenodo = settings.records.zenodo();
-    match (provider, zenodo_record_id(&page, zenodo)) {
-        (_, Some(id)) => Ok(Some(format!("zenodo-{id}"))),
-        (RecordProvider::Zenodo, None) => Err(record_error(
-            "Zenodo",
-            format!("the DOI {doi} resolves to {page}, which is not a Zenodo record"),
-        )),
-        (RecordProvider::Doi, None) => Err(SourceError::Unsupported {
-            spec: format!("doi:{doi} (resolves to {page})"),
-            provider: host_of(&page),
-        }),
-    }
+    Ok(Some(match locate(provider, doi, &page, settings)? {
+        Found::Zenodo { id } => format!("zenodo-{id}"),
+        Found::Figshare { id, version } => {
+            let version = match version {
+                Some(version) => version,
+                None => figshare_latest(settings, &id)?,
+            };
+            format!("figshare-{id}.v{version}")
+        }
+    }))
 }
 
 /// Get a checkout of the record `doi` from `provider`; with `expected`, the record must
@@ -91,28 +130,20 @@ pub fn checkout(
 ) -> Result<Checkout, SourceError> {
     reporter.phase(Phase::Fetching, format!("Resolving the DOI {doi}"));
     let page = resolve_doi(settings, doi)?;
-    let zenodo = settings.records.zenodo();
-    let resolved = match provider {
-        RecordProvider::Zenodo | RecordProvider::Doi if zenodo_record_id(&page, zenodo).is_some() => {
-            zenodo_record(settings, &page, reporter)?
-        }
-        RecordProvider::Zenodo => {
-            return Err(record_error(
-                "Zenodo",
-                format!("the DOI {doi} resolves to {page}, which is not a Zenodo record ({zenodo}/records/<id>)"),
-            ))
-        }
-        RecordProvider::Doi => {
-            return Err(SourceError::Unsupported {
-                spec: format!("doi:{doi} (resolves to {page})"),
-                provider: host_of(&page),
-            })
+    let resolved = match locate(provider, doi, &page, settings)? {
+        Found::Zenodo { id } => zenodo_record(settings, &id, reporter)?,
+        Found::Figshare { id, version } => {
+            let version = match version {
+                Some(version) => version,
+                None => figshare_latest(settings, &id)?,
+            };
+            figshare_record(settings, &id, version, reporter)?
         }
     };
     let now = format!("{}-{}", resolved.provider, resolved.id);
     if let Some(expected) = expected.filter(|e| *e != now) {
         return Err(record_error(
-            "Zenodo",
+            provider.display(),
             format!(
                 "the DOI {doi} now resolves to {now}, not {expected} (a new version was published)"
             ),
@@ -213,14 +244,13 @@ fn same_origin(url: &str, base: &str) -> bool {
     }
 }
 
-/// A Zenodo record's id and files (InvenioRDM's API: the record, then `links.files`).
+/// A Zenodo record's files (InvenioRDM's API: the record, then `links.files`).
 fn zenodo_record(
     settings: &Settings,
-    page: &str,
+    id: &str,
     reporter: &dyn Reporter,
 ) -> Result<Resolved, SourceError> {
     let zenodo = settings.records.zenodo();
-    let id = zenodo_record_id(page, zenodo).expect("checked by the caller");
     reporter.phase(Phase::Fetching, format!("Fetching Zenodo record {id}"));
     let record = get_json(settings, "Zenodo", &format!("{zenodo}/api/records/{id}"))?;
     let files_url = record["links"]["files"]
@@ -248,24 +278,14 @@ fn zenodo_record(
             .and_then(|c| c.strip_prefix("md5:"))
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if !safe_record_path(&path) {
-            return Err(record_error(
-                "Zenodo",
-                format!("record {id} names a file `{path}` that is not a plain relative path"),
-            ));
-        }
-        if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(record_error(
-                "Zenodo",
-                format!("record {id} publishes no md5 checksum for {path}"),
-            ));
-        }
-        if !same_origin(&url, zenodo) {
-            return Err(record_error(
-                "Zenodo",
-                format!("record {id}'s file {path} is at {url}, not on {zenodo}"),
-            ));
-        }
+        check_file(
+            "Zenodo",
+            &format!("record {id}"),
+            &path,
+            &md5,
+            &url,
+            &[zenodo.to_string()],
+        )?;
         files.push(RecordFile {
             path,
             md5,
@@ -278,13 +298,145 @@ fn zenodo_record(
     }
     Ok(Resolved {
         provider: "zenodo",
-        id,
-        page: format!(
-            "{zenodo}/records/{}",
-            zenodo_record_id(page, zenodo).unwrap_or_default()
-        ),
+        id: id.to_string(),
+        page: format!("{zenodo}/records/{id}"),
         files,
     })
+}
+
+/// A Figshare page's article id and version (`<figshare>/articles/[code/|dataset/|
+/// software/]<slug>/<id>[/<version>]`), as repo2docker reads it.
+fn figshare_article(page: &str, figshare: &str) -> Option<(String, Option<u64>)> {
+    let rest = page.strip_prefix(&format!("{figshare}/articles/"))?;
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let parts = match parts.first() {
+        Some(&("code" | "dataset" | "software")) => &parts[1..],
+        _ => &parts[..],
+    };
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    match parts {
+        [_slug, id] if numeric(id) => Some((id.to_string(), None)),
+        [_slug, id, version] if numeric(id) && numeric(version) => {
+            Some((id.to_string(), version.parse().ok()))
+        }
+        _ => None,
+    }
+}
+
+/// The newest version of Figshare article `id` (`/articles/<id>/versions`).
+fn figshare_latest(settings: &Settings, id: &str) -> Result<u64, SourceError> {
+    let api = settings.records.figshare_api();
+    let versions = get_json(
+        settings,
+        "Figshare",
+        &format!("{api}/articles/{id}/versions"),
+    )?;
+    versions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["version"].as_u64())
+        .max()
+        .ok_or_else(|| record_error("Figshare", format!("article {id} lists no versions")))
+}
+
+/// A Figshare article's files in `version` (`/articles/<id>/versions/<version>`),
+/// without link-only entries, as repo2docker fetches them.
+fn figshare_record(
+    settings: &Settings,
+    id: &str,
+    version: u64,
+    reporter: &dyn Reporter,
+) -> Result<Resolved, SourceError> {
+    let records = &settings.records;
+    let api = records.figshare_api();
+    reporter.phase(
+        Phase::Fetching,
+        format!("Fetching Figshare article {id} in version {version}"),
+    );
+    let article = get_json(
+        settings,
+        "Figshare",
+        &format!("{api}/articles/{id}/versions/{version}"),
+    )?;
+    let mut allowed = records.figshare_downloads();
+    allowed.push(api.to_string());
+    let mut files = Vec::new();
+    for file in article["files"].as_array().into_iter().flatten() {
+        if file["is_link_only"].as_bool().unwrap_or(false) {
+            continue;
+        }
+        let path = file["name"].as_str().unwrap_or_default().to_string();
+        let url = file["download_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let md5 = file["computed_md5"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .or_else(|| file["supplied_md5"].as_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        check_file(
+            "Figshare",
+            &format!("article {id}"),
+            &path,
+            &md5,
+            &url,
+            &allowed,
+        )?;
+        files.push(RecordFile {
+            path,
+            md5,
+            size: file["size"].as_u64(),
+            url,
+        });
+    }
+    if files.is_empty() {
+        return Err(record_error(
+            "Figshare",
+            format!("article {id} has no files"),
+        ));
+    }
+    Ok(Resolved {
+        provider: "figshare",
+        id: format!("{id}.v{version}"),
+        page: format!("{}/articles/{id}/{version}", records.figshare()),
+        files,
+    })
+}
+
+/// A listed file's path, checksum and download URL must be usable and safe.
+fn check_file(
+    provider: &str,
+    record: &str,
+    path: &str,
+    md5: &str,
+    url: &str,
+    allowed: &[String],
+) -> Result<(), SourceError> {
+    if !safe_record_path(path) {
+        return Err(record_error(
+            provider,
+            format!("{record} names a file `{path}` that is not a plain relative path"),
+        ));
+    }
+    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(record_error(
+            provider,
+            format!("{record} publishes no md5 checksum for {path}"),
+        ));
+    }
+    if !allowed.iter().any(|base| same_origin(url, base)) {
+        return Err(record_error(
+            provider,
+            format!(
+                "{record}'s file {path} is at {url}, not on {}",
+                allowed.join(" or ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A record's file path: relative, `/`-separated, no empty, `.` or `..` parts.

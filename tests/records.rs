@@ -204,7 +204,7 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
     );
     let sandbox = Sandbox::new();
     sandbox.native_site_config(&format!(
-        "local-sources = true\n{}[serve]\nproviders = [\"gh\", \"zenodo\"]\n",
+        "local-sources = true\n{}[serve]\nproviders = [\"gh\", \"zenodo\", \"figshare\"]\n",
         server.config()
     ));
     let hub = common::hubapi::HubApi::start(common::hubapi::HubUsers::standard());
@@ -233,6 +233,29 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
         ready["binder_persistent_request"],
         "v2/zenodo/10.5281/zenodo.3242074"
     );
+    // A Figshare DOI without a version names the newest; its persistent request adds it.
+    server.publish_figshare(
+        FIGSHARE_DOI,
+        9782777,
+        2,
+        &[("demo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    let body = common::sse::spawn_stream(
+        format!(
+            "{}/build/figshare/{FIGSHARE_DOI}?build_only=true",
+            service.base()
+        ),
+        "alice-token",
+    )
+    .join()
+    .unwrap();
+    let events = common::sse::events(&body);
+    let ready = events.last().unwrap();
+    assert_eq!(ready["phase"], "ready", "{events:?}");
+    assert_eq!(
+        ready["binder_persistent_request"],
+        format!("v2/figshare/{FIGSHARE_DOI}.v2")
+    );
     // A DOI that does not exist is BinderHub's unresolved-ref failure.
     let body = common::sse::spawn_stream(
         format!(
@@ -252,5 +275,65 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
             .unwrap()
             .contains("Could not resolve ref"),
         "{last}"
+    );
+}
+
+const FIGSHARE_DOI: &str = "10.6084/m9.figshare.9782777";
+
+#[test]
+fn a_figshare_article_from_a_loopback_figshare_api_builds_and_each_version_is_an_identity() {
+    let server = RecordServer::start();
+    server.publish_figshare(
+        FIGSHARE_DOI,
+        9782777,
+        1,
+        &[("demo.zip", repository_zip("six==1.16.0\n"))],
+    );
+    let sandbox = sandbox(&server);
+    let spec = format!("figshare/{FIGSHARE_DOI}");
+    let ready = sandbox.build_ready(&[&spec]);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    common::run_cell(
+        kernel_dir,
+        "import six; print(six.__version__)",
+        "1.16.0",
+        60,
+    );
+    let first = sandbox.ok(&["build", "--dry-run", &spec]);
+    assert!(first.contains("/articles/9782777/1"), "{first}");
+    // A new version: the DOI without `.vN` now means version 2, another identity.
+    server.publish_figshare(
+        FIGSHARE_DOI,
+        9782777,
+        2,
+        &[("demo.zip", repository_zip("six==1.16.0\n# v2\n"))],
+    );
+    let second = sandbox.ok(&["build", "--dry-run", &spec]);
+    assert!(second.contains("/articles/9782777/2"), "{second}");
+    // Only the link-only entry is never fetched.
+    assert_eq!(server.hits("/files/978277710"), 1);
+    // A tampered file is refused by its published md5 (a version not downloaded yet:
+    // what is in the cache was verified when it came).
+    server.publish_figshare(
+        FIGSHARE_DOI,
+        9782777,
+        3,
+        &[("demo.zip", repository_zip("six==1.16.0\n# v3\n"))],
+    );
+    server.tamper_path("/files/978277730", b"not the zip".to_vec());
+    let output = sandbox.run(&["build", &spec]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("demo.zip does not match its published checksum"),
+        "{stderr}"
+    );
+    // Figshare down: a clear error naming it.
+    server.set_down(true);
+    let output = sandbox.run(&["build", &format!("doi:{FIGSHARE_DOI}")]);
+    assert!(
+        common::stderr(&output).contains("did not answer"),
+        "{}",
+        common::stderr(&output)
     );
 }

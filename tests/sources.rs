@@ -279,7 +279,7 @@ fn credentials_in_urls_are_redacted_in_errors() {
 fn archive_providers_not_supported_yet_are_rejected_clearly() {
     let sandbox = Sandbox::new();
     for spec in [
-        "figshare/10.6084/m9.figshare.9782777.v1",
+        "hydroshare/b8f6eae9d89241cf8b5904033460af61",
         "dataverse/10.7910/DVN/TJCLKP",
     ] {
         let output = sandbox.run(&["detect", spec]);

@@ -40,19 +40,19 @@ impl Repo {
             return Err(format!("No provider found for prefix {provider}"));
         }
         let spec = raw_spec.trim_end_matches('/').to_string();
-        if provider == "zenodo" {
+        if matches!(provider, "zenodo" | "figshare") {
             // A record: the DOI is the whole spec; the record it resolves to is the "commit".
-            let parsed = spec::parse_provider(&format!("zenodo/{spec}"))
+            let parsed = spec::parse_provider(&format!("{provider}/{spec}"))
                 .map_err(|e| crate::printer::sanitize_line(&with_causes(&e)))?;
             let RepoSpec::Record { doi, .. } = parsed else {
-                return Err("not a Zenodo DOI".into());
+                return Err("not a DOI".into());
             };
             return Ok(Self {
                 provider: provider.to_string(),
                 head: doi.clone(),
                 unresolved_ref: "latest".into(),
-                url: format!("zenodo/{doi}"),
-                slug: "zenodo".into(),
+                url: format!("{provider}/{doi}"),
+                slug: provider.to_string(),
                 spec,
             });
         }
@@ -108,9 +108,18 @@ impl Repo {
 
     /// `v2/<provider>/<spec at the commit>` (BinderHub's `binder_persistent_request`).
     pub fn persistent_request(&self, commit: &str) -> String {
-        match commit.strip_prefix("zenodo-") {
+        match (self.provider.as_str(), commit.split_once('-')) {
             // Every Zenodo version has its own DOI, 10.5281/zenodo.<record id>.
-            Some(id) if self.provider == "zenodo" => format!("v2/zenodo/10.5281/zenodo.{id}"),
+            ("zenodo", Some((_, id))) => format!("v2/zenodo/10.5281/zenodo.{id}"),
+            // A Figshare DOI names a version with `.v<n>`.
+            ("figshare", Some((_, article))) => {
+                let version = article.rsplit_once(".v").map_or("1", |(_, v)| v);
+                let doi = match self.head.rsplit_once(".v") {
+                    Some((base, v)) if v.bytes().all(|b| b.is_ascii_digit()) => base,
+                    _ => self.head.as_str(),
+                };
+                format!("v2/figshare/{doi}.v{version}")
+            }
             _ => format!("v2/{}/{}/{commit}", self.provider, self.head),
         }
     }
@@ -121,7 +130,7 @@ impl Repo {
             "gh" => format!("{}/tree/{commit}", self.url),
             "gl" => format!("{}/tree/{commit}", self.url.trim_end_matches(".git")),
             "gist" => format!("{}/{commit}", self.url.trim_end_matches(".git")),
-            "zenodo" => format!("https://doi.org/{}", self.head),
+            "zenodo" | "figshare" => format!("https://doi.org/{}", self.head),
             _ => crate::source::redact(&self.url),
         }
     }
@@ -196,6 +205,12 @@ pub fn display_configs(enabled: &[String]) -> serde_json::Value {
             "repo": {"label": "Zenodo DOI", "placeholder": "example: 10.5281/zenodo.3242074", "urlEncode": false},
             "ref": {"enabled": false}
         }),
+        json!({
+            "displayName": "Figshare DOI", "id": "figshare",
+            "spec": {"validateRegex": "10\\.\\d+\\/(.)+"},
+            "repo": {"label": "Figshare DOI", "placeholder": "example: 10.6084/m9.figshare.9782777.v1", "urlEncode": false},
+            "ref": {"enabled": false}
+        }),
     ];
     serde_json::Value::Array(
         all.into_iter()
@@ -258,13 +273,13 @@ impl Resolver {
         }
         let (url, reference, policy) = (key.0.clone(), key.1.clone(), self.policy.clone());
         let settings = self.settings.clone();
-        let record = (repo.provider == "zenodo").then(|| repo.head.clone());
+        let record = match repo.provider.as_str() {
+            "zenodo" => Some((spec::RecordProvider::Zenodo, repo.head.clone())),
+            "figshare" => Some((spec::RecordProvider::Figshare, repo.head.clone())),
+            _ => None,
+        };
         let answer = tokio::task::spawn_blocking(move || match record {
-            Some(doi) => crate::records::resolve(
-                crate::source::spec::RecordProvider::Zenodo,
-                &doi,
-                &settings,
-            ),
+            Some((provider, doi)) => crate::records::resolve(provider, &doi, &settings),
             None => crate::source::git::ls_remote(&url, &reference, &policy),
         })
         .await

@@ -201,7 +201,7 @@ config_keys! {
     cran_mirror: String = "cran-mirror", "The CRAN repository of R images; {date} becomes the runtime.txt snapshot date.";
     builder: String = "builder", "Where builds run: local (this machine; the default) or slurm (each build a Slurm batch job, as `build --submit` does; the launch service's builds too).";
     slurm: SlurmTable = "slurm", "The batch jobs of slurm builds ([slurm]): partition, qos, account, time, cpus, memory, sbatch-args, hpcbinder (the executable jobs run), and per-target overrides in [slurm.target.<target>] (see SLURM).";
-    records: RecordsTable = "records", "Where archived records are looked up ([records]): doi-resolver (the DOI handle API's base URL, default https://doi.org) and zenodo (default https://zenodo.org).";
+    records: RecordsTable = "records", "Where archived records are looked up ([records]): doi-resolver (the DOI handle API's base URL, default https://doi.org) zenodo (default https://zenodo.org), figshare (its pages, default https://figshare.com), figshare-api (default https://api.figshare.com/v2) and figshare-downloads (the hosts its files come from, default https://ndownloader.figshare.com).";
     serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, named-server-limit, content, content-folder (see SERVICE).";
 }
 

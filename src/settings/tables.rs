@@ -186,6 +186,13 @@ pub struct RecordsTable {
     pub doi_resolver: Option<String>,
     /// Zenodo (default https://zenodo.org): its records API is `<zenodo>/api/records/`.
     pub zenodo: Option<String>,
+    /// Figshare's pages (default https://figshare.com), which its DOIs resolve to.
+    pub figshare: Option<String>,
+    /// Figshare's API (default https://api.figshare.com/v2).
+    pub figshare_api: Option<String>,
+    /// Where Figshare's files may be downloaded from, besides its API's host (default
+    /// https://ndownloader.figshare.com).
+    pub figshare_downloads: Option<Vec<String>>,
 }
 
 impl RecordsTable {
@@ -195,6 +202,29 @@ impl RecordsTable {
             .as_deref()
             .unwrap_or("https://doi.org")
             .trim_end_matches('/')
+    }
+
+    /// Figshare's pages' base URL, without a trailing `/`.
+    pub fn figshare(&self) -> &str {
+        self.figshare
+            .as_deref()
+            .unwrap_or("https://figshare.com")
+            .trim_end_matches('/')
+    }
+
+    /// Figshare's API base URL, without a trailing `/`.
+    pub fn figshare_api(&self) -> &str {
+        self.figshare_api
+            .as_deref()
+            .unwrap_or("https://api.figshare.com/v2")
+            .trim_end_matches('/')
+    }
+
+    /// The hosts Figshare's files may come from.
+    pub fn figshare_downloads(&self) -> Vec<String> {
+        self.figshare_downloads
+            .clone()
+            .unwrap_or_else(|| vec!["https://ndownloader.figshare.com".into()])
     }
 
     /// Zenodo's base URL, without a trailing `/`.

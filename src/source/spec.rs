@@ -49,6 +49,8 @@ pub enum RecordProvider {
     Doi,
     /// Zenodo (and InvenioRDM sites configured as Zenodo).
     Zenodo,
+    /// Figshare.
+    Figshare,
 }
 
 impl RecordProvider {
@@ -57,12 +59,22 @@ impl RecordProvider {
         match self {
             Self::Doi => "doi",
             Self::Zenodo => "zenodo",
+            Self::Figshare => "figshare",
+        }
+    }
+
+    /// Its name for people.
+    pub fn display(self) -> &'static str {
+        match self {
+            Self::Doi => "the DOI's provider",
+            Self::Zenodo => "Zenodo",
+            Self::Figshare => "Figshare",
         }
     }
 }
 
 /// BinderHub providers that fetch archives rather than git repositories; not yet supported.
-const ARCHIVE_PROVIDERS: &[&str] = &["figshare", "hydroshare", "dataverse", "ckan"];
+const ARCHIVE_PROVIDERS: &[&str] = &["hydroshare", "dataverse", "ckan"];
 
 /// URL schemes we hand to git.
 const GIT_SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];
@@ -169,7 +181,8 @@ fn bad(spec: &str, reason: &str) -> SourceError {
 }
 
 fn is_provider(name: &str) -> bool {
-    matches!(name, "gh" | "gl" | "git" | "gist" | "zenodo") || ARCHIVE_PROVIDERS.contains(&name)
+    matches!(name, "gh" | "gl" | "git" | "gist" | "zenodo" | "figshare")
+        || ARCHIVE_PROVIDERS.contains(&name)
 }
 
 /// `zenodo/<doi>`, `doi:<doi>`, `https://doi.org/<doi>` (and launch URLs of them).
@@ -178,6 +191,8 @@ fn record_spec(input: &str) -> Result<Option<RepoSpec>, SourceError> {
     let spec = launch.as_deref().unwrap_or(input);
     let (provider, doi) = if let Some(doi) = spec.strip_prefix("zenodo/") {
         (RecordProvider::Zenodo, decode(doi))
+    } else if let Some(doi) = spec.strip_prefix("figshare/") {
+        (RecordProvider::Figshare, decode(doi))
     } else if let Some(doi) = spec.strip_prefix("doi:") {
         (RecordProvider::Doi, doi.to_string())
     } else if let Some(doi) = ["https://doi.org/", "http://doi.org/", "https://dx.doi.org/"]
@@ -600,7 +615,7 @@ mod tests {
             matches!(parse("gh/org/repo", None), Err(SourceError::BadSpec { reason, .. }) if reason.contains("gh/org/repo/HEAD"))
         );
         assert!(matches!(
-            parse("figshare/10.6084/m9.figshare.9782777", None),
+            parse("dataverse/10.7910/DVN/TJCLKP", None),
             Err(SourceError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -2,8 +2,10 @@
 //! records API, with the shapes repo2docker's Zenodo provider reads: the DOI's handle
 //! (`/api/handles/<doi>` → `values[type=URL].data.value`), the record
 //! (`/api/records/<id>` → `links.files`), its file list (`entries[]` with `key`,
-//! `checksum` `md5:<hex>`, `size`, `links.content`) and each file's content. Tests
-//! publish records, tamper with files and take the server down.
+//! `checksum` `md5:<hex>`, `size`, `links.content`) and each file's content; and like
+//! Figshare's (`/articles/<id>/versions` and `/articles/<id>/versions/<n>` with `files[]`
+//! holding `name`, `size`, `is_link_only`, `download_url`, `computed_md5`). Tests publish
+//! records, tamper with files and take the server down.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,9 +55,53 @@ impl RecordServer {
     /// The site config's `[records]` table pointing at this server.
     pub fn config(&self) -> String {
         format!(
-            "[records]\ndoi-resolver = \"{0}\"\nzenodo = \"{0}\"\n",
+            "[records]\ndoi-resolver = \"{0}\"\nzenodo = \"{0}\"\nfigshare = \"{0}\"\nfigshare-api = \"{0}\"\nfigshare-downloads = [\"{0}\"]\n",
             self.base()
         )
+    }
+
+    /// Publish version `version` of Figshare article `id` with `files` (one link-only
+    /// entry too, which is not downloaded), and point `doi` at the article's page.
+    pub fn publish_figshare(&self, doi: &str, id: u64, version: u64, files: &[(&str, Vec<u8>)]) {
+        let base = self.base();
+        let mut listed: Vec<serde_json::Value> = files
+            .iter()
+            .enumerate()
+            .map(|(index, (name, bytes))| {
+                let file_id = id * 100 + version * 10 + index as u64;
+                let path = format!("/files/{file_id}");
+                self.route(&path, "application/octet-stream", bytes.clone());
+                let md5 = hex::encode(md5::Md5::digest(bytes));
+                serde_json::json!({
+                    "id": file_id, "name": name, "size": bytes.len(), "is_link_only": false,
+                    "download_url": format!("{base}{path}"), "supplied_md5": md5, "computed_md5": md5,
+                    "mimetype": "application/zip",
+                })
+            })
+            .collect();
+        listed.push(serde_json::json!({
+            "id": 1, "name": "elsewhere", "size": 0, "is_link_only": true,
+            "download_url": "https://elsewhere.example.org/file", "supplied_md5": "", "computed_md5": "",
+        }));
+        self.route(
+            &format!("/articles/{id}/versions/{version}"),
+            "application/json",
+            serde_json::json!({
+                "id": id, "version": version, "title": "binder demo", "files": listed,
+                "figshare_url": format!("{base}/articles/software/binder_demo/{id}"),
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        let versions: Vec<serde_json::Value> = (1..=version)
+            .map(|v| serde_json::json!({"version": v, "url": format!("{base}/articles/{id}/versions/{v}")}))
+            .collect();
+        self.route(
+            &format!("/articles/{id}/versions"),
+            "application/json",
+            serde_json::Value::from(versions).to_string().into_bytes(),
+        );
+        self.point(doi, &format!("{base}/articles/software/binder_demo/{id}"));
     }
 
     fn route(&self, path: &str, content_type: &str, body: Vec<u8>) {
@@ -120,6 +166,11 @@ impl RecordServer {
             .to_string()
             .into_bytes(),
         );
+    }
+
+    /// Serve other bytes at `path` than its checksum says.
+    pub fn tamper_path(&self, path: &str, bytes: Vec<u8>) {
+        self.route(path, "application/octet-stream", bytes);
     }
 
     /// Serve other bytes for record `id`'s `name` than its checksum says.
