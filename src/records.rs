@@ -439,6 +439,27 @@ fn check_file(
     Ok(())
 }
 
+/// `Downloading <path>: 12.3 of 45.6 MB`, with the fraction done when the size is known
+/// (the terminal's bar shows the line; JSON clients get `progress`).
+fn progress_event(path: &str, received: u64, size: Option<u64>) -> crate::events::Event {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let mut event = crate::events::Event::new(
+        Phase::Fetching,
+        match size {
+            Some(size) => format!(
+                "Downloading {path}: {:.1} of {:.1} MB",
+                mb(received),
+                mb(size)
+            ),
+            None => format!("Downloading {path}: {:.1} MB", mb(received)),
+        },
+    );
+    event.progress = size
+        .filter(|s| *s > 0)
+        .map(|s| (received as f64 / s as f64).min(1.0));
+    event
+}
+
 /// A record's file path: relative, `/`-separated, no empty, `.` or `..` parts.
 fn safe_record_path(path: &str) -> bool {
     !path.is_empty()
@@ -484,7 +505,7 @@ fn assemble(
             .map(|s| format!(" ({:.1} MB)", s as f64 / 1e6))
             .unwrap_or_default();
         reporter.phase(Phase::Fetching, format!("Downloading {}{size}", file.path));
-        download_verified(settings, file, &cached)?;
+        download_verified(settings, file, &cached, reporter)?;
     }
     let trees = cache.join("records");
     fs_err::create_dir_all(&trees)?;
@@ -546,10 +567,14 @@ fn assemble(
 }
 
 /// Download `file` into `cached`, verifying its md5; nothing is left on a mismatch.
+/// Progress of a download is reported at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
 fn download_verified(
     settings: &Settings,
     file: &RecordFile,
     cached: &Path,
+    reporter: &dyn Reporter,
 ) -> Result<(), SourceError> {
     let dir = cached.parent().unwrap_or(cached);
     let attempt = || -> Result<(tempfile::NamedTempFile, String), HttpError> {
@@ -560,8 +585,14 @@ fn download_verified(
             })?;
         let mut hasher = md5::Md5::new();
         let handle = temp.as_file_mut();
+        let (mut received, mut shown) = (0u64, std::time::Instant::now());
         let mut sink = |chunk: &[u8]| -> std::io::Result<()> {
             hasher.update(chunk);
+            received += chunk.len() as u64;
+            if shown.elapsed() >= PROGRESS_EVERY {
+                shown = std::time::Instant::now();
+                reporter.report(progress_event(&file.path, received, file.size));
+            }
             handle.write_all(chunk)
         };
         http::download(settings, &file.url, READ_TIMEOUT, &mut sink)?;
@@ -626,6 +657,14 @@ mod tests {
         for good in ["binder/requirements.txt", "code.zip", "a.b/c"] {
             assert!(safe_record_path(good), "{good}");
         }
+    }
+
+    #[test]
+    fn download_progress_says_how_far() {
+        let event = progress_event("data.zip", 2_500_000, Some(10_000_000));
+        assert_eq!(event.message, "Downloading data.zip: 2.5 of 10.0 MB\n");
+        assert_eq!(event.progress, Some(0.25));
+        assert_eq!(progress_event("x", 1, None).progress, None);
     }
 
     #[test]
