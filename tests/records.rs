@@ -27,6 +27,19 @@ fn repository_zip(requirements: &str) -> Vec<u8> {
     ])
 }
 
+/// Build `spec` (a record of a repository needing six) and check its kernel imports it.
+fn build_with_six(sandbox: &Sandbox, spec: &str) -> serde_json::Value {
+    let ready = sandbox.build_ready(&[spec]);
+    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
+    common::run_cell(
+        kernel_dir,
+        "import six; print(six.__version__)",
+        "1.16.0",
+        60,
+    );
+    ready
+}
+
 #[test]
 fn a_zenodo_record_from_a_loopback_zenodo_api_builds_a_venv_whose_kernel_answers() {
     let server = RecordServer::start();
@@ -39,14 +52,7 @@ fn a_zenodo_record_from_a_loopback_zenodo_api_builds_a_venv_whose_kernel_answers
     let spec = format!("zenodo/{DOI}");
     let detected = sandbox.ok(&["detect", &spec]);
     assert!(detected.contains("requirements.txt"), "{detected}");
-    let ready = sandbox.build_ready(&[&spec]);
-    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    common::run_cell(
-        kernel_dir,
-        "import six; print(six.__version__)",
-        "1.16.0",
-        60,
-    );
+    let ready = build_with_six(&sandbox, &spec);
     // Unpacked one level: the folder's files are the repository's root.
     let plan = sandbox.ok(&["build", "--dry-run", &spec]);
     assert!(plan.contains("source:    http://127.0.0.1:"), "{plan}");
@@ -291,14 +297,7 @@ fn a_figshare_article_from_a_loopback_figshare_api_builds_and_each_version_is_an
     );
     let sandbox = sandbox(&server);
     let spec = format!("figshare/{FIGSHARE_DOI}");
-    let ready = sandbox.build_ready(&[&spec]);
-    let kernel_dir = Path::new(ready["kernel_dir"].as_str().unwrap());
-    common::run_cell(
-        kernel_dir,
-        "import six; print(six.__version__)",
-        "1.16.0",
-        60,
-    );
+    let ready = build_with_six(&sandbox, &spec);
     let first = sandbox.ok(&["build", "--dry-run", &spec]);
     assert!(first.contains("/articles/9782777/1"), "{first}");
     // A new version: the DOI without `.vN` now means version 2, another identity.
