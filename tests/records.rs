@@ -297,7 +297,7 @@ fn a_figshare_article_from_a_loopback_figshare_api_builds_and_each_version_is_an
     );
     let sandbox = sandbox(&server);
     let spec = format!("figshare/{FIGSHARE_DOI}");
-    let ready = build_with_six(&sandbox, &spec);
+    build_with_six(&sandbox, &spec);
     let first = sandbox.ok(&["build", "--dry-run", &spec]);
     assert!(first.contains("/articles/9782777/1"), "{first}");
     // A new version: the DOI without `.vN` now means version 2, another identity.
