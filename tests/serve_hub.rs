@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::hub::{Hub, HubOptions};
 use common::launch::{
     open_notebook_launch_link, run_first_cell, service_environment, trust_repositories,
-    wait_for_named_server_lab,
+    wait_for_named_server_lab, write_package_and_notebook,
 };
 use common::sse::{client, events, repo, spawn_stream};
 use common::users::{processes_of, users, ALICE, CAROL};
@@ -298,29 +298,12 @@ fn launched_repo(sandbox: &Sandbox, post_build: Option<&str>) -> String {
     let spec = repo(sandbox, "launched", "six==1.16.0\n./localpkg\n", post_build);
     let git = GitRepo::init(&sandbox.path().join("repos/launched"));
     git.write("notebooks/hello.txt", "hello from the repository\n");
-    git.write(
-        "localpkg/setup.py",
-        "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
-    );
-    git.write(
-        "localpkg/localpkg/__init__.py",
-        "VALUE = 'only-in-the-repository'\n",
-    );
-    let notebook = serde_json::json!({
-        "cells": [{
-            "cell_type": "code", "execution_count": null, "id": "first", "metadata": {},
-            "outputs": [],
-            "source": ["import localpkg, sys\n", "print(localpkg.VALUE, sys.prefix)"]
-        }],
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-            "language_info": {"name": "python"}
-        },
-        "nbformat": 4, "nbformat_minor": 5
-    });
-    git.write(
-        "notebooks/index.ipynb",
-        &serde_json::to_string_pretty(&notebook).unwrap(),
+    write_package_and_notebook(
+        &git,
+        &[
+            "import localpkg, sys\n",
+            "print(localpkg.VALUE, sys.prefix)",
+        ],
     );
     git.commit("content");
     spec

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::hub::{Hub, HubOptions};
 use common::launch::{
     open_notebook_launch_link, run_first_cell, service_environment, wait_for_named_server_lab,
+    write_package_and_notebook,
 };
 use common::sse::{client, events, repo, spec_of};
 use common::users::{processes_of, users, ALICE};
@@ -65,32 +66,12 @@ fn job_repo(sandbox: &Sandbox) -> String {
     let path = sandbox.path().join("repos/in-a-job");
     let git = GitRepo::init(&path);
     git.write("requirements.txt", "six==1.16.0\n./localpkg\n");
-    git.write(
-        "localpkg/setup.py",
-        "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
-    );
-    git.write(
-        "localpkg/localpkg/__init__.py",
-        "VALUE = 'only-in-the-repository'\n",
-    );
-    let notebook = serde_json::json!({
-        "cells": [{
-            "cell_type": "code", "execution_count": null, "id": "first", "metadata": {},
-            "outputs": [],
-            "source": [
-                "import localpkg, os, sys\n",
-                "print(localpkg.VALUE, 'job', os.environ.get('SLURM_JOB_ID'), 'prefix', sys.prefix)"
-            ]
-        }],
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-            "language_info": {"name": "python"}
-        },
-        "nbformat": 4, "nbformat_minor": 5
-    });
-    git.write(
-        "notebooks/index.ipynb",
-        &serde_json::to_string_pretty(&notebook).unwrap(),
+    write_package_and_notebook(
+        &git,
+        &[
+            "import localpkg, os, sys\n",
+            "print(localpkg.VALUE, 'job', os.environ.get('SLURM_JOB_ID'), 'prefix', sys.prefix)",
+        ],
     );
     git.commit("content");
     spec_of(&path)

@@ -104,3 +104,33 @@ pub fn run_first_cell(browser: &Browser, expected: &str) {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// Write the launch tests' repository content into `git`: a local package
+/// (`localpkg.VALUE`, installed by the requirements' `./localpkg`) that exists only in
+/// the repository, and `notebooks/index.ipynb` whose one Python cell is `source`.
+pub fn write_package_and_notebook(git: &super::GitRepo, source: &[&str]) {
+    git.write(
+        "localpkg/setup.py",
+        "from setuptools import setup\nsetup(name='localpkg', version='1.0', packages=['localpkg'])\n",
+    );
+    git.write(
+        "localpkg/localpkg/__init__.py",
+        "VALUE = 'only-in-the-repository'\n",
+    );
+    let notebook = serde_json::json!({
+        "cells": [{
+            "cell_type": "code", "execution_count": null, "id": "first", "metadata": {},
+            "outputs": [],
+            "source": source,
+        }],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+            "language_info": {"name": "python"}
+        },
+        "nbformat": 4, "nbformat_minor": 5
+    });
+    git.write(
+        "notebooks/index.ipynb",
+        &serde_json::to_string_pretty(&notebook).unwrap(),
+    );
+}
