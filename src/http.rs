@@ -82,6 +82,17 @@ pub fn get(
     request(settings, reqwest::Method::GET, url, accept, timeout)
 }
 
+/// POST `url` with an empty body (asking a service to prepare something), following
+/// redirects, within `timeout`.
+pub fn post(
+    settings: &Settings,
+    url: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    request(settings, reqwest::Method::POST, url, accept, timeout)
+}
+
 /// HEAD `url`: whether it answers 2xx within `timeout` (the body is not fetched).
 pub fn head(settings: &Settings, url: &str, timeout: Duration) -> Result<(), HttpError> {
     request(settings, reqwest::Method::HEAD, url, None, timeout).map(|_| ())

@@ -121,9 +121,9 @@ pub fn checkout_and_detect(
     let checkout = match &spec {
         source::RepoSpec::Record {
             provider,
-            doi,
+            id,
             reference,
-        } => crate::records::checkout(*provider, doi, reference.as_deref(), settings, reporter),
+        } => crate::records::checkout(*provider, id, reference.as_deref(), settings, reporter),
         _ => source::checkout(&spec, &settings.cache_dir(), &policy, reporter),
     }
     .with_context(|| format!("could not get {}", source::redact(&repository.spec)))?;

@@ -5,6 +5,15 @@
 
 mod common;
 
+#[path = "records/ckan.rs"]
+mod ckan;
+#[path = "records/dataverse.rs"]
+mod dataverse;
+#[path = "records/hydroshare.rs"]
+mod hydroshare;
+#[path = "records/swh.rs"]
+mod swh;
+
 use std::path::Path;
 
 use common::records::{zip_of, RecordServer};

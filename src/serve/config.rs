@@ -34,7 +34,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "allowed-specs",
         "regexes of the only specs that may build, when given",
     ),
-    ("providers", "enabled providers (default gh, gl, git, gist; zenodo and figshare when enabled: records through the [records] table)"),
+    ("providers", "enabled providers (default gh, gl, git, gist; zenodo, figshare, dataverse, hydroshare and ckan when enabled: records through the [records] table)"),
     (
         "build-token-expires",
         "seconds a launch page's build token is valid (default 300)",
@@ -67,7 +67,17 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 /// The providers the service knows.
-pub const PROVIDERS: &[&str] = &["gh", "gl", "git", "gist", "zenodo", "figshare"];
+pub const PROVIDERS: &[&str] = &[
+    "gh",
+    "gl",
+    "git",
+    "gist",
+    "zenodo",
+    "figshare",
+    "dataverse",
+    "hydroshare",
+    "ckan",
+];
 
 /// Why the service's settings are wrong.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +93,7 @@ pub enum ServeConfigError {
         message: String,
     },
     /// A provider that does not exist.
-    #[error(
-        "[serve] providers: unknown provider `{0}` (known: gh, gl, git, gist, zenodo, figshare)"
-    )]
+    #[error("[serve] providers: unknown provider `{0}` (known: gh, gl, git, gist, zenodo, figshare, dataverse, hydroshare, ckan)")]
     Provider(String),
     /// An unknown content mode.
     #[error("[serve] content: unknown mode `{0}` (known: none, nbgitpuller)")]
@@ -357,7 +365,7 @@ mod tests {
         ));
         assert!(matches!(
             bad(ServeTable {
-                providers: Some(vec!["dataverse".into()]),
+                providers: Some(vec!["bitbucket".into()]),
                 ..Default::default()
             }),
             Err(ServeConfigError::Provider(_))

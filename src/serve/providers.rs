@@ -40,18 +40,18 @@ impl Repo {
             return Err(format!("No provider found for prefix {provider}"));
         }
         let spec = raw_spec.trim_end_matches('/').to_string();
-        if matches!(provider, "zenodo" | "figshare") {
-            // A record: the DOI is the whole spec; the record it resolves to is the "commit".
+        if spec::RecordProvider::from_name(provider).is_some() {
+            // A record: the spec names it whole; the version it resolves to is the "commit".
             let parsed = spec::parse_provider(&format!("{provider}/{spec}"))
                 .map_err(|e| crate::printer::sanitize_line(&with_causes(&e)))?;
-            let RepoSpec::Record { doi, .. } = parsed else {
-                return Err("not a DOI".into());
+            let RepoSpec::Record { id, .. } = parsed else {
+                return Err("not a record".into());
             };
             return Ok(Self {
                 provider: provider.to_string(),
-                head: doi.clone(),
+                head: id.clone(),
                 unresolved_ref: "latest".into(),
-                url: format!("{provider}/{doi}"),
+                url: format!("{provider}/{id}"),
                 slug: provider.to_string(),
                 spec,
             });
@@ -120,6 +120,9 @@ impl Repo {
                 };
                 format!("v2/figshare/{doi}.v{version}")
             }
+            // Dataverse, HydroShare and CKAN address only a record's newest version: the
+            // spec is the request, and a build of it checks the version it resolved.
+            ("dataverse" | "hydroshare" | "ckan", _) => self.request(),
             _ => format!("v2/{}/{}/{commit}", self.provider, self.head),
         }
     }
@@ -130,7 +133,9 @@ impl Repo {
             "gh" => format!("{}/tree/{commit}", self.url),
             "gl" => format!("{}/tree/{commit}", self.url.trim_end_matches(".git")),
             "gist" => format!("{}/{commit}", self.url.trim_end_matches(".git")),
-            "zenodo" | "figshare" => format!("https://doi.org/{}", self.head),
+            "zenodo" | "figshare" | "dataverse" => format!("https://doi.org/{}", self.head),
+            "hydroshare" => format!("https://www.hydroshare.org/resource/{}/", self.head),
+            "ckan" => self.head.clone(),
             _ => crate::source::redact(&self.url),
         }
     }
@@ -211,6 +216,24 @@ pub fn display_configs(enabled: &[String]) -> serde_json::Value {
             "repo": {"label": "Figshare DOI", "placeholder": "example: 10.6084/m9.figshare.9782777.v1", "urlEncode": false},
             "ref": {"enabled": false}
         }),
+        json!({
+            "displayName": "HydroShare resource", "id": "hydroshare",
+            "spec": {"validateRegex": "[^/]+"},
+            "repo": {"label": "HydroShare resource id or URL", "placeholder": "example: 8f7c2f0341ef4180b0dd2d85a5b2a9e8 or https://www.hydroshare.org/resource/8f7c2f0341ef4180b0dd2d85a5b2a9e8", "urlEncode": true},
+            "ref": {"enabled": false}
+        }),
+        json!({
+            "displayName": "Dataverse DOI", "id": "dataverse",
+            "spec": {"validateRegex": "10\\.\\d+\\/(.)+"},
+            "repo": {"label": "Dataverse DOI", "placeholder": "example: 10.7910/DVN/TJCLKP", "urlEncode": false},
+            "ref": {"enabled": false}
+        }),
+        json!({
+            "displayName": "CKAN dataset", "id": "ckan",
+            "spec": {"validateRegex": "[^/]+"},
+            "repo": {"label": "CKAN dataset URL", "placeholder": "https://demo.ckan.org/dataset/sample-dataset-1", "urlEncode": true},
+            "ref": {"enabled": false}
+        }),
     ];
     serde_json::Value::Array(
         all.into_iter()
@@ -273,13 +296,10 @@ impl Resolver {
         }
         let (url, reference, policy) = (key.0.clone(), key.1.clone(), self.policy.clone());
         let settings = self.settings.clone();
-        let record = match repo.provider.as_str() {
-            "zenodo" => Some((spec::RecordProvider::Zenodo, repo.head.clone())),
-            "figshare" => Some((spec::RecordProvider::Figshare, repo.head.clone())),
-            _ => None,
-        };
+        let record = spec::RecordProvider::from_name(&repo.provider)
+            .map(|provider| (provider, repo.head.clone()));
         let answer = tokio::task::spawn_blocking(move || match record {
-            Some((provider, doi)) => crate::records::resolve(provider, &doi, &settings),
+            Some((provider, id)) => crate::records::resolve(provider, &id, &settings),
             None => crate::source::git::ls_remote(&url, &reference, &policy),
         })
         .await

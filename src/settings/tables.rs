@@ -176,8 +176,9 @@ impl SlurmTable {
     }
 }
 
-/// The `[records]` table: where archived records (DOIs, Zenodo) are looked up. Each is a
-/// base URL; tests and sites with mirrors point them elsewhere.
+/// The `[records]` table: where archived records (DOIs, Zenodo, Figshare, Dataverse,
+/// HydroShare, CKAN, Software Heritage) are looked up. Each is a base URL; tests and sites
+/// with mirrors point them elsewhere.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RecordsTable {
@@ -193,6 +194,19 @@ pub struct RecordsTable {
     /// Where Figshare's files may be downloaded from, besides its API's host (default
     /// https://ndownloader.figshare.com).
     pub figshare_downloads: Option<Vec<String>>,
+    /// The Dataverse installations a DOI may resolve to (default: a list of public ones;
+    /// repo2docker reads the same from IQSS's installations list).
+    pub dataverse: Option<Vec<String>>,
+    /// HydroShare (default https://www.hydroshare.org).
+    pub hydroshare: Option<String>,
+    /// The CKAN sites datasets may come from (default https://demo.ckan.org and
+    /// https://catalog.data.gov): a launch link names any URL, so only these are fetched.
+    pub ckan: Option<Vec<String>>,
+    /// Software Heritage's API (default https://archive.softwareheritage.org/api/1).
+    pub software_heritage: Option<String>,
+    /// Seconds to wait for a provider preparing a download (a HydroShare bag, a Software
+    /// Heritage vault bundle), default 600.
+    pub prepare_timeout: Option<u64>,
 }
 
 impl RecordsTable {
@@ -225,6 +239,61 @@ impl RecordsTable {
         self.figshare_downloads
             .clone()
             .unwrap_or_else(|| vec!["https://ndownloader.figshare.com".into()])
+    }
+
+    /// The Dataverse installations' base URLs, without a trailing `/`.
+    pub fn dataverse(&self) -> Vec<String> {
+        let defaults = [
+            "https://dataverse.harvard.edu",
+            "https://demo.dataverse.org",
+            "https://dataverse.nl",
+            "https://borealisdata.ca",
+            "https://dataverse.no",
+            "https://data.qdr.syr.edu",
+            "https://recherche.data.gouv.fr",
+        ];
+        self.dataverse
+            .clone()
+            .unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect())
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    /// HydroShare's base URL, without a trailing `/`.
+    pub fn hydroshare(&self) -> &str {
+        self.hydroshare
+            .as_deref()
+            .unwrap_or("https://www.hydroshare.org")
+            .trim_end_matches('/')
+    }
+
+    /// The CKAN sites' base URLs, without a trailing `/`.
+    pub fn ckan(&self) -> Vec<String> {
+        self.ckan
+            .clone()
+            .unwrap_or_else(|| {
+                vec![
+                    "https://demo.ckan.org".into(),
+                    "https://catalog.data.gov".into(),
+                ]
+            })
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    /// Software Heritage's API base URL, without a trailing `/`.
+    pub fn software_heritage(&self) -> &str {
+        self.software_heritage
+            .as_deref()
+            .unwrap_or("https://archive.softwareheritage.org/api/1")
+            .trim_end_matches('/')
+    }
+
+    /// How long to wait for a provider preparing a download.
+    pub fn prepare_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.prepare_timeout.unwrap_or(600))
     }
 
     /// Zenodo's base URL, without a trailing `/`.

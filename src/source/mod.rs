@@ -254,8 +254,8 @@ pub fn checkout(
             let slug = local::slug_for_dir(&absolute);
             git::checkout(&url, Some(reference), slug, cache_dir, policy, reporter)
         }
-        RepoSpec::Record { provider, doi, .. } => Err(SourceError::Unsupported {
-            spec: doi.clone(),
+        RepoSpec::Record { provider, id, .. } => Err(SourceError::Unsupported {
+            spec: id.clone(),
             // Records are fetched over HTTP by the records module, not here.
             provider: provider.name().to_string(),
         }),

@@ -20,13 +20,15 @@ pub enum RepoSpec {
         /// A ref to check out, for git work trees.
         reference: Option<String>,
     },
-    /// An archived record (a DOI or a provider's record), downloaded over HTTP.
+    /// An archived record (a DOI, a provider's record or dataset, a SWHID), downloaded
+    /// over HTTP.
     Record {
         /// Which provider answers for it ([`RecordProvider::Doi`]: whichever the DOI
         /// resolves to).
         provider: RecordProvider,
-        /// The DOI (`10.5281/zenodo.3242074`), as given.
-        doi: String,
+        /// The record as given, decoded: a DOI (`10.5281/zenodo.3242074`), a HydroShare
+        /// resource id or URL, a CKAN dataset URL, or a SWHID (`swh:1:dir:<40 hex>`).
+        id: String,
         /// The record it must resolve to (`zenodo-<id>`), as `--ref` (the launch service
         /// passes the one it resolved, so a new version meanwhile is an error).
         reference: Option<String>,
@@ -51,15 +53,40 @@ pub enum RecordProvider {
     Zenodo,
     /// Figshare.
     Figshare,
+    /// A Dataverse installation (`[records] dataverse` lists them).
+    Dataverse,
+    /// HydroShare.
+    HydroShare,
+    /// A CKAN site (`[records] ckan` lists them).
+    Ckan,
+    /// The Software Heritage archive (a SWHID).
+    Swh,
 }
 
 impl RecordProvider {
+    /// The provider of BinderHub's prefix `name` (`zenodo`, ..., `ckan`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Zenodo,
+            Self::Figshare,
+            Self::Dataverse,
+            Self::HydroShare,
+            Self::Ckan,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+
     /// The provider's BinderHub prefix.
     pub fn name(self) -> &'static str {
         match self {
             Self::Doi => "doi",
             Self::Zenodo => "zenodo",
             Self::Figshare => "figshare",
+            Self::Dataverse => "dataverse",
+            Self::HydroShare => "hydroshare",
+            Self::Ckan => "ckan",
+            Self::Swh => "swh",
         }
     }
 
@@ -69,12 +96,16 @@ impl RecordProvider {
             Self::Doi => "the DOI's provider",
             Self::Zenodo => "Zenodo",
             Self::Figshare => "Figshare",
+            Self::Dataverse => "Dataverse",
+            Self::HydroShare => "HydroShare",
+            Self::Ckan => "CKAN",
+            Self::Swh => "Software Heritage",
         }
     }
 }
 
-/// BinderHub providers that fetch archives rather than git repositories; not yet supported.
-const ARCHIVE_PROVIDERS: &[&str] = &["hydroshare", "dataverse", "ckan"];
+/// BinderHub's providers of archived records (`<provider>/<spec>`).
+pub const RECORD_PROVIDERS: &[&str] = &["zenodo", "figshare", "dataverse", "hydroshare", "ckan"];
 
 /// URL schemes we hand to git.
 const GIT_SCHEMES: &[&str] = &["https://", "http://", "ssh://", "git://", "file://"];
@@ -98,10 +129,10 @@ pub fn parse(input: &str, cli_ref: Option<&str>) -> Result<RepoSpec, SourceError
             reference: cli_ref.map(str::to_string),
         });
     }
-    if let Some(RepoSpec::Record { provider, doi, .. }) = record_spec(input)? {
+    if let Some(RepoSpec::Record { provider, id, .. }) = record_spec(input)? {
         return Ok(RepoSpec::Record {
             provider,
-            doi,
+            id,
             reference: cli_ref.map(str::to_string),
         });
     }
@@ -181,18 +212,31 @@ fn bad(spec: &str, reason: &str) -> SourceError {
 }
 
 fn is_provider(name: &str) -> bool {
-    matches!(name, "gh" | "gl" | "git" | "gist" | "zenodo" | "figshare")
-        || ARCHIVE_PROVIDERS.contains(&name)
+    matches!(name, "gh" | "gl" | "git" | "gist") || RECORD_PROVIDERS.contains(&name)
 }
 
-/// `zenodo/<doi>`, `doi:<doi>`, `https://doi.org/<doi>` (and launch URLs of them).
+/// `zenodo/<doi>`, `figshare/<doi>`, `dataverse/<doi>`, `hydroshare/<id or url>`,
+/// `ckan/<url-escaped dataset url>`, `doi:<doi>`, `https://doi.org/<doi>` (and launch URLs
+/// of them), and SWHIDs.
 fn record_spec(input: &str) -> Result<Option<RepoSpec>, SourceError> {
+    if input.starts_with("swh:") {
+        return swhid(input).map(Some);
+    }
     let launch = launch_url_spec(input);
     let spec = launch.as_deref().unwrap_or(input);
-    let (provider, doi) = if let Some(doi) = spec.strip_prefix("zenodo/") {
-        (RecordProvider::Zenodo, decode(doi))
-    } else if let Some(doi) = spec.strip_prefix("figshare/") {
-        (RecordProvider::Figshare, decode(doi))
+    let doi_provider = [
+        ("zenodo/", RecordProvider::Zenodo),
+        ("figshare/", RecordProvider::Figshare),
+        ("dataverse/", RecordProvider::Dataverse),
+    ]
+    .into_iter()
+    .find_map(|(prefix, provider)| spec.strip_prefix(prefix).map(|doi| (provider, decode(doi))));
+    let (provider, id) = if let Some(found) = doi_provider {
+        found
+    } else if let Some(resource) = spec.strip_prefix("hydroshare/") {
+        return hydroshare_spec(input, &decode(resource)).map(Some);
+    } else if let Some(dataset) = spec.strip_prefix("ckan/") {
+        return ckan_spec(input, &decode(dataset)).map(Some);
     } else if let Some(doi) = spec.strip_prefix("doi:") {
         (RecordProvider::Doi, doi.to_string())
     } else if let Some(doi) = ["https://doi.org/", "http://doi.org/", "https://dx.doi.org/"]
@@ -203,17 +247,88 @@ fn record_spec(input: &str) -> Result<Option<RepoSpec>, SourceError> {
     } else {
         return Ok(None);
     };
-    if !is_doi(&doi) {
+    if !is_doi(&id) {
         return Err(bad(
             input,
             "expected a DOI such as 10.5281/zenodo.3242074 (BinderHub's `10\\.\\d+/.+`)",
         ));
     }
-    Ok(Some(RepoSpec::Record {
+    Ok(Some(record(provider, id)))
+}
+
+fn record(provider: RecordProvider, id: String) -> RepoSpec {
+    RepoSpec::Record {
         provider,
-        doi,
+        id,
         reference: None,
-    }))
+    }
+}
+
+/// `hydroshare/<32 hex>` or a HydroShare URL holding it (`.../resource/<32 hex>/`).
+fn hydroshare_spec(input: &str, resource: &str) -> Result<RepoSpec, SourceError> {
+    let is_id = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let id = if is_id(resource) {
+        Some(resource)
+    } else if resource.starts_with("https://") || resource.starts_with("http://") {
+        let path = resource.split(['?', '#']).next().unwrap_or_default();
+        path.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|last| is_id(last) && path.contains("/resource/"))
+    } else {
+        None
+    };
+    id.map(|id| record(RecordProvider::HydroShare, id.to_ascii_lowercase()))
+        .ok_or_else(|| {
+            bad(
+                input,
+                "expected hydroshare/<resource id> (32 hex digits) or the resource's URL",
+            )
+        })
+}
+
+/// `ckan/<url-escaped dataset URL>`: `http(s)://<site>[/prefix]/dataset/<name>`, with an
+/// optional `/history/<activity>` or `?activity_id=<activity>`, as BinderHub reads it.
+fn ckan_spec(input: &str, dataset: &str) -> Result<RepoSpec, SourceError> {
+    let usable = url::Url::parse(dataset).ok().filter(|u| {
+        matches!(u.scheme(), "https" | "http")
+            && u.host_str().is_some()
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.path().contains("/dataset/")
+            && u.path()
+                .split_once("/dataset/")
+                .is_some_and(|(_, name)| !name.is_empty() && !name.starts_with('/'))
+    });
+    match usable {
+        Some(_) if !dataset.contains("..") => Ok(record(RecordProvider::Ckan, dataset.to_string())),
+        _ => Err(bad(
+            input,
+            "expected ckan/<url-escaped dataset URL>, such as ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample",
+        )),
+    }
+}
+
+/// A SWHID of a directory or revision (`swh:1:dir:<40 hex>`, `swh:1:rev:<40 hex>`, with
+/// optional `;qualifiers`), as repo2docker accepts.
+fn swhid(input: &str) -> Result<RepoSpec, SourceError> {
+    let core = input.split(';').next().unwrap_or_default();
+    let parts: Vec<&str> = core.split(':').collect();
+    match parts.as_slice() {
+        ["swh", "1", "dir" | "rev", hash]
+            if hash.len() == 40 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(record(RecordProvider::Swh, core.to_string()))
+        }
+        ["swh", "1", "ori" | "cnt" | "snp" | "rel", _] => Err(bad(
+            input,
+            "only directory and revision SWHIDs (swh:1:dir:..., swh:1:rev:...) can be built",
+        )),
+        _ => Err(bad(
+            input,
+            "expected a SWHID such as swh:1:dir:<40 lowercase hex digits>",
+        )),
+    }
 }
 
 /// BinderHub's DOI grammar, `10\.\d+/(.)+`, with nothing a URL or a shell would read.
@@ -247,12 +362,6 @@ fn launch_url_spec(input: &str) -> Option<String> {
 /// BinderHub's `<provider>/<spec>` grammar (`reference/binderhub-hpc.md` §1.3).
 fn provider_spec(input: &str, spec: &str) -> Result<(String, Option<String>, String), SourceError> {
     let (provider, rest) = spec.split_once('/').unwrap_or((spec, ""));
-    if ARCHIVE_PROVIDERS.contains(&provider) {
-        return Err(SourceError::Unsupported {
-            spec: input.to_string(),
-            provider: provider.to_string(),
-        });
-    }
     match provider {
         "gh" => {
             let parts: Vec<&str> = rest.splitn(3, '/').collect();
@@ -615,12 +724,8 @@ mod tests {
             matches!(parse("gh/org/repo", None), Err(SourceError::BadSpec { reason, .. }) if reason.contains("gh/org/repo/HEAD"))
         );
         assert!(matches!(
-            parse("dataverse/10.7910/DVN/TJCLKP", None),
-            Err(SourceError::Unsupported { .. })
-        ));
-        assert!(matches!(
             parse("zenodo/10.5281/zenodo.1", None),
-            Ok(RepoSpec::Record { provider: RecordProvider::Zenodo, ref doi, reference: None }) if doi == "10.5281/zenodo.1"
+            Ok(RepoSpec::Record { provider: RecordProvider::Zenodo, ref id, reference: None }) if id == "10.5281/zenodo.1"
         ));
         assert!(matches!(
             parse("https://doi.org/10.5281/zenodo.1", Some("zenodo-1")),
@@ -676,6 +781,66 @@ mod tests {
             parse("gh:org/repo@v1", Some("v2")),
             Err(SourceError::BadSpec { .. })
         ));
+    }
+
+    #[test]
+    fn parses_every_record_provider() {
+        let record = |spec: &str| match parse_provider(spec) {
+            Ok(RepoSpec::Record { provider, id, .. }) => Ok((provider, id)),
+            Ok(other) => panic!("{spec}: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let hs = "b8f6eae9d89241cf8b5904033460af61";
+        for (spec, provider, id) in [
+            (
+                "dataverse/10.7910/DVN/TJCLKP",
+                RecordProvider::Dataverse,
+                "10.7910/DVN/TJCLKP",
+            ),
+            (
+                &format!("hydroshare/{hs}") as &str,
+                RecordProvider::HydroShare,
+                hs,
+            ),
+            (
+                &format!("hydroshare/https%3A%2F%2Fwww.hydroshare.org%2Fresource%2F{hs}%2F"),
+                RecordProvider::HydroShare,
+                hs,
+            ),
+            (
+                "ckan/https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample%2Fhistory%2F1",
+                RecordProvider::Ckan,
+                "https://demo.ckan.org/dataset/sample/history/1",
+            ),
+        ] {
+            assert_eq!(record(spec), Ok((provider, id.to_string())), "{spec}");
+        }
+        let dir = "swh:1:dir:0123456789abcdef0123456789abcdef01234567";
+        assert!(matches!(
+            parse(&format!("{dir};origin=https://example.org"), None),
+            Ok(RepoSpec::Record { provider: RecordProvider::Swh, ref id, .. }) if id == dir
+        ));
+        for bad in [
+            "hydroshare/123",
+            "hydroshare/https%3A%2F%2Fexample.org%2Fx",
+            "ckan/https%3A%2F%2Fdemo.ckan.org%2Fgroups%2Fx",
+            "ckan/file%3A%2F%2F%2Fetc%2Fdataset%2Fx",
+            "ckan/https%3A%2F%2Fu%3Ap%40demo.ckan.org%2Fdataset%2Fx",
+            "dataverse/DVN/TJCLKP",
+        ] {
+            assert!(record(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "swh:1:cnt:0123456789abcdef0123456789abcdef01234567",
+            "swh:1:dir:0123",
+            "swh:2:dir:0123456789abcdef0123456789abcdef01234567",
+            "swh:1:dir:0123456789ABCDEF0123456789abcdef01234567",
+        ] {
+            assert!(
+                matches!(parse(bad, None), Err(SourceError::BadSpec { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,52 @@ use std::sync::{Arc, Mutex};
 
 use md5::Digest as _;
 
-type Routes = Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>>;
+/// One answer of a route: status, content type, body and an optional `Location`.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    /// `200 OK` with `body`.
+    pub fn ok(content_type: &str, body: Vec<u8>) -> Self {
+        Self {
+            status: 200,
+            content_type: content_type.to_string(),
+            body,
+            location: None,
+        }
+    }
+
+    /// `200 OK` with a JSON document.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self::ok("application/json", value.to_string().into_bytes())
+    }
+
+    /// Another status with a JSON document.
+    pub fn status(status: u16, value: &serde_json::Value) -> Self {
+        Self {
+            status,
+            ..Self::json(value)
+        }
+    }
+
+    /// `302 Found` to `location`.
+    pub fn redirect(location: &str) -> Self {
+        Self {
+            status: 302,
+            content_type: "text/plain".into(),
+            body: Vec::new(),
+            location: Some(location.to_string()),
+        }
+    }
+}
+
+/// A route's answers, given in turn; the last one repeats.
+type Routes = Arc<Mutex<BTreeMap<String, (Vec<Answer>, usize)>>>;
 
 /// The running server (doi.org and Zenodo on one loopback port).
 pub struct RecordServer {
@@ -55,7 +100,7 @@ impl RecordServer {
     /// The site config's `[records]` table pointing at this server.
     pub fn config(&self) -> String {
         format!(
-            "[records]\ndoi-resolver = \"{0}\"\nzenodo = \"{0}\"\nfigshare = \"{0}\"\nfigshare-api = \"{0}\"\nfigshare-downloads = [\"{0}\"]\n",
+            "[records]\ndoi-resolver = \"{0}\"\nzenodo = \"{0}\"\nfigshare = \"{0}\"\nfigshare-api = \"{0}\"\nfigshare-downloads = [\"{0}\"]\ndataverse = [\"{0}\"]\nhydroshare = \"{0}\"\nckan = [\"{0}\"]\nsoftware-heritage = \"{0}/api/1\"\nprepare-timeout = 60\n",
             self.base()
         )
     }
@@ -104,11 +149,19 @@ impl RecordServer {
         self.point(doi, &format!("{base}/articles/software/binder_demo/{id}"));
     }
 
-    fn route(&self, path: &str, content_type: &str, body: Vec<u8>) {
+    /// Answer GET (or any method) `path` with `body`. A `path` with a query string
+    /// matches only that query; one without matches any.
+    pub fn route(&self, path: &str, content_type: &str, body: Vec<u8>) {
+        self.answers(path, vec![Answer::ok(content_type, body)]);
+    }
+
+    /// Answer `path` with `answers` in turn, the last one repeating.
+    pub fn answers(&self, path: &str, answers: Vec<Answer>) {
+        assert!(!answers.is_empty());
         self.routes
             .lock()
             .unwrap()
-            .insert(path.to_string(), (content_type.to_string(), body));
+            .insert(path.to_string(), (answers, 0));
     }
 
     /// Publish Zenodo record `id` with `files`, and point `doi` at it.
@@ -210,37 +263,54 @@ fn serve(
             break;
         }
     }
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("/").to_string();
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     let answer = if down.load(Ordering::SeqCst) {
         None
     } else {
-        routes.lock().unwrap().get(&path).cloned()
+        let mut routes = routes.lock().unwrap();
+        let key = if routes.contains_key(target) {
+            target.to_string()
+        } else {
+            path
+        };
+        routes.get_mut(&key).map(|(answers, served)| {
+            let answer = answers[(*served).min(answers.len() - 1)].clone();
+            *served += 1;
+            answer
+        })
     };
-    let (status, content_type, body) = match answer {
-        Some((content_type, body)) => ("200 OK", content_type, body),
-        None if down.load(Ordering::SeqCst) => (
-            "503 Service Unavailable",
-            "text/plain".into(),
-            b"down".to_vec(),
-        ),
-        None => (
-            "404 Not Found",
-            "application/json".into(),
-            br#"{"status":404,"message":"not found"}"#.to_vec(),
+    let answer = match answer {
+        Some(answer) => answer,
+        None if down.load(Ordering::SeqCst) => Answer {
+            status: 503,
+            content_type: "text/plain".into(),
+            body: b"down".to_vec(),
+            location: None,
+        },
+        None => Answer::status(
+            404,
+            &serde_json::json!({"status": 404, "message": "not found"}),
         ),
     };
+    let reason = match answer.status {
+        200 => "OK",
+        202 => "Accepted",
+        302 => "Found",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let location = answer
+        .location
+        .map(|l| format!("Location: {l}\r\n"))
+        .unwrap_or_default();
+    let (status, content_type, body) = (answer.status, answer.content_type, answer.body);
     let mut stream = stream;
     let _ = write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\n{location}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(&body);

@@ -1,0 +1,1 @@
+//! dataverse records against a loopback server speaking its API (tests/common/records.rs).
