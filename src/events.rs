@@ -175,7 +175,36 @@ impl Reporter for TerminalReporter {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 bar
             });
-            bar.set_message(format!("{:>9} {text}", phase_label(event.phase)));
+            match download_bytes(&event) {
+                // A download: a bar of bytes, with its rate and time left when the size
+                // is known.
+                Some((done, total)) => {
+                    let file = text.split(": ").next().unwrap_or(&text);
+                    let template = match total {
+                        Some(total) => {
+                            bar.set_length(total);
+                            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                        }
+                        None => {
+                            bar.unset_length();
+                            "{spinner} {msg} {bytes} {binary_bytes_per_sec}"
+                        }
+                    };
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_position(done);
+                    bar.set_message(format!("{:>9} {file}", phase_label(event.phase)));
+                }
+                None => {
+                    if bar.length().is_some() || bar.position() > 0 {
+                        bar.set_style(indicatif::ProgressStyle::default_spinner());
+                        bar.unset_length();
+                        bar.set_position(0);
+                    }
+                    bar.set_message(format!("{:>9} {text}", phase_label(event.phase)));
+                }
+            }
         } else if !finished {
             // Batch logs (Slurm) get one plain line per event.
             let line = format!("{:>9} {text}", phase_label(event.phase));
@@ -196,6 +225,12 @@ impl Drop for TerminalReporter {
             }
         }
     }
+}
+
+/// The bytes a download event says are done, and of how many (`bytes`, `total_bytes`).
+fn download_bytes(event: &Event) -> Option<(u64, Option<u64>)> {
+    let done = event.fields.get("bytes")?.as_u64()?;
+    Some((done, event.fields.get("total_bytes").and_then(|t| t.as_u64())))
 }
 
 fn phase_label(phase: Phase) -> &'static str {

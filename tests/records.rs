@@ -345,3 +345,54 @@ fn a_figshare_article_from_a_loopback_figshare_api_builds_and_each_version_is_an
         common::stderr(&output)
     );
 }
+
+#[test]
+fn a_download_on_a_terminal_draws_a_bar_of_its_bytes_from_a_loopback_zenodo() {
+    let server = RecordServer::start();
+    // 2 MiB sent in 64 KiB pieces 50 ms apart: about 1.6 s, several progress events.
+    let mut data: Vec<u8> = Vec::new();
+    let mut seed = 1u32;
+    while data.len() < 2 << 20 {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        data.extend_from_slice(&seed.to_le_bytes());
+    }
+    server.publish(
+        DOI,
+        3242074,
+        &[
+            ("requirements.txt", b"six==1.16.0\n".to_vec()),
+            ("data.bin", data),
+        ],
+    );
+    server.set_slow(true);
+    let sandbox = sandbox(&server);
+    // The real binary under a pseudo-terminal (util-linux `script`), with the sandbox's
+    // environment.
+    let binary = sandbox.command();
+    let mut command = std::process::Command::new("script");
+    command.env_clear();
+    for (key, value) in binary.get_envs() {
+        if let Some(value) = value {
+            command.env(key, value);
+        }
+    }
+    let output = command
+        .env("TERM", "xterm")
+        .current_dir(binary.get_current_dir().unwrap())
+        .args(["-qefc"])
+        .arg(format!(
+            "{} build --dry-run zenodo/{DOI}",
+            env!("CARGO_BIN_EXE_hpcbinder")
+        ))
+        .arg("/dev/null")
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    // A bar of bytes done out of the published size, with the file's name.
+    assert!(
+        screen.contains("fetching Downloading data.bin ["),
+        "{screen}"
+    );
+    assert!(screen.contains("/2.00 MiB"), "{screen}");
+}

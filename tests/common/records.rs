@@ -67,6 +67,7 @@ pub struct RecordServer {
     pub port: u16,
     routes: Routes,
     down: Arc<AtomicBool>,
+    slow: Arc<AtomicBool>,
     hits: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
@@ -76,18 +77,20 @@ impl RecordServer {
         let port = listener.local_addr().unwrap().port();
         let routes: Routes = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
+        let slow = Arc::new(AtomicBool::new(false));
         let hits: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-        let (r, d, h) = (routes.clone(), down.clone(), hits.clone());
+        let (r, d, s, h) = (routes.clone(), down.clone(), slow.clone(), hits.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (r, d, h) = (r.clone(), d.clone(), h.clone());
-                std::thread::spawn(move || serve(stream, &r, &d, &h));
+                let (r, d, s, h) = (r.clone(), d.clone(), s.clone(), h.clone());
+                std::thread::spawn(move || serve(stream, &r, &d, &s, &h));
             }
         });
         Self {
             port,
             routes,
             down,
+            slow,
             hits,
         }
     }
@@ -240,6 +243,11 @@ impl RecordServer {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// Send bodies in 64 KiB pieces, 50 ms apart (a download long enough to show progress).
+    pub fn set_slow(&self, slow: bool) {
+        self.slow.store(slow, Ordering::SeqCst);
+    }
+
     /// Requests for `path` so far.
     pub fn hits(&self, path: &str) -> usize {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
@@ -250,6 +258,7 @@ fn serve(
     stream: TcpStream,
     routes: &Routes,
     down: &AtomicBool,
+    slow: &AtomicBool,
     hits: &Mutex<BTreeMap<String, usize>>,
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -313,7 +322,20 @@ fn serve(
         "HTTP/1.1 {status} {reason}\r\n{location}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(&body);
+    if slow.load(Ordering::SeqCst) {
+        for piece in body.chunks(64 << 10) {
+            if stream
+                .write_all(piece)
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    } else {
+        let _ = stream.write_all(&body);
+    }
     let _ = stream.flush();
     let _ = reader.read(&mut [0u8; 0]);
 }
