@@ -230,7 +230,10 @@ impl Drop for TerminalReporter {
 /// The bytes a download event says are done, and of how many (`bytes`, `total_bytes`).
 fn download_bytes(event: &Event) -> Option<(u64, Option<u64>)> {
     let done = event.fields.get("bytes")?.as_u64()?;
-    Some((done, event.fields.get("total_bytes").and_then(|t| t.as_u64())))
+    Some((
+        done,
+        event.fields.get("total_bytes").and_then(|t| t.as_u64()),
+    ))
 }
 
 fn phase_label(phase: Phase) -> &'static str {
