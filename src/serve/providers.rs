@@ -364,6 +364,48 @@ mod tests {
     }
 
     #[test]
+    fn records_of_every_provider_name_their_version_as_binderhub_does() {
+        let enabled: Vec<String> = crate::serve::config::PROVIDERS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let zenodo = Repo::parse("zenodo", "10.5281/zenodo.1000", &enabled).unwrap();
+        assert_eq!(
+            zenodo.persistent_request("zenodo-3242074"),
+            "v2/zenodo/10.5281/zenodo.3242074"
+        );
+        let figshare = Repo::parse("figshare", "10.6084/m9.figshare.9782777", &enabled).unwrap();
+        assert_eq!(
+            figshare.persistent_request("figshare-9782777.v3"),
+            "v2/figshare/10.6084/m9.figshare.9782777.v3"
+        );
+        let dataverse = Repo::parse("dataverse", "10.7910/DVN/TJCLKP", &enabled).unwrap();
+        assert_eq!(dataverse.head, "10.7910/DVN/TJCLKP");
+        assert_eq!(
+            dataverse.persistent_request("dataverse-3323458.v1.0"),
+            "v2/dataverse/10.7910/DVN/TJCLKP"
+        );
+        let id = "b8f6eae9d89241cf8b5904033460af61";
+        let hydroshare = Repo::parse("hydroshare", id, &enabled).unwrap();
+        assert_eq!(
+            hydroshare.ref_url("x"),
+            format!("https://www.hydroshare.org/resource/{id}/")
+        );
+        let ckan = Repo::parse(
+            "ckan",
+            "https%3A%2F%2Fdemo.ckan.org%2Fdataset%2Fsample",
+            &enabled,
+        )
+        .unwrap();
+        assert_eq!(ckan.head, "https://demo.ckan.org/dataset/sample");
+        assert!(Repo::parse("hydroshare", "not-an-id", &enabled).is_err());
+        assert_eq!(
+            display_configs(&enabled).as_array().unwrap().len(),
+            enabled.len()
+        );
+    }
+
+    #[test]
     fn display_configs_list_only_enabled_providers() {
         let configs = display_configs(&["git".to_string()]);
         assert_eq!(configs.as_array().unwrap().len(), 1);
