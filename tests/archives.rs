@@ -1,10 +1,14 @@
 //! Safe extraction against a corpus of hostile archives built here (tar-rs and zip-slip
 //! classics, link tricks, bombs, lying headers), and the ordinary archives records hold.
 //! Every refusal is checked the same way (`builders::refused`): one clear line, nothing
-//! outside the target touched, nothing half-extracted left behind.
+//! outside the target touched, nothing half-extracted left behind. Hard links, extracted as
+//! copies, are in `archives/hardlinks.rs`; the last test takes its limits from the site
+//! config's `[archives]` table.
 
 #[path = "archives/builders.rs"]
 mod builders;
+#[path = "archives/hardlinks.rs"]
+mod hardlinks;
 #[path = "archives/records.rs"]
 mod records;
 #[path = "archives/zips.rs"]
@@ -13,6 +17,7 @@ mod zips;
 use std::os::unix::fs::PermissionsExt;
 
 use builders::*;
+use hpcbinder::settings::ArchivesTable;
 use hpcbinder::source::archive::{Format, Limits};
 use tar::EntryType;
 
@@ -292,7 +297,11 @@ fn tar_hardlink_to_an_absolute_path_is_refused() {
         &archive,
         Format::Tar,
         &test_limits(),
-        &["`h`", "hard link", "not allowed"],
+        &[
+            "`h`",
+            "hard link to absolute path",
+            "points outside the extraction directory",
+        ],
     );
 }
 
@@ -306,12 +315,17 @@ fn tar_hardlink_climbing_out_is_refused() {
         &archive,
         Format::Tar,
         &test_limits(),
-        &["`h`", "hard link to `../../../outside/victim.txt`"],
+        &[
+            "`h`",
+            "hard link to `../../../outside/victim.txt`",
+            "`..` in the path",
+        ],
     );
 }
 
 #[test]
 fn tar_hardlink_to_an_extracted_file_then_a_write_through_it_is_refused() {
+    // `b` is a copy of `a`, and a name is written once: the write can reach neither.
     let archive = tar(&[
         file("a", "original"),
         hardlink("b", "a"),
@@ -321,7 +335,7 @@ fn tar_hardlink_to_an_extracted_file_then_a_write_through_it_is_refused() {
         &archive,
         Format::Tar,
         &test_limits(),
-        &["`b`", "hard link to `a`"],
+        &["`b`", "more than once"],
     );
 }
 
@@ -526,5 +540,39 @@ fn tar_deep_paths_count_their_implied_directories_as_entries() {
         Format::Tar,
         &test_limits(),
         &["more than 100 entries"],
+    );
+}
+
+// ---- limits from the site config -------------------------------------------------------
+
+#[test]
+fn limits_from_the_archives_table_refuse_what_the_defaults_accept() {
+    let table: ArchivesTable = toml::from_str("max-entries = 3\nmax-bytes = 1048576").unwrap();
+    let limits = table.limits();
+    assert_eq!(
+        limits,
+        Limits {
+            max_entries: 3,
+            max_total_bytes: 1 << 20,
+            ..Limits::default()
+        }
+    );
+
+    let many: Vec<_> = (0..5).map(|i| file(format!("f{i}"), "x")).collect();
+    let many = gzip(&tar(&many));
+    Sandbox::new()
+        .extract(&many, Format::TarGz, &Limits::default())
+        .expect("the default limits accept five small files");
+    refused(&many, Format::TarGz, &limits, &["more than 3 entries"]);
+
+    let big = tar(&[file("data.bin", vec![7u8; 2 << 20])]);
+    Sandbox::new()
+        .extract(&big, Format::Tar, &Limits::default())
+        .expect("the default limits accept 2 MiB");
+    refused(
+        &big,
+        Format::Tar,
+        &limits,
+        &["`data.bin`", "more than 1048576 bytes"],
     );
 }

@@ -194,6 +194,39 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
 }
 
 #[test]
+fn archives_table_is_shown_with_its_defaults_and_checked() {
+    let sandbox = Sandbox::new();
+    let site = sandbox.path().join("site.toml");
+    std::fs::write(&site, "[archives]\nmax-entries = 500\n").unwrap();
+    let output = sandbox.run(&["config", "show", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let archives = entries.iter().find(|e| e["key"] == "archives").unwrap();
+    assert_eq!(
+        archives["value"],
+        serde_json::json!({
+            "max-bytes": 4u64 << 30,
+            "max-entries": 500,
+            "max-ratio": 100,
+            "ratio-floor-bytes": 64u64 << 20,
+        })
+    );
+    assert_eq!(archives["origin"]["kind"], "site-config");
+
+    std::fs::write(&site, "[archives]\nmax-bytes = 0\n").unwrap();
+    let output = sandbox.run(&["config", "show"]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.starts_with("error: invalid archives.max-bytes `0` (from site config ")
+            && err.contains("site.toml")
+            && err.contains("hint: ")
+            && err.contains("1 MiB"),
+        "{err}"
+    );
+}
+
+#[test]
 fn key_is_stable_across_paths_stores_and_runs() {
     let sandbox = Sandbox::new();
     let a = fixture(&sandbox, "conda-basic");

@@ -14,7 +14,9 @@ use crate::diagnostic::{Blame, Diagnostic};
 use crate::target::Target;
 use crate::variables;
 
+mod archives;
 mod tables;
+pub use archives::ArchivesTable;
 pub use tables::{Builder, RecordsTable, ServeTable, SlurmTable};
 
 /// Errors in configuration.
@@ -202,6 +204,7 @@ config_keys! {
     builder: String = "builder", "Where builds run: local (this machine; the default) or slurm (each build a Slurm batch job, as `build --submit` does; the launch service's builds too).";
     slurm: SlurmTable = "slurm", "The batch jobs of slurm builds ([slurm]): partition, qos, account, time, cpus, memory, sbatch-args, hpcbinder (the executable jobs run), and per-target overrides in [slurm.target.<target>] (see SLURM).";
     records: RecordsTable = "records", "Where archived records are looked up ([records]): doi-resolver (the DOI handle API's base URL, default https://doi.org) zenodo (default https://zenodo.org), figshare (its pages, default https://figshare.com), figshare-api (default https://api.figshare.com/v2), figshare-downloads (the hosts its files come from, default https://ndownloader.figshare.com), dataverse (the installations DOIs may resolve to), hydroshare (default https://www.hydroshare.org), ckan (the CKAN sites datasets may come from), software-heritage (its API, default https://archive.softwareheritage.org/api/1) and prepare-timeout (seconds to wait for a bag or vault bundle, default 600).";
+    archives: ArchivesTable = "archives", "How much a downloaded archive (a record's zip or tarball) may unpack to ([archives]; whole numbers of bytes): max-bytes (file contents written, hard-link copies included; default 4294967296, 4 GiB), max-entries (files, directories and links; default 100000), max-ratio (decompressed bytes per compressed byte; default 100) and ratio-floor-bytes (below which the ratio is not checked; default 67108864, 64 MiB). An archive over a limit is refused.";
     serve: ServeTable = "serve", "The launch service's table ([serve]): max-builds, max-builds-per-user, build-timeout, failed-build-retry, banned-specs, allowed-specs, providers, build-token-expires, shutdown-grace, launch, named-server-limit, content, content-folder (see SERVICE).";
 }
 
@@ -241,6 +244,9 @@ pub struct Settings {
     pub slurm: SlurmTable,
     /// The `[records]` table: DOI resolver and providers' base URLs.
     pub records: RecordsTable,
+    /// The `[archives]` table: how much a downloaded archive may unpack to
+    /// (`settings.archives.limits()`).
+    pub archives: ArchivesTable,
     /// Where pinned kernels go (a directory named `kernels`); `None`: `<store>/kernels`.
     pub shared_kernels: Option<PathBuf>,
     /// The build target (`auto` is resolved per repository by the planner).
@@ -503,6 +509,10 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
             allowed: problem.1,
         });
     }
+    let archives = layers
+        .pick("archives", |f| f.archives.clone())
+        .unwrap_or_default();
+    archives.validate(&layers.origin("archives"))?;
     let shared_kernels = layers.pick("shared-kernels", |f| f.shared_kernels.clone());
     if let Some(dir) = &shared_kernels {
         if !dir.is_absolute() || dir.file_name().is_none_or(|n| n != "kernels") {
@@ -536,6 +546,7 @@ pub fn resolve(cli: &CliOverrides) -> Result<Settings, ConfigError> {
         records: layers
             .pick("records", |f| f.records.clone())
             .unwrap_or_default(),
+        archives,
         store_maintainers: layers
             .pick("store-maintainers", |f| f.store_maintainers.clone())
             .unwrap_or_default(),

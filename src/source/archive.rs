@@ -6,10 +6,15 @@
 //! are created with `O_EXCL | O_NOFOLLOW`, and sizes are counted from the bytes actually
 //! decompressed, never from headers. Allowed: regular files, directories, and symlinks
 //! whose target stays inside the tree; symlinks are created last, once every entry is
-//! known, after resolving each target through the other links. Refused: hard links,
-//! devices, FIFOs, `..`, absolute names, duplicates, names equal but for case, names
-//! that are not UTF-8 or hold control characters. Setuid, setgid, sticky and group or
-//! other write bits are dropped; the user's umask applies.
+//! known, after resolving each target through the other links. A tar hard link to a
+//! regular file this archive extracted earlier (its name checked like any entry's, then
+//! followed through the archive's symlinks, all inside the tree) is written as an
+//! independent copy of that file, whose bytes count towards the limits: a real link would
+//! give one inode two names, and could alias a file outside the tree. Refused: hard links
+//! to anything else (a later entry, a directory, itself, a path leaving the tree), devices,
+//! FIFOs, `..`, absolute names, duplicates, names equal but for case, names that are not
+//! UTF-8 or hold control characters. Setuid, setgid, sticky and group or other write bits
+//! are dropped; the user's umask applies.
 
 mod read;
 mod tree;
@@ -25,15 +30,16 @@ use tree::create_dir;
 /// How much an archive may unpack to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of file contents written, counted while writing. Default 4 GiB: a record's
-    /// repository content, not a data set; larger records should be fetched by the user.
+    /// Bytes of file contents written (hard-link copies included), counted while writing.
+    /// Default 4 GiB: a record's repository content, not a data set; larger records
+    /// should be fetched by the user.
     pub max_total_bytes: u64,
     /// Entries of any kind, and directories created for them that the archive does not
     /// list (inode exhaustion). Default 100,000, far above a repository.
     pub max_entries: u64,
     /// Decompressed bytes per compressed byte, checked once more than `ratio_floor_bytes`
-    /// came out (cargo's `max(floor, size × ratio)`). Default 100: source and data compress
-    /// 3–30×, a gzip bomb about 1000×.
+    /// came out (cargo's `max(floor, size × ratio)`); hard-link copies count as
+    /// decompressed. Default 100: source and data compress 3–30×, a gzip bomb about 1000×.
     pub max_ratio: u64,
     /// Below this many decompressed bytes the ratio is not checked. Default 64 MiB, so
     /// small archives of tiny, very compressible files pass.
@@ -160,8 +166,8 @@ pub enum ArchiveError {
         /// The target.
         path: PathBuf,
     },
-    /// An entry that could write outside the target, or is not a plain file, directory or
-    /// safe symlink.
+    /// An entry that could write outside the target, or is not a plain file, directory,
+    /// safe symlink or hard link to a file extracted before it.
     #[error("refusing `{entry}`: {reason}")]
     Refused {
         /// The entry's name (control characters escaped).

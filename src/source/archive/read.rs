@@ -8,7 +8,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::rc::Rc;
 
-use super::tree::{components, link_target, refused, shown, Tree, MAX_NAME_BYTES};
+use super::tree::{
+    components, hard_link_target, link_target, refused, shown, Tree, MAX_NAME_BYTES,
+};
 use super::{ArchiveError, Extracted, Format, Limits};
 
 /// Bytes tar headers, long names and skipped data may take between two entries.
@@ -210,14 +212,14 @@ impl Reading<'_> {
                     tree.add_symlink(&parts, &name, target)?;
                 }
                 T::Link => {
-                    let target = entry
+                    let raw_target = entry
                         .link_name_bytes()
-                        .map(|t| shown(&t))
+                        .map(|t| t.into_owned())
                         .unwrap_or_default();
-                    return Err(refused(
-                        &name,
-                        format!("hard link to `{target}`; hard links are not allowed"),
-                    ));
+                    let target = hard_link_target(&name, &raw_target)?;
+                    // The copy is written from disk, not the stream: count it as decompressed.
+                    let ratio = ratio_cap.map(|cap| (cap, self.compressed));
+                    tree.add_hard_link(&parts, &name, &target, ratio)?;
                 }
                 T::Char => return Err(refused(&name, "character device entries are not allowed")),
                 T::Block => return Err(refused(&name, "block device entries are not allowed")),

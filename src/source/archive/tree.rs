@@ -1,10 +1,11 @@
 //! The tree an extraction builds: checked names, every path it created, files written
-//! with `O_EXCL | O_NOFOLLOW` under directories it made itself, and symlinks created last,
-//! once each target has been resolved through the archive's other links.
+//! with `O_EXCL | O_NOFOLLOW` under directories it made itself, hard links written as
+//! copies of files it already extracted, and symlinks created last, once each target has
+//! been resolved through the archive's other links.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use fs_err::os::unix::fs::OpenOptionsExt as _;
@@ -102,6 +103,31 @@ pub(super) fn link_target(entry: &str, raw: &[u8]) -> Result<String, ArchiveErro
     Ok(target.to_owned())
 }
 
+/// A hard link's target: a member name, checked as entry names are.
+pub(super) fn hard_link_target(entry: &str, raw: &[u8]) -> Result<Vec<String>, ArchiveError> {
+    let target = shown(raw);
+    if raw.is_empty() {
+        return Err(refused(entry, "hard link with an empty target"));
+    }
+    match components(raw, false) {
+        Ok(parts) => Ok(parts),
+        Err(ArchiveError::Refused { reason, .. }) if reason == "absolute path" => Err(refused(
+            entry,
+            format!(
+                "hard link to absolute path `{target}` points outside the extraction directory"
+            ),
+        )),
+        Err(ArchiveError::Refused { reason, .. }) => Err(refused(
+            entry,
+            format!(
+                "hard link to `{target}`: {}",
+                reason.replace("its name", "its target")
+            ),
+        )),
+        Err(other) => Err(other),
+    }
+}
+
 /// What extraction created at a path.
 enum Node {
     Dir { explicit: bool },
@@ -113,6 +139,9 @@ enum Node {
 enum Escape {
     Outside,
     Loop,
+    /// Strict resolution (a hard link's target) met a name not extracted yet, or went
+    /// below something that is not a directory.
+    Missing,
 }
 
 /// The tree being extracted: every path created so far, by its `/`-joined components.
@@ -258,16 +287,115 @@ impl<'a> Tree<'a> {
                 "a file cannot replace the extraction directory",
             ));
         }
+        let mut file = self.create_file(parts, entry, mode)?;
+        self.write_counted(&mut file, entry, data, ratio, on_read_error)
+    }
+
+    /// Extract a hard link to `target` (checked by [`hard_link_target`]) as an independent
+    /// copy of the regular file it names, which this archive must have extracted already
+    /// (followed through the archive's symlinks). A real link is never made: it would
+    /// alias one inode under two names, and one anywhere else if the target were outside.
+    /// The copy's bytes count towards the size limit, and towards `ratio` when given.
+    pub(super) fn add_hard_link(
+        &mut self,
+        parts: &[String],
+        entry: &str,
+        target: &[String],
+        ratio: Option<(u64, u64)>,
+    ) -> Result<u64, ArchiveError> {
+        let shown_target = if target.is_empty() {
+            ".".to_owned()
+        } else {
+            target.join("/")
+        };
+        let refuse = |what: &str| refused(entry, format!("hard link to `{shown_target}` {what}"));
+        if parts.is_empty() {
+            return Err(refused(
+                entry,
+                "a hard link cannot replace the extraction directory",
+            ));
+        }
+        if target == parts {
+            return Err(refuse("links to itself"));
+        }
+        let mut budget = MAX_SYMLINK_EXPANSIONS;
+        let source = match self.resolve(&[], &shown_target, &mut budget, true) {
+            Ok(source) => source,
+            Err(Escape::Outside) => {
+                return Err(refuse(
+                    "leads outside the extraction directory through links",
+                ))
+            }
+            Err(Escape::Loop) => return Err(refuse("goes through a symlink loop")),
+            Err(Escape::Missing) => {
+                return Err(refuse(
+                    "names no file extracted before it (a hard link must follow its target)",
+                ))
+            }
+        };
+        match self.nodes.get(&source.join("/")) {
+            Some(Node::File) => {}
+            Some(Node::Dir { .. }) => {
+                return Err(refuse(
+                    "names a directory; only links to files are extracted",
+                ))
+            }
+            // Resolution follows every symlink, so what is left is a file or a directory.
+            Some(Node::Symlink { .. }) | None => {
+                return Err(refuse(
+                    "names no file extracted before it (a hard link must follow its target)",
+                ))
+            }
+        }
+        let mut original = fs_err::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(self.path_of(&source))?;
+        let metadata = original.metadata()?;
+        if !metadata.is_file() {
+            return Err(refuse("names something that is not a regular file"));
+        }
+        if self.done.bytes.saturating_add(metadata.len()) > self.limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                entry: entry.to_owned(),
+                limit: self.limits.max_total_bytes,
+            });
+        }
+        let mut copy = self.create_file(parts, entry, metadata.permissions().mode())?;
+        self.write_counted(&mut copy, entry, &mut original, ratio, &|error| {
+            ArchiveError::Io(error)
+        })
+    }
+
+    /// Reserve `parts` and create a new, empty regular file there.
+    fn create_file(
+        &mut self,
+        parts: &[String],
+        entry: &str,
+        mode: u32,
+    ) -> Result<fs_err::File, ArchiveError> {
         let key = self.reserve(parts, entry)?;
-        let path = self.path_of(parts);
-        let mut file = fs_err::OpenOptions::new()
+        let file = fs_err::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode((mode & MODE_MASK) | 0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)?;
+            .open(self.path_of(parts))?;
         self.nodes.insert(key, Node::File);
         self.done.files += 1;
+        Ok(file)
+    }
+
+    /// Copy `data` into `file`, counting each byte against the size limit and, when
+    /// given, the ratio cap (`(cap, compressed size)`).
+    fn write_counted(
+        &mut self,
+        file: &mut fs_err::File,
+        entry: &str,
+        data: &mut dyn Read,
+        ratio: Option<(u64, u64)>,
+        on_read_error: &dyn Fn(io::Error) -> ArchiveError,
+    ) -> Result<u64, ArchiveError> {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut written = 0u64;
         loop {
@@ -339,14 +467,23 @@ impl<'a> Tree<'a> {
     }
 
     /// Where `target`, read in directory `from`, leads, following the archive's symlinks.
+    /// `strict` (a hard link's target) requires every name on the way to exist already,
+    /// and each name a path continues below to be a directory.
     fn resolve(
         &self,
         from: &[String],
         target: &str,
         budget: &mut u32,
+        strict: bool,
     ) -> Result<Vec<String>, Escape> {
         let mut at = from.to_vec();
         for part in target.split('/') {
+            if strict
+                && !matches!(part, "" | ".")
+                && !matches!(self.nodes.get(&at.join("/")), Some(Node::Dir { .. }))
+            {
+                return Err(Escape::Missing);
+            }
             match part {
                 "" | "." => {}
                 ".." => {
@@ -354,13 +491,17 @@ impl<'a> Tree<'a> {
                 }
                 _ => {
                     at.push(part.to_owned());
-                    if let Some(Node::Symlink { target }) = self.nodes.get(&at.join("/")) {
-                        if *budget == 0 {
-                            return Err(Escape::Loop);
+                    match self.nodes.get(&at.join("/")) {
+                        Some(Node::Symlink { target }) => {
+                            if *budget == 0 {
+                                return Err(Escape::Loop);
+                            }
+                            *budget -= 1;
+                            at.pop();
+                            at = self.resolve(&at, target, budget, strict)?;
                         }
-                        *budget -= 1;
-                        at.pop();
-                        at = self.resolve(&at, target, budget)?;
+                        None if strict => return Err(Escape::Missing),
+                        _ => {}
                     }
                 }
             }
@@ -373,8 +514,8 @@ impl<'a> Tree<'a> {
         for (parts, target) in &self.symlinks {
             let entry = parts.join("/");
             let mut budget = MAX_SYMLINK_EXPANSIONS;
-            match self.resolve(&parts[..parts.len() - 1], target, &mut budget) {
-                Ok(_) => {}
+            match self.resolve(&parts[..parts.len() - 1], target, &mut budget, false) {
+                Ok(_) | Err(Escape::Missing) => {}
                 Err(Escape::Outside) => {
                     return Err(refused(
                         &entry,
