@@ -132,8 +132,11 @@ pub enum Command {
 /// Which repository.
 #[derive(Debug, Args)]
 pub struct RepoArgs {
-    /// A directory, a git URL, gh:org/repo[@ref], gl:group/repo[@ref], or a BinderHub spec
-    /// (gh/org/repo/ref, gl/<escaped>/ref, git/<escaped url>/ref, gist/user/id[/ref]) or launch URL.
+    /// A directory, a git URL, gh:org/repo[@ref], gl:group/repo[@ref], a BinderHub spec
+    /// (gh/org/repo/ref, gl/<escaped>/ref, git/<escaped url>/ref, gist/user/id[/ref]) or
+    /// launch URL, or an archived record: zenodo/<doi>, figshare/<doi>, dataverse/<doi>,
+    /// hydroshare/<id or url>, ckan/<escaped dataset url>, doi:<doi>,
+    /// https://doi.org/<doi>, swh:1:dir:<hash> or swh:1:rev:<hash>.
     pub repo: String,
     /// Branch, tag or commit to use (default: the remote's HEAD, or a local work tree as it is).
     #[arg(long = "ref", value_name = "REF")]

@@ -17,9 +17,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Progress of a download is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
-/// The site's limits on what an archive may unpack to.
-pub(super) fn limits(_settings: &Settings) -> Limits {
-    Limits::default()
+/// The site's limits on what an archive may unpack to (`[archives]`).
+pub(super) fn limits(settings: &Settings) -> Limits {
+    settings.archives.limits()
 }
 
 /// A name for `text` that is one safe path component.
