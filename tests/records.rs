@@ -396,3 +396,39 @@ fn a_download_on_a_terminal_draws_a_bar_of_its_bytes_from_a_loopback_zenodo() {
     );
     assert!(screen.contains("/2.00 MiB"), "{screen}");
 }
+
+#[test]
+fn a_record_over_the_sites_archive_limits_is_refused_and_nothing_is_kept() {
+    let server = RecordServer::start();
+    let big = "x".repeat(2 << 20);
+    server.publish(
+        DOI,
+        3242074,
+        &[(
+            "repo.zip",
+            zip_of(&[
+                ("repo/requirements.txt", "six==1.16.0\n"),
+                ("repo/big.dat", &big),
+            ]),
+        )],
+    );
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(&format!(
+        "{}[archives]\nmax-bytes = 1048576\n",
+        server.config()
+    ));
+    let output = sandbox.run(&["build", &format!("zenodo/{DOI}")]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("repo.zip: "), "{stderr}");
+    assert!(stderr.contains("big.dat"), "{stderr}");
+    let records = sandbox.store().join("cache").join("u0").join("records");
+    let kept: Vec<_> = std::fs::read_dir(&records)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "{kept:?}");
+    // The site's default limits take it.
+    let roomy = self::sandbox(&server);
+    let plan = roomy.ok(&["build", "--dry-run", &format!("zenodo/{DOI}")]);
+    assert!(plan.contains("buildpack: python"), "{plan}");
+}
