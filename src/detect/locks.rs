@@ -299,6 +299,11 @@ fn explicit_files(
     let mut candidates = Vec::new();
     for name in names {
         let path = files.display(&name);
+        // Any `.txt` may be an @EXPLICIT file; a data file (large, or not text) is not
+        // one, and must not fail detection: only files whose head has the marker are read.
+        if !may_be_explicit(&files.absolute(&path)) {
+            continue;
+        }
         let Some(text) = files.read_path(&path)? else {
             continue;
         };
@@ -331,6 +336,23 @@ fn explicit_files(
     explicit(path, text, spec)?;
     used.add_path(path);
     Ok(true)
+}
+
+/// Whether `path` may be an `@EXPLICIT` file: a symlink (reading it checks where it
+/// leads), or a regular file whose first 64 KiB hold the marker on a line of its own.
+fn may_be_explicit(path: &std::path::Path) -> bool {
+    use std::io::Read as _;
+    match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => return true,
+        Ok(m) if m.is_file() => {}
+        _ => return false,
+    }
+    let mut head = Vec::new();
+    let read = fs_err::File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+    read.is_ok()
+        && head
+            .split(|b| *b == b'\n')
+            .any(|line| line.trim_ascii() == b"@EXPLICIT")
 }
 
 /// Parse an `@EXPLICIT` file: after the marker, every line is a package URL.
@@ -539,5 +561,35 @@ fn collect_paths<'a>(value: &'a toml::Value, keys: &[&str], out: &mut Vec<&'a st
         }
         toml::Value::Array(items) => items.iter().for_each(|v| collect_paths(v, keys, out)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn large_or_binary_text_files_beside_the_spec_do_not_fail_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("requirements.txt"), "six==1.16.0\n").unwrap();
+        std::fs::write(dir.path().join("results.txt"), "x".repeat(2 << 20)).unwrap();
+        std::fs::write(dir.path().join("raw.txt"), [0xff, 0xfe, 0, 1, 2]).unwrap();
+        let spec = crate::detect::detect(dir.path(), "linux-64").unwrap();
+        assert!(spec.warnings.is_empty(), "{:?}", spec.warnings);
+        // An @EXPLICIT file is still found, and one too large still says so.
+        std::fs::write(
+            dir.path().join("conda-linux-64.txt"),
+            "# platform: linux-64\n@EXPLICIT\nhttps://conda.anaconda.org/conda-forge/linux-64/python-3.12.0-h0.conda\n",
+        )
+        .unwrap();
+        let spec = crate::detect::detect(dir.path(), "linux-64").unwrap();
+        assert_eq!(
+            spec.buildpack,
+            crate::detect::Buildpack::Explicit,
+            "{spec:?}"
+        );
+        let mut huge = b"@EXPLICIT\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'#', 2 << 20));
+        std::fs::write(dir.path().join("spec.txt"), huge).unwrap();
+        let error = crate::detect::detect(dir.path(), "linux-64").unwrap_err();
+        assert!(error.to_string().contains("spec.txt"), "{error}");
     }
 }
