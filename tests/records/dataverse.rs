@@ -256,3 +256,37 @@ fn dataverse_down_or_an_unknown_installation_is_a_clear_error() {
     assert!(stderr.contains("[records] dataverse"), "{stderr}");
     assert_eq!(dataverse.hits("/api/datasets/:persistentId"), before);
 }
+
+#[test]
+fn the_launch_service_builds_a_dataverse_doi_from_a_loopback_dataverse() {
+    let server = RecordServer::start();
+    publish(&server, 3323458, (2, 1), &repository("six==1.16.0\n"));
+    let sandbox = Sandbox::new();
+    sandbox.native_site_config(&format!(
+        "{}[serve]\nproviders = [\"gh\", \"dataverse\"]\n",
+        server.config()
+    ));
+    let hub = common::hubapi::HubApi::start(common::hubapi::HubUsers::standard());
+    let service = common::bench::Service::start(&sandbox, &hub, &[]);
+    let body = common::sse::spawn_stream(
+        format!("{}/build/dataverse/{DOI}?build_only=true", service.base()),
+        "alice-token",
+    )
+    .join()
+    .unwrap();
+    let events = common::sse::events(&body);
+    let ready = events.last().unwrap();
+    assert_eq!(ready["phase"], "ready", "{events:?}");
+    assert_eq!(ready["binder_request"], format!("v2/dataverse/{DOI}"));
+    // Dataverse addresses only the newest version: the spec is the persistent request.
+    assert_eq!(
+        ready["binder_persistent_request"],
+        format!("v2/dataverse/{DOI}")
+    );
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dataverse-3323458.v2.1"))),
+        "{events:?}"
+    );
+}
