@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::checksum::Checksum;
-use super::{check_file, get_json, record_error, same_origin, Layout, RecordFile, Resolved};
+use super::{check_file, epoch, get_json, record_error, same_origin, Layout, RecordFile, Resolved};
 use crate::events::{Phase, Reporter, ReporterExt};
 use crate::settings::Settings;
 use crate::source::SourceError;
@@ -291,59 +291,6 @@ fn plain(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Seconds since the epoch of CKAN's `metadata_modified` (`%Y-%m-%dT%H:%M:%S.%f`, UTC;
-/// Python's `isoformat`, which leaves out the fraction when it is 0), truncated.
-fn epoch(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let text = text.strip_suffix('Z').unwrap_or(text);
-    let (date, time) = text.split_once('T')?;
-    let time = match time.split_once('.') {
-        Some((time, fraction))
-            if (1..=9).contains(&fraction.len())
-                && fraction.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            time
-        }
-        Some(_) => return None,
-        None => time,
-    };
-    let numbers = |text: &str, widths: [usize; 3], separator: char| -> Option<[i64; 3]> {
-        let parts: Vec<&str> = text.split(separator).collect();
-        let mut out = [0; 3];
-        if parts.len() != 3 {
-            return None;
-        }
-        for ((part, width), slot) in parts.iter().zip(widths).zip(out.iter_mut()) {
-            if part.len() != width || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            *slot = part.parse().ok()?;
-        }
-        Some(out)
-    };
-    let [year, month, day] = numbers(date, [4, 2, 2], '-')?;
-    let [hour, minute, second] = numbers(time, [2, 2, 2], ':')?;
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => return None,
-    };
-    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
-    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,27 +341,6 @@ mod tests {
             normalize("https://data.example.org/catalog/").as_deref(),
             Some("https://data.example.org/catalog")
         );
-    }
-
-    #[test]
-    fn metadata_modified_is_read_as_utc_seconds() {
-        // repo2docker's test: 2024-02-27T14:15:54.573058 is 1709043354.
-        assert_eq!(epoch("2024-02-27T14:15:54.573058"), Some(1_709_043_354));
-        assert_eq!(epoch("2024-02-27T14:15:54"), Some(1_709_043_354));
-        assert_eq!(epoch("1970-01-01T00:00:00.000001"), Some(0));
-        assert_eq!(epoch("2000-03-01T00:00:00"), Some(951_868_800));
-        assert_eq!(epoch("2024-02-29T23:59:59.5Z"), Some(1_709_251_199));
-        for bad in [
-            "",
-            "2023-02-29T00:00:00",
-            "2024-13-01T00:00:00",
-            "2024-02-27 14:15:54",
-            "2024-02-27T14:15:54.",
-            "2024-02-27T24:00:00",
-            "24-02-27T14:15:54",
-        ] {
-            assert_eq!(epoch(bad), None, "{bad}");
-        }
     }
 
     #[test]

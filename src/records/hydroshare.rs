@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::checksum::Checksum;
-use super::{get_json, record_error, safe_record_path, Layout, RecordFile, Resolved};
+use super::{epoch, get_json, record_error, safe_record_path, Layout, RecordFile, Resolved};
 use crate::events::{Phase, Reporter, ReporterExt};
 use crate::settings::Settings;
 use crate::source::archive::{self, Format};
@@ -63,88 +63,6 @@ pub(super) fn resource(page: &str, hydroshare: &str) -> Option<String> {
     let id = page.path().strip_prefix(&prefix)?;
     let id = id.strip_suffix('/').unwrap_or(id);
     is_resource_id(id).then(|| id.to_ascii_lowercase())
-}
-
-/// Seconds since the Unix epoch of a HydroShare date (`2019-09-25T16:09:17.006152Z`). The
-/// fraction is dropped, as repo2docker does; no zone, `Z` and `+00:00` are UTC, another
-/// offset is applied.
-fn epoch(date: &str) -> Option<i64> {
-    let date = date.trim();
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = date.get(range)?;
-        digits
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| digits.parse().ok())?
-    };
-    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-    if date.len() < 19
-        || !separators.iter().all(|(i, c)| date.as_bytes()[*i] == *c)
-        || !matches!(date.as_bytes()[10], b'T' | b't' | b' ')
-    {
-        return None;
-    }
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > month_days[(month - 1) as usize]
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let mut zone = &date[19..];
-    if let Some(fraction) = zone.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        zone = &fraction[digits..];
-    }
-    let offset = match zone {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let sign = match zone.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let rest = zone[1..].replace(':', "");
-            if rest.len() != 4 || !rest.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let (hours, minutes): (i64, i64) = (rest[..2].parse().ok()?, rest[2..].parse().ok()?);
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            sign * (hours * 3600 + minutes * 60)
-        }
-    };
-    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-    let shifted = if month <= 2 { year - 1 } else { year };
-    let era = shifted.div_euclid(400);
-    let year_of_era = shifted - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
 }
 
 /// Resource `id` in its current version (its last modification), with its bag to
@@ -571,35 +489,6 @@ mod tests {
             format!("ftp://www.hydroshare.org/resource/{ID}/"),
         ] {
             assert_eq!(resource(&page, base), None, "{page}");
-        }
-    }
-
-    #[test]
-    fn modification_dates_become_unix_times_as_repo2docker_reads_them() {
-        // date -u -d 2019-09-25T16:09:17 +%s
-        let expected = 1_569_427_757;
-        for date in [
-            "2019-09-25T16:09:17.006152Z",
-            "2019-09-25T16:09:17Z",
-            "2019-09-25T16:09:17",
-            "2019-09-25T16:09:17.5+00:00",
-            "2019-09-25T18:09:17+02:00",
-        ] {
-            assert_eq!(epoch(date), Some(expected), "{date}");
-        }
-        assert_eq!(epoch("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(epoch("2024-02-29T00:00:00Z"), Some(1_709_164_800));
-        for bad in [
-            "",
-            "2019-09-25",
-            "2019-13-01T00:00:00Z",
-            "2023-02-29T00:00:00Z",
-            "2019-09-25T24:00:00Z",
-            "2019-09-25T16:09:17.Z",
-            "2019-09-25T16:09:17 UTC",
-            "2019-09-25T16:09:1x",
-        ] {
-            assert_eq!(epoch(bad), None, "{bad}");
         }
     }
 

@@ -316,6 +316,25 @@ fn resolve_doi(settings: &Settings, doi: &str) -> Result<String, SourceError> {
         .ok_or_else(|| record_error("the DOI resolver", format!("the DOI {doi} names no URL")))
 }
 
+/// Seconds since the Unix epoch of a provider's modification date, the fraction dropped as
+/// repo2docker does: RFC 3339 with its offset (`2019-09-25T16:09:17.006Z`, `...+02:00`), or
+/// without one as UTC (Python's `isoformat()`: `2024-02-27T14:15:54.573058`, and no
+/// fraction when it is 0).
+fn epoch(date: &str) -> Option<i64> {
+    let date = date.trim();
+    // A four-digit year: chrono would read `24-02-27` as the year 24.
+    if date.as_bytes().get(4) != Some(&b'-') {
+        return None;
+    }
+    if let Ok(zoned) = chrono::DateTime::parse_from_rfc3339(date) {
+        return Some(zoned.timestamp());
+    }
+    chrono::NaiveDateTime::parse_from_str(date, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .filter(|_| !date.ends_with('.'))
+        .map(|naive| naive.and_utc().timestamp())
+}
+
 /// Whether `url` is on the same scheme, host and port as `base`.
 fn same_origin(url: &str, base: &str) -> bool {
     match (url::Url::parse(url), url::Url::parse(base)) {
@@ -410,6 +429,38 @@ mod tests {
         }
         for good in ["binder/requirements.txt", "code.zip", "a.b/c"] {
             assert!(safe_record_path(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn modification_dates_become_unix_times_as_repo2docker_reads_them() {
+        // date -u -d 2019-09-25T16:09:17 +%s
+        for date in [
+            "2019-09-25T16:09:17.006152Z",
+            "2019-09-25T16:09:17Z",
+            "2019-09-25T16:09:17",
+            "2019-09-25T16:09:17.5+00:00",
+            "2019-09-25T18:09:17+02:00",
+        ] {
+            assert_eq!(epoch(date), Some(1_569_427_757), "{date}");
+        }
+        // repo2docker's CKAN test: 2024-02-27T14:15:54.573058 is 1709043354.
+        assert_eq!(epoch("2024-02-27T14:15:54.573058"), Some(1_709_043_354));
+        assert_eq!(epoch("1970-01-01T00:00:00.000001"), Some(0));
+        assert_eq!(epoch("2024-02-29T23:59:59.5Z"), Some(1_709_251_199));
+        for bad in [
+            "",
+            "2019-09-25",
+            "2019-13-01T00:00:00Z",
+            "2023-02-29T00:00:00",
+            "2019-09-25T24:00:00Z",
+            "2019-09-25T16:09:17.Z",
+            "2024-02-27T14:15:54.",
+            "2019-09-25T16:09:17 UTC",
+            "2019-09-25T16:09:1x",
+            "24-02-27T14:15:54",
+        ] {
+            assert_eq!(epoch(bad), None, "{bad}");
         }
     }
 
