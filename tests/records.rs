@@ -14,7 +14,7 @@ mod hydroshare;
 #[path = "records/swh.rs"]
 mod swh;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::records::{zip_of, RecordServer};
 use common::Sandbox;
@@ -34,6 +34,43 @@ fn repository_zip(requirements: &str) -> Vec<u8> {
         ("binder-demo-1.0/requirements.txt", requirements),
         ("binder-demo-1.0/index.ipynb", "{}"),
     ])
+}
+
+/// The `key:` line of a `build --dry-run` plan.
+fn key_line(plan: &str) -> String {
+    plan.lines()
+        .find(|l| l.starts_with("key:"))
+        .unwrap_or_else(|| panic!("no key line in {plan}"))
+        .to_string()
+}
+
+/// `folder` (`downloads`, `records`) of the sandbox user's cache in the store.
+fn user_cache(sandbox: &Sandbox, folder: &str) -> PathBuf {
+    sandbox.store().join("cache").join("u0").join(folder)
+}
+
+/// The names in `dir`, sorted; none when it does not exist.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The assembled tree of the record whose cache folder starts with `prefix`
+/// (`zenodo-3242074-`).
+fn record_tree(sandbox: &Sandbox, prefix: &str) -> PathBuf {
+    let records = user_cache(sandbox, "records");
+    names_in(&records)
+        .into_iter()
+        .find(|name| name.starts_with(prefix))
+        .map(|name| records.join(name).join("tree"))
+        .unwrap_or_else(|| panic!("no tree {prefix}* in {}", records.display()))
 }
 
 /// Build `spec` (a record of a repository needing six) and check its kernel imports it.
@@ -94,13 +131,7 @@ fn a_new_version_of_the_record_is_a_new_identity() {
     let second = sandbox.ok(&["build", "--dry-run", &spec]);
     assert!(first.contains("/records/3242074"), "{first}");
     assert!(second.contains("/records/3242099"), "{second}");
-    let key = |plan: &str| {
-        plan.lines()
-            .find(|l| l.starts_with("key:"))
-            .unwrap()
-            .to_string()
-    };
-    assert_ne!(key(&first), key(&second));
+    assert_ne!(key_line(&first), key_line(&second));
 }
 
 #[test]
@@ -124,10 +155,7 @@ fn a_tampered_file_is_a_checksum_error_naming_it_and_nothing_is_kept() {
         stderr.contains("hint: the download was damaged"),
         "{stderr}"
     );
-    let downloads = sandbox.store().join("cache").join("u0").join("downloads");
-    let kept: Vec<_> = std::fs::read_dir(&downloads)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let kept = names_in(&user_cache(&sandbox, "downloads"));
     assert!(kept.is_empty(), "{kept:?}");
 }
 
@@ -422,10 +450,7 @@ fn a_record_over_the_sites_archive_limits_is_refused_and_nothing_is_kept() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("repo.zip: "), "{stderr}");
     assert!(stderr.contains("big.dat"), "{stderr}");
-    let records = sandbox.store().join("cache").join("u0").join("records");
-    let kept: Vec<_> = std::fs::read_dir(&records)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let kept = names_in(&user_cache(&sandbox, "records"));
     assert!(kept.is_empty(), "{kept:?}");
     // The site's default limits take it.
     let roomy = self::sandbox(&server);

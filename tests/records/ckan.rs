@@ -7,8 +7,8 @@
 
 use md5::Digest as _;
 
+use crate::common;
 use crate::common::records::{Answer, RecordServer};
-use crate::common::{self, Sandbox};
 
 const DATASET_ID: &str = "5b6f9f7a-3c1e-4b8e-9d6a-0f2f6c1d2e3a";
 const NAME: &str = "binder-demo";
@@ -165,37 +165,6 @@ fn spec(site: &str, rest: &str) -> String {
     format!("ckan/{escaped}")
 }
 
-fn key(plan: &str) -> String {
-    plan.lines()
-        .find(|l| l.starts_with("key:"))
-        .unwrap_or_else(|| panic!("no key line in {plan}"))
-        .to_string()
-}
-
-/// The tree of the dataset in the user's cache, for the record name `prefix` (`ckan-...`).
-fn tree(sandbox: &Sandbox, prefix: &str) -> std::path::PathBuf {
-    let records = sandbox.store().join("cache").join("u0").join("records");
-    std::fs::read_dir(&records)
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no tree {prefix}* in {}", records.display()))
-        .path()
-        .join("tree")
-}
-
-fn listing(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn repository() -> Vec<Resource> {
     vec![
         verified("requirements.txt", b"six==1.16.0\n"),
@@ -212,16 +181,16 @@ fn a_ckan_dataset_from_a_loopback_ckan_api_builds_a_venv_whose_kernel_answers() 
     let detected = sandbox.ok(&["detect", &spec]);
     assert!(detected.contains("requirements.txt"), "{detected}");
     let ready = super::build_with_six(&sandbox, &spec);
-    let tree = tree(&sandbox, "ckan-binder-demo.v1709043354-");
-    assert_eq!(listing(&tree), ["index.ipynb", "requirements.txt"]);
+    let tree = super::record_tree(&sandbox, "ckan-binder-demo.v1709043354-");
+    assert_eq!(super::names_in(&tree), ["index.ipynb", "requirements.txt"]);
     assert_eq!(
         std::fs::read_to_string(tree.join("index.ipynb")).unwrap(),
         "{}"
     );
     // The verified resource is cached by its hash; the unverified one only in the tree.
-    let downloads = sandbox.store().join("cache").join("u0").join("downloads");
+    let downloads = super::user_cache(&sandbox, "downloads");
     assert_eq!(
-        listing(&downloads),
+        super::names_in(&downloads),
         [md5_hash(b"six==1.16.0\n").replace(':', "-")]
     );
     // The tree is kept for this version of the dataset: nothing is downloaded again, and
@@ -259,7 +228,7 @@ fn a_new_metadata_modified_is_a_new_identity_and_a_pinned_build_refuses_it() {
         ],
     );
     let second = sandbox.ok(&["build", "--dry-run", &spec]);
-    assert_ne!(key(&first), key(&second));
+    assert_ne!(super::key_line(&first), super::key_line(&second));
     let output = sandbox.run(&["build", &spec, "--ref", "ckan-binder-demo.v1709043354"]);
     let stderr = common::stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -295,8 +264,8 @@ fn a_resource_whose_hash_does_not_match_is_a_checksum_error_naming_it_and_nothin
         "{stderr}"
     );
     let cache = sandbox.store().join("cache").join("u0");
-    assert!(listing(&cache.join("downloads")).is_empty());
-    assert!(listing(&cache.join("records")).is_empty());
+    assert!(super::names_in(&cache.join("downloads")).is_empty());
+    assert!(super::names_in(&cache.join("records")).is_empty());
 }
 
 #[test]
@@ -441,9 +410,9 @@ fn external_resources_are_left_out_and_unverified_ones_named_with_warnings() {
         )),
         "{stderr}"
     );
-    let tree = tree(&sandbox, "ckan-binder-demo.v1709043354-");
+    let tree = super::record_tree(&sandbox, "ckan-binder-demo.v1709043354-");
     assert_eq!(
-        listing(&tree),
+        super::names_in(&tree),
         [
             resource_id(1, 4).as_str(),
             "index.ipynb",
@@ -452,8 +421,8 @@ fn external_resources_are_left_out_and_unverified_ones_named_with_warnings() {
         ]
     );
     assert_eq!(std::fs::read(tree.join(&moved)).unwrap(), b"second");
-    let downloads = sandbox.store().join("cache").join("u0").join("downloads");
-    assert!(listing(&downloads).contains(&format!("sha256-{sha256}")));
+    let downloads = super::user_cache(&sandbox, "downloads");
+    assert!(super::names_in(&downloads).contains(&format!("sha256-{sha256}")));
 }
 
 #[test]
@@ -481,16 +450,16 @@ fn an_activity_url_builds_that_activitys_state_from_a_loopback_ckan() {
     let sandbox = super::sandbox(&server);
     let history = spec(&server.base(), &format!("{NAME}/history/{ACTIVITY}"));
     super::build_with_six(&sandbox, &history);
-    let tree = tree(&sandbox, &format!("ckan-binder-demo.a{ACTIVITY}-"));
-    assert_eq!(listing(&tree), ["old.ipynb", "requirements.txt"]);
+    let tree = super::record_tree(&sandbox, &format!("ckan-binder-demo.a{ACTIVITY}-"));
+    assert_eq!(super::names_in(&tree), ["old.ipynb", "requirements.txt"]);
     assert_eq!(server.hits("/api/3/action/package_show"), 0);
     // `?activity_id=` names the same snapshot; the dataset now is another.
     let query = spec(&server.base(), &format!("{NAME}?activity_id={ACTIVITY}"));
     let by_history = sandbox.ok(&["build", "--dry-run", &history]);
     let by_query = sandbox.ok(&["build", "--dry-run", &query]);
-    assert_eq!(key(&by_history), key(&by_query));
+    assert_eq!(super::key_line(&by_history), super::key_line(&by_query));
     let now = sandbox.ok(&["build", "--dry-run", &spec(&server.base(), NAME)]);
-    assert_ne!(key(&now), key(&by_history));
-    let current = self::tree(&sandbox, "ckan-binder-demo.v1709283600-");
-    assert_eq!(listing(&current), ["new.ipynb", "requirements.txt"]);
+    assert_ne!(super::key_line(&now), super::key_line(&by_history));
+    let current = self::super::record_tree(&sandbox, "ckan-binder-demo.v1709283600-");
+    assert_eq!(super::names_in(&current), ["new.ipynb", "requirements.txt"]);
 }

@@ -135,18 +135,7 @@ fn a_dataverse_dataset_from_a_loopback_dataverse_api_builds_a_venv_whose_kernel_
         "{plan}"
     );
     // Ingested tables come in their original format, under their folder.
-    let trees = sandbox.store().join("cache").join("u0").join("records");
-    let tree = std::fs::read_dir(&trees)
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("dataverse-3323458.v1.0-")
-        })
-        .expect("the dataset's tree")
-        .path()
-        .join("tree");
+    let tree = super::record_tree(&sandbox, "dataverse-3323458.v1.0-");
     assert_eq!(
         std::fs::read_to_string(tree.join("data/data.csv")).unwrap(),
         "a,b\n1,2\n"
@@ -179,13 +168,7 @@ fn a_new_dataverse_version_is_a_new_identity_and_a_pinned_build_refuses_it() {
         &repository("six==1.16.0\n# 1.1\n"),
     );
     let second = sandbox.ok(&["build", "--dry-run", &spec]);
-    let key = |plan: &str| {
-        plan.lines()
-            .find(|l| l.starts_with("key:"))
-            .unwrap()
-            .to_string()
-    };
-    assert_ne!(key(&first), key(&second));
+    assert_ne!(super::key_line(&first), super::key_line(&second));
     assert!(second.contains("&version=1.1"), "{second}");
     // The launch service passes the version it resolved; a newer one is refused.
     let output = sandbox.run(&["build", &spec, "--ref", "dataverse-3323458.v1.0"]);
@@ -210,10 +193,7 @@ fn a_tampered_dataverse_file_is_a_sha256_checksum_error_naming_it() {
         stderr.contains("binder/requirements.txt does not match its published checksum (sha256:"),
         "{stderr}"
     );
-    let records = sandbox.store().join("cache").join("u0").join("records");
-    let kept: Vec<_> = std::fs::read_dir(&records)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let kept = super::names_in(&super::user_cache(&sandbox, "records"));
     assert!(kept.is_empty(), "{kept:?}");
 }
 

@@ -128,30 +128,13 @@ fn repository(id: &str, requirements: &str) -> Vec<(String, String)> {
     )
 }
 
-fn key(plan: &str) -> String {
-    plan.lines()
-        .find(|l| l.starts_with("key:"))
-        .expect("a key line")
-        .to_string()
-}
-
 /// What the user's cache keeps of HydroShare records, and the store's environments.
 fn kept(sandbox: &Sandbox) -> Vec<String> {
-    let records = sandbox.store().join("cache").join("u0").join("records");
-    let names = |dir: std::path::PathBuf| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut kept: Vec<String> = names(records)
+    let mut kept: Vec<String> = super::names_in(&super::user_cache(sandbox, "records"))
         .into_iter()
         .filter(|n| n.contains("hydroshare"))
         .collect();
-    kept.extend(names(sandbox.store().join("e")));
+    kept.extend(super::names_in(&sandbox.store().join("e")));
     kept
 }
 
@@ -228,7 +211,7 @@ fn a_new_hydroshare_modification_is_a_new_identity_and_a_pinned_build_refuses_it
     let output = sandbox.run(&["build", "--dry-run", &spec]);
     let (stdout, stderr) = (common::stdout(&output), common::stderr(&output));
     assert!(output.status.success(), "{stderr}");
-    assert_ne!(key(&first), key(&stdout));
+    assert_ne!(super::key_line(&first), super::key_line(&stdout));
     assert!(
         stderr.contains(&format!(
             "data/contents/notebooks/index.ipynb of resource {ID} is only checked to be there"
