@@ -364,14 +364,24 @@ fn a_figshare_article_from_a_loopback_figshare_api_builds_and_each_version_is_an
         stderr.contains("demo.zip does not match its published checksum"),
         "{stderr}"
     );
-    // Figshare down: a clear error naming it.
-    server.set_down(true);
-    let output = sandbox.run(&["build", &format!("doi:{FIGSHARE_DOI}")]);
-    assert!(
-        common::stderr(&output).contains("did not answer"),
-        "{}",
-        common::stderr(&output)
+    // Figshare down (its DOI still resolving): a clear error naming it.
+    let resolver = RecordServer::start();
+    resolver.point(
+        FIGSHARE_DOI,
+        &format!("{}/articles/software/binder_demo/9782777", server.base()),
     );
+    let elsewhere = Sandbox::new();
+    elsewhere.native_site_config(&format!(
+        "[records]\ndoi-resolver = \"{}\"\nfigshare = \"{1}\"\nfigshare-api = \"{1}\"\n",
+        resolver.base(),
+        server.base()
+    ));
+    server.set_down(true);
+    let output = elsewhere.run(&["build", &format!("doi:{FIGSHARE_DOI}")]);
+    let stderr = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Figshare did not answer"), "{stderr}");
+    assert!(stderr.contains("HTTP 503"), "{stderr}");
 }
 
 #[test]
