@@ -79,7 +79,44 @@ pub fn get(
     accept: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    request(settings, reqwest::Method::GET, url, accept, timeout)
+    request(settings, reqwest::Method::GET, url, accept, timeout, None)
+}
+
+/// GET `url` as [`get`] does, sending `token` as `Authorization: Bearer <token>` (a
+/// service's API token). Errors name the URL only, never the header.
+pub fn get_with_token(
+    settings: &Settings,
+    url: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+    token: &str,
+) -> Result<Response, HttpError> {
+    request(
+        settings,
+        reqwest::Method::GET,
+        url,
+        accept,
+        timeout,
+        Some(token),
+    )
+}
+
+/// POST `url` as [`post`] does, with `token` as [`get_with_token`] sends it.
+pub fn post_with_token(
+    settings: &Settings,
+    url: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+    token: &str,
+) -> Result<Response, HttpError> {
+    request(
+        settings,
+        reqwest::Method::POST,
+        url,
+        accept,
+        timeout,
+        Some(token),
+    )
 }
 
 /// POST `url` with an empty body (asking a service to prepare something), following
@@ -90,12 +127,12 @@ pub fn post(
     accept: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    request(settings, reqwest::Method::POST, url, accept, timeout)
+    request(settings, reqwest::Method::POST, url, accept, timeout, None)
 }
 
 /// HEAD `url`: whether it answers 2xx within `timeout` (the body is not fetched).
 pub fn head(settings: &Settings, url: &str, timeout: Duration) -> Result<(), HttpError> {
-    request(settings, reqwest::Method::HEAD, url, None, timeout).map(|_| ())
+    request(settings, reqwest::Method::HEAD, url, None, timeout, None).map(|_| ())
 }
 
 /// GET `url` and hand its body to `sink` chunk by chunk as it arrives (never all in
@@ -166,6 +203,7 @@ fn request(
     url: &str,
     accept: Option<&str>,
     timeout: Duration,
+    token: Option<&str>,
 ) -> Result<Response, HttpError> {
     let redacted = crate::source::redact(url);
     let unreachable = |message: String| HttpError::Unreachable {
@@ -175,10 +213,14 @@ fn request(
     let client = client(settings, Some(timeout), timeout).map_err(unreachable)?;
     let url = url.to_string();
     let accept = accept.map(str::to_string);
+    let token = token.map(str::to_string);
     let work = async move {
         let mut request = client.request(method, &url);
         if let Some(accept) = accept {
             request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
         }
         let response = request.send().await?;
         let status = response.status();

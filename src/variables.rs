@@ -41,6 +41,9 @@ pub const JUPYTERHUB_OAUTH_CALLBACK_URL: &str = "JUPYTERHUB_OAUTH_CALLBACK_URL";
 pub const JUPYTERHUB_BASE_URL: &str = "JUPYTERHUB_BASE_URL";
 /// The Hub's public URL, when set: launch links and badges use it.
 pub const JUPYTERHUB_PUBLIC_URL: &str = "JUPYTERHUB_PUBLIC_URL";
+/// A Software Heritage API token, sent as a bearer token to its API (which limits
+/// anonymous requests); never written anywhere.
+pub const SWH_TOKEN: &str = "SWH_TOKEN";
 
 /// The variables a user or centre sets, with what they do (the man page's ENVIRONMENT).
 pub const DOCUMENTED: &[(&str, &str)] = &[
@@ -62,6 +65,10 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
         "Jupyter's data directory; kernelspecs go in its kernels/ folder.",
     ),
     (NO_COLOR, "Disables colour when set to anything non-empty."),
+    (
+        SWH_TOKEN,
+        "A Software Heritage API token for swh: sources (its API limits anonymous requests).",
+    ),
     (
         JUPYTERHUB_SERVICE_PREFIX,
         "serve: the URL prefix the Hub's proxy serves the service at (set by the Hub).",
