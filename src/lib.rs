@@ -20,9 +20,13 @@
 //! - [`collab`] keeps collaborations' pins and their shared kernels, and manages the store
 //!   (`list`, `show`, `rm`, `gc`, `export`); [`sources`] is the site's allow-list of
 //!   package sources.
-//! - [`records`] fetches archived records (a DOI, `zenodo/<doi>`): the DOI resolved to a
-//!   record id first, each file downloaded once into a checksum-keyed cache and verified,
+//! - [`records`] fetches archived records (a DOI; Zenodo, Figshare, Dataverse, HydroShare,
+//!   CKAN; a SWHID), one module per provider: the record resolved to one version first,
+//!   each file downloaded once into a checksum-keyed cache and verified (HydroShare's bags
+//!   by their BagIt manifest, Software Heritage's bundles by the directory's git tree id),
 //!   a single archive unpacked one level by [`source::archive`]'s hostile-archive rules.
+//!   Departing from repo2docker: only the Dataverse installations and CKAN sites the site
+//!   lists are fetched from, and a CKAN activity is its own version.
 //! - [`slurm`] is the `slurm` builder: `build --submit` (and `builder = "slurm"`, in the
 //!   CLI and the service) runs `hpcbinder build --local --json` as a batch job, relays its
 //!   events from the store's jobs folder and cancels it on SIGINT/SIGTERM.
