@@ -73,6 +73,17 @@ fn record_tree(sandbox: &Sandbox, prefix: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no tree {prefix}* in {}", records.display()))
 }
 
+/// The launch service's build events for `<provider>/<spec>` (`build_only`, as alice).
+fn service_build(service: &common::bench::Service, spec: &str) -> Vec<serde_json::Value> {
+    let body = common::sse::spawn_stream(
+        format!("{}/build/{spec}?build_only=true", service.base()),
+        "alice-token",
+    )
+    .join()
+    .unwrap();
+    common::sse::events(&body)
+}
+
 /// Build `spec` (a record of a repository needing six) and check its kernel imports it.
 fn build_with_six(sandbox: &Sandbox, spec: &str) -> serde_json::Value {
     let ready = sandbox.build_ready(&[spec]);
@@ -262,13 +273,7 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
         .unwrap()
         .iter()
         .any(|p| p["id"] == "zenodo"));
-    let body = common::sse::spawn_stream(
-        format!("{}/build/zenodo/{concept}?build_only=true", service.base()),
-        "alice-token",
-    )
-    .join()
-    .unwrap();
-    let events = common::sse::events(&body);
+    let events = service_build(&service, &format!("zenodo/{concept}"));
     let ready = events.last().unwrap();
     assert_eq!(ready["phase"], "ready", "{events:?}");
     assert_eq!(ready["binder_request"], format!("v2/zenodo/{concept}"));
@@ -283,16 +288,7 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
         2,
         &[("demo.zip", repository_zip("six==1.16.0\n"))],
     );
-    let body = common::sse::spawn_stream(
-        format!(
-            "{}/build/figshare/{FIGSHARE_DOI}?build_only=true",
-            service.base()
-        ),
-        "alice-token",
-    )
-    .join()
-    .unwrap();
-    let events = common::sse::events(&body);
+    let events = service_build(&service, &format!("figshare/{FIGSHARE_DOI}"));
     let ready = events.last().unwrap();
     assert_eq!(ready["phase"], "ready", "{events:?}");
     assert_eq!(
@@ -300,16 +296,7 @@ fn the_launch_service_builds_a_zenodo_doi_from_a_loopback_zenodo_and_names_its_v
         format!("v2/figshare/{FIGSHARE_DOI}.v2")
     );
     // A DOI that does not exist is BinderHub's unresolved-ref failure.
-    let body = common::sse::spawn_stream(
-        format!(
-            "{}/build/zenodo/10.5281/zenodo.999?build_only=true",
-            service.base()
-        ),
-        "alice-token",
-    )
-    .join()
-    .unwrap();
-    let events = common::sse::events(&body);
+    let events = service_build(&service, "zenodo/10.5281/zenodo.999");
     let last = events.last().unwrap();
     assert_eq!(last["phase"], "failed");
     assert!(

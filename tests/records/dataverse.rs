@@ -248,13 +248,7 @@ fn the_launch_service_builds_a_dataverse_doi_from_a_loopback_dataverse() {
     ));
     let hub = common::hubapi::HubApi::start(common::hubapi::HubUsers::standard());
     let service = common::bench::Service::start(&sandbox, &hub, &[]);
-    let body = common::sse::spawn_stream(
-        format!("{}/build/dataverse/{DOI}?build_only=true", service.base()),
-        "alice-token",
-    )
-    .join()
-    .unwrap();
-    let events = common::sse::events(&body);
+    let events = super::service_build(&service, &format!("dataverse/{DOI}"));
     let ready = events.last().unwrap();
     assert_eq!(ready["phase"], "ready", "{events:?}");
     assert_eq!(ready["binder_request"], format!("v2/dataverse/{DOI}"));
