@@ -166,6 +166,13 @@ fn events_follow_binderhubs_framing_and_a_late_client_gets_the_whole_log() {
         format!("v2/{}/{commit}", spec.trim_end_matches("/HEAD"))
     );
     assert!(Path::new(ready["prefix"].as_str().unwrap()).is_dir());
+    // The stream ends at `ready`; the build is counted once its process has exited.
+    let counted = Instant::now() + Duration::from_secs(30);
+    while service.metric("hpcbinder_builds_total{outcome=\"ready\"}") < 1.0
+        && Instant::now() < counted
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(
         service.metric("hpcbinder_builds_total{outcome=\"ready\"}"),
         1.0
