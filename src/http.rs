@@ -82,52 +82,18 @@ pub fn get(
     request(settings, reqwest::Method::GET, url, accept, timeout, None)
 }
 
-/// GET `url` as [`get`] does, sending `token` as `Authorization: Bearer <token>` (a
-/// service's API token). Errors name the URL only, never the header.
-pub fn get_with_token(
+/// `method` (GET, or POST with an empty body asking a service to prepare something)
+/// `url` as [`get`] does, sending `token`, when given, as `Authorization: Bearer <token>`
+/// (a service's API token). Errors name the URL only, never the header.
+pub fn send(
     settings: &Settings,
+    method: reqwest::Method,
     url: &str,
     accept: Option<&str>,
     timeout: Duration,
-    token: &str,
+    token: Option<&str>,
 ) -> Result<Response, HttpError> {
-    request(
-        settings,
-        reqwest::Method::GET,
-        url,
-        accept,
-        timeout,
-        Some(token),
-    )
-}
-
-/// POST `url` as [`post`] does, with `token` as [`get_with_token`] sends it.
-pub fn post_with_token(
-    settings: &Settings,
-    url: &str,
-    accept: Option<&str>,
-    timeout: Duration,
-    token: &str,
-) -> Result<Response, HttpError> {
-    request(
-        settings,
-        reqwest::Method::POST,
-        url,
-        accept,
-        timeout,
-        Some(token),
-    )
-}
-
-/// POST `url` with an empty body (asking a service to prepare something), following
-/// redirects, within `timeout`.
-pub fn post(
-    settings: &Settings,
-    url: &str,
-    accept: Option<&str>,
-    timeout: Duration,
-) -> Result<Response, HttpError> {
-    request(settings, reqwest::Method::POST, url, accept, timeout, None)
+    request(settings, method, url, accept, timeout, token)
 }
 
 /// HEAD `url`: whether it answers 2xx within `timeout` (the body is not fetched).

@@ -273,11 +273,13 @@ fn api_json(
     let token = token.as_deref();
     let json = Some("application/json");
     let response = http::retry(
-        || match (post, token) {
-            (true, Some(token)) => http::post_with_token(settings, url, json, API_TIMEOUT, token),
-            (true, None) => http::post(settings, url, json, API_TIMEOUT),
-            (false, Some(token)) => http::get_with_token(settings, url, json, API_TIMEOUT, token),
-            (false, None) => http::get(settings, url, json, API_TIMEOUT),
+        || {
+            let method = if post {
+                reqwest::Method::POST
+            } else {
+                reqwest::Method::GET
+            };
+            http::send(settings, method, url, json, API_TIMEOUT, token)
         },
         HttpError::is_transient,
     )
