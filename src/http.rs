@@ -79,26 +79,12 @@ pub fn get(
     accept: Option<&str>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    request(settings, reqwest::Method::GET, url, accept, timeout, None)
-}
-
-/// `method` (GET, or POST with an empty body asking a service to prepare something)
-/// `url` as [`get`] does, sending `token`, when given, as `Authorization: Bearer <token>`
-/// (a service's API token). Errors name the URL only, never the header.
-pub fn send(
-    settings: &Settings,
-    method: reqwest::Method,
-    url: &str,
-    accept: Option<&str>,
-    timeout: Duration,
-    token: Option<&str>,
-) -> Result<Response, HttpError> {
-    request(settings, method, url, accept, timeout, token)
+    send(settings, reqwest::Method::GET, url, accept, timeout, None)
 }
 
 /// HEAD `url`: whether it answers 2xx within `timeout` (the body is not fetched).
 pub fn head(settings: &Settings, url: &str, timeout: Duration) -> Result<(), HttpError> {
-    request(settings, reqwest::Method::HEAD, url, None, timeout, None).map(|_| ())
+    send(settings, reqwest::Method::HEAD, url, None, timeout, None).map(|_| ())
 }
 
 /// GET `url` and hand its body to `sink` chunk by chunk as it arrives (never all in
@@ -163,7 +149,10 @@ fn client(
     builder.build().map_err(|e| chain(&e))
 }
 
-fn request(
+/// `method` (GET, or POST with an empty body asking a service to prepare something)
+/// `url` as [`get`] does, sending `token`, when given, as `Authorization: Bearer <token>`
+/// (a service's API token). Errors name the URL only, never the header.
+pub fn send(
     settings: &Settings,
     method: reqwest::Method,
     url: &str,
