@@ -275,20 +275,28 @@ fn credentials_in_urls_are_redacted_in_errors() {
     );
 }
 
+/// Record specs that cannot name a record are refused before any request (the
+/// providers themselves are tested against loopback servers in tests/records.rs).
 #[test]
-fn archive_providers_not_supported_yet_are_rejected_clearly() {
+fn malformed_record_specs_are_rejected_clearly_before_any_request() {
     let sandbox = Sandbox::new();
-    for spec in [
-        "hydroshare/b8f6eae9d89241cf8b5904033460af61",
-        "dataverse/10.7910/DVN/TJCLKP",
+    for (spec, expected) in [
+        ("hydroshare/123", "expected hydroshare/<resource id>"),
+        (
+            "ckan/https%3A%2F%2Fdemo.ckan.org%2Fgroups%2Fx",
+            "expected ckan/<url-escaped dataset URL>",
+        ),
+        ("dataverse/DVN/TJCLKP", "expected a DOI"),
+        (
+            "swh:1:cnt:94a9ed024d3859793618152ea559a168bbcbb5e2",
+            "only directory and revision SWHIDs",
+        ),
+        ("swh:1:dir:94a9ed", "expected a SWHID"),
     ] {
         let output = sandbox.run(&["detect", spec]);
-        assert_eq!(output.status.code(), Some(1));
-        assert!(
-            stderr(&output).contains("not supported yet"),
-            "{}",
-            stderr(&output)
-        );
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{spec}: {err}");
+        assert!(err.contains(expected), "{spec}: {err}");
     }
 }
 
