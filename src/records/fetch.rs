@@ -17,6 +17,43 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Progress of a download is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
+/// Waits between questions to a provider preparing a download (a HydroShare bag, a
+/// vault bundle): 1 s, 2 s, 4 s ... at most 10 s apart, for at most `[records]
+/// prepare-timeout` in all.
+pub(super) struct Patience {
+    started: Instant,
+    timeout: Duration,
+    delay: Duration,
+}
+
+impl Patience {
+    pub(super) fn new(settings: &Settings) -> Self {
+        Self {
+            started: Instant::now(),
+            timeout: settings.records.prepare_timeout(),
+            delay: Duration::from_secs(1),
+        }
+    }
+
+    /// Wait before asking again, reporting a `waiting` event that `message` words from
+    /// the seconds it waits; `Err` with the timeout's seconds when the time is up.
+    pub(super) fn wait(
+        &mut self,
+        reporter: &dyn Reporter,
+        message: impl FnOnce(f64) -> String,
+    ) -> Result<(), u64> {
+        let remaining = self.timeout.saturating_sub(self.started.elapsed());
+        if remaining.is_zero() {
+            return Err(self.timeout.as_secs());
+        }
+        let wait = self.delay.min(remaining);
+        reporter.phase(Phase::Waiting, message(wait.as_secs_f64().ceil()));
+        std::thread::sleep(wait);
+        self.delay = (self.delay * 2).min(Duration::from_secs(10));
+        Ok(())
+    }
+}
+
 /// The site's limits on what an archive may unpack to (`[archives]`).
 pub(super) fn limits(settings: &Settings) -> Limits {
     settings.archives.limits()

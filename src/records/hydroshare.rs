@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use super::checksum::Checksum;
 use super::{epoch, get_json, record_error, safe_record_path, Layout, RecordFile, Resolved};
@@ -24,9 +23,6 @@ use crate::source::archive::{self, Format};
 use crate::source::SourceError;
 
 const PROVIDER: &str = "HydroShare";
-
-/// The longest wait between two requests for a bag being prepared.
-const MAX_POLL: Duration = Duration::from_secs(10);
 
 /// A bag's "not ready" answer is a small JSON document; anything longer is not one.
 const STATUS_BYTES: u64 = 64 << 10;
@@ -207,9 +203,7 @@ fn download_bag(
     reporter: &dyn Reporter,
 ) -> Result<PathBuf, SourceError> {
     let into = temp.join(format!("{resource}.zip"));
-    let timeout = settings.records.prepare_timeout();
-    let started = Instant::now();
-    let mut delay = Duration::from_secs(1);
+    let mut patience = super::fetch::Patience::new(settings);
     loop {
         super::fetch::download_verified(settings, bag_file, &into, reporter).map_err(
             |e| match e {
@@ -230,26 +224,18 @@ fn download_bag(
                 ))
             }
         }
-        let remaining = timeout.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
-            return Err(record_error(
-                PROVIDER,
-                format!(
-                    "the bag of resource {resource} was not ready after {} s ([records] prepare-timeout); HydroShare is still preparing it, try again later",
-                    timeout.as_secs()
-                ),
-            ));
-        }
-        let wait = delay.min(remaining);
-        reporter.phase(
-            Phase::Waiting,
-            format!(
-                "HydroShare is preparing the bag of resource {resource}; asking again in {} s",
-                wait.as_secs_f64().ceil()
-            ),
-        );
-        std::thread::sleep(wait);
-        delay = (delay * 2).min(MAX_POLL);
+        patience
+            .wait(reporter, |seconds| {
+                format!("HydroShare is preparing the bag of resource {resource}; asking again in {seconds} s")
+            })
+            .map_err(|timeout| {
+                record_error(
+                    PROVIDER,
+                    format!(
+                        "the bag of resource {resource} was not ready after {timeout} s ([records] prepare-timeout); HydroShare is still preparing it, try again later"
+                    ),
+                )
+            })?;
     }
 }
 

@@ -21,7 +21,7 @@ use std::io::Read as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha1::{Digest as _, Sha1};
@@ -34,9 +34,6 @@ use crate::source::archive::{self, Format};
 use crate::source::SourceError;
 
 const PROVIDER: &str = "Software Heritage";
-
-/// The longest wait between two questions to the vault.
-const MAX_POLL: Duration = Duration::from_secs(10);
 
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -170,9 +167,7 @@ fn cook(
         format!("Asking the Software Heritage vault for {swhid}"),
     );
     let missing = format!("no directory {}", swhid.trim_start_matches("swh:1:dir:"));
-    let timeout = settings.records.prepare_timeout();
-    let started = Instant::now();
-    let mut delay = Duration::from_secs(1);
+    let mut patience = super::fetch::Patience::new(settings);
     let mut answer = api_json(settings, vault, true, &missing)?;
     loop {
         let progress = answer["progress_message"]
@@ -201,29 +196,23 @@ fn cook(
                 ))
             }
         }
-        let remaining = timeout.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
-            return Err(record_error(
-                PROVIDER,
+        patience
+            .wait(reporter, |seconds| {
                 format!(
-                    "the vault had not prepared {swhid} after {} s ([records] prepare-timeout); it is still cooking it, try again later",
-                    timeout.as_secs()
-                ),
-            ));
-        }
-        let wait = delay.min(remaining);
-        reporter.phase(
-            Phase::Waiting,
-            format!(
-                "The Software Heritage vault is preparing {swhid}{}; asking again in {} s",
-                progress
-                    .map(|p| format!(" ({})", crate::printer::sanitize_line(p)))
-                    .unwrap_or_default(),
-                wait.as_secs_f64().ceil()
-            ),
-        );
-        std::thread::sleep(wait);
-        delay = (delay * 2).min(MAX_POLL);
+                    "The Software Heritage vault is preparing {swhid}{}; asking again in {seconds} s",
+                    progress
+                        .map(|p| format!(" ({})", crate::printer::sanitize_line(p)))
+                        .unwrap_or_default(),
+                )
+            })
+            .map_err(|timeout| {
+                record_error(
+                    PROVIDER,
+                    format!(
+                        "the vault had not prepared {swhid} after {timeout} s ([records] prepare-timeout); it is still cooking it, try again later"
+                    ),
+                )
+            })?;
         answer = api_json(settings, vault, false, &missing)?;
     }
 }

@@ -2,19 +2,10 @@
 //! and inside links, and a record that is one archive is unpacked one level
 //! (repo2docker's `contentproviders/doi.py`).
 
-use std::os::unix::fs::PermissionsExt;
-
 use super::builders::*;
+use super::mode_of;
 use hpcbinder::source::archive::{self, ArchiveError, Format, Limits};
 use tar::EntryType;
-
-fn mode_of(path: &std::path::Path) -> u32 {
-    std::fs::symlink_metadata(path)
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777
-}
 
 /// A small project: a directory entry, an executable, a file in a subdirectory listed
 /// before its directory, and links that stay inside.
